@@ -1,0 +1,221 @@
+"""Explainer interface and the shared forward/backward pass.
+
+An explainer maps a batch ``x`` (B,C,H,W) in [0,1] to ``Explanation(logits (B,K), maps (B,1,H,W))``:
+raw (unnormalised) maps at input resolution. Single-pass explainers (Grad-CAM, SimpleGrad, VBP, ...)
+only *describe* what they need from one forward and one backward pass (:class:`PassRequest`) and
+compute their map from the shared :class:`PassResult`, so several of them on one batch cost one
+forward and at most one backward (see :func:`xaisec.explainers.explain_all`).
+
+Gradients are taken with ``torch.autograd.grad`` only (``.grad`` of parameters is never touched);
+hooks live only inside :func:`recording`; the model's train/eval mode is left as found.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import DataError, ModelError
+from ..models import get_layer
+from ..validation import check_images
+
+ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.ReLU6)
+SPATIAL_OPS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+@dataclass
+class Explanation:
+    """``logits`` (B,K) of the explained forward pass and ``maps`` (B,1,H,W) (or (B,F) for flat inputs)."""
+
+    logits: torch.Tensor
+    maps: torch.Tensor
+
+
+@dataclass
+class PassRequest:
+    """What an explainer needs from the shared pass: layer outputs (with their gradients), the input gradient,
+    and/or the ordered trace of activations and spatial ops (VisualBackProp)."""
+
+    layers: set[str] = field(default_factory=set)
+    layer_grads: bool = False
+    input_grad: bool = False
+    trace: bool = False
+
+    def merge(self, other: "PassRequest") -> "PassRequest":
+        return PassRequest(self.layers | other.layers, self.layer_grads or other.layer_grads,
+                           self.input_grad or other.input_grad, self.trace or other.trace)
+
+
+@dataclass
+class TraceEvent:
+    """One call of an activation or spatial op during the forward pass, in execution order."""
+
+    module: nn.Module
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    output: torch.Tensor | None  # kept for activations only
+
+
+@dataclass
+class PassResult:
+    """Everything recorded during one forward (+ optional backward) pass."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+    target: torch.Tensor
+    layer_outputs: dict[str, torch.Tensor]
+    layer_grads: dict[str, torch.Tensor]
+    input_grad: torch.Tensor | None
+    trace: list[TraceEvent]
+
+
+def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
+    """Target classes ``(B,)``: ``None`` -> predicted class; an int -> that class for every sample."""
+    batch, classes = logits.shape
+    if target is None:
+        return logits.detach().argmax(1)
+    t = torch.as_tensor(target, device=logits.device)
+    if t.dtype.is_floating_point:
+        raise DataError(f"target must hold integer class indices, got dtype {t.dtype}")
+    t = t.long().expand(batch) if t.dim() == 0 else t.long()
+    if t.shape != (batch,):
+        raise DataError(f"target has shape {tuple(t.shape)}; expected an int or a tensor of shape ({batch},)")
+    if (t < 0).any() or (t >= classes).any():
+        raise DataError(f"target classes must be in [0, {classes - 1}], got values in [{t.min().item()}, {t.max().item()}]")
+    return t
+
+
+def reduce_channels(t: torch.Tensor, how: str) -> torch.Tensor:
+    """Reduce ``(B,C,H,W)`` over channels to ``(B,1,H,W)`` by ``max``/``sum``/``mean``; flat ``(B,F)`` stays."""
+    if t.dim() != 4:
+        return t
+    if how == "max":
+        return t.amax(1, keepdim=True)
+    if how == "sum":
+        return t.sum(1, keepdim=True)
+    if how == "mean":
+        return t.mean(1, keepdim=True)
+    raise DataError(f"unknown channel reduction {how!r}; use 'max', 'sum' or 'mean'")
+
+
+def _hw(t) -> tuple[int, int]:
+    return (int(t.shape[-2]), int(t.shape[-1])) if isinstance(t, torch.Tensor) and t.dim() == 4 else (0, 0)
+
+
+@contextlib.contextmanager
+def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False) -> Iterator[tuple[dict, list]]:
+    """Record outputs of the named layers (and, with ``trace``, every activation/spatial op in order).
+
+    In-place activations are switched off inside the block (a recorded output must not be overwritten)
+    and every hook is removed on exit, also when the forward pass raises.
+    """
+    outputs: dict[str, torch.Tensor] = {}
+    events: list[TraceEvent] = []
+    handles = []
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) and isinstance(m, ACTIVATIONS)]
+    try:
+        for m in inplace:
+            m.inplace = False
+        for name in layers:
+            def keep(module, inputs, output, name=name):
+                if not isinstance(output, torch.Tensor):
+                    raise ModelError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+                outputs[name] = output
+            handles.append(get_layer(model, name).register_forward_hook(keep))
+        if trace:
+            for m in model.modules():
+                if isinstance(m, ACTIVATIONS + SPATIAL_OPS):
+                    def log(module, inputs, output):
+                        is_act = isinstance(module, ACTIVATIONS)
+                        events.append(TraceEvent(module, _hw(inputs[0]), _hw(output), output if is_act else None))
+                    handles.append(m.register_forward_hook(log))
+        yield outputs, events
+    finally:
+        for h in handles:
+            h.remove()
+        for m in inplace:
+            m.inplace = True
+
+
+def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, create_graph: bool) -> PassResult:
+    """One forward pass recording what ``request`` asks for, then one ``autograd.grad`` of the summed
+    target logits w.r.t. the input and/or the recorded layers (samples are independent in eval mode)."""
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    names = sorted(request.layers)
+    with torch.enable_grad(), recording(model, names, request.trace) as (outputs, events):
+        logits = model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            raise ModelError(f"the model must return logits of shape (B, classes), got {getattr(logits, 'shape', type(logits))}")
+    target_t = resolve_target(target, logits)
+    missing = [n for n in names if n not in outputs]
+    if missing:
+        raise ModelError(f"layer(s) {missing} were not called during the forward pass; pick a layer the model uses")
+    wrt = ([x] if request.input_grad else []) + ([outputs[n] for n in names] if request.layer_grads else [])
+    grads: list[torch.Tensor] = []
+    if wrt:
+        score = logits.gather(1, target_t[:, None]).sum()
+        grads = list(torch.autograd.grad(score, wrt, create_graph=create_graph))
+    input_grad = grads.pop(0) if request.input_grad else None
+    layer_grads = dict(zip(names, grads)) if request.layer_grads else {}
+    return PassResult(x, logits, target_t, outputs, layer_grads, input_grad, events)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize ``(B,1,h,w) -> (B,1,H,W)`` with ``align_corners=False`` (Grad-CAM convention)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+class Explainer(abc.ABC):
+    """Base class: ``explainer(x, target=None, *, create_graph=False) -> Explanation``.
+
+    Subclasses implement :meth:`_explain` on a validated batch. With ``create_graph=True`` the maps stay in
+    the autograd graph (differentiable w.r.t. parameters and input); otherwise they come back detached.
+    """
+
+    name = "explainer"
+    #: whether maps are differentiable w.r.t. parameters (checked against finite differences in the tests)
+    differentiable = True
+    #: whether the method needs spatial (B,C,H,W) inputs and conv layers
+    needs_images = False
+
+    def __init__(self, model: nn.Module):
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"an explainer needs a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False) -> Explanation:
+        check_images(x, allow_flat=not self.needs_images)
+        out = self._explain(x, target, create_graph)
+        if not create_graph:
+            out = Explanation(out.logits.detach(), out.maps.detach())
+        return out
+
+    @abc.abstractmethod
+    def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
+        """Explain a validated batch."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+class SinglePassExplainer(Explainer):
+    """An explainer computed from one shared forward/backward pass: declare :meth:`request`, implement :meth:`maps_from`."""
+
+    @abc.abstractmethod
+    def request(self) -> PassRequest:
+        """What this method needs from the shared pass."""
+
+    @abc.abstractmethod
+    def maps_from(self, result: PassResult) -> torch.Tensor:
+        """Maps (B,1,H,W) from the shared pass."""
+
+    def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
+        result = run_pass(self.model, x, target, self.request(), create_graph)
+        return Explanation(result.logits, self.maps_from(result))

@@ -1,0 +1,176 @@
+"""Gradient explainers: SimpleGrad, Input x Gradient, Integrated Gradients, SmoothGrad, GradientSHAP."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import DataError
+from .base import (Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
+                   resolve_target, run_pass)
+
+
+class SimpleGrad(SinglePassExplainer):
+    """|d logit_target / dx| reduced over channels (Simonyan et al. 2014, https://arxiv.org/abs/1312.6034).
+
+    ``reduce``: ``max`` (default, as Fang & Choromanska and ADV2), ``sum`` or ``mean``; ``absolute=False`` keeps the sign.
+    """
+
+    name = "simplegrad"
+
+    def __init__(self, model: nn.Module, reduce: str = "max", absolute: bool = True):
+        super().__init__(model)
+        reduce_channels(torch.zeros(1, 1, 1, 1), reduce)  # validate the choice early
+        self.reduce, self.absolute = reduce, absolute
+
+    def request(self) -> PassRequest:
+        return PassRequest(input_grad=True)
+
+    def maps_from(self, result: PassResult) -> torch.Tensor:
+        g = result.input_grad
+        return reduce_channels(g.abs() if self.absolute else g, self.reduce)
+
+
+class InputXGradient(SinglePassExplainer):
+    """x * d logit_target / dx, summed over channels (Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713)."""
+
+    name = "inputxgrad"
+
+    def __init__(self, model: nn.Module, reduce: str = "sum"):
+        super().__init__(model)
+        self.reduce = reduce
+
+    def request(self) -> PassRequest:
+        return PassRequest(input_grad=True)
+
+    def maps_from(self, result: PassResult) -> torch.Tensor:
+        return reduce_channels(result.x * result.input_grad, self.reduce)
+
+
+def _batched_gradients(model: nn.Module, points: torch.Tensor, target: torch.Tensor, create_graph: bool,
+                       chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input gradients of the target logit at ``points`` (S*B, ...) with targets (S*B,), in chunks of samples."""
+    request = PassRequest(input_grad=True)
+    if chunk is None or chunk >= len(points):
+        r = run_pass(model, points, target, request, create_graph)
+        return r.input_grad, r.logits
+    parts = [run_pass(model, p, t, request, create_graph) for p, t in zip(points.split(chunk), target.split(chunk))]
+    return torch.cat([p.input_grad for p in parts]), torch.cat([p.logits for p in parts])
+
+
+def _target_for(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``x`` (kept in the graph) and the resolved targets (B,)."""
+    logits = model(x)
+    return logits, resolve_target(target, logits)
+
+
+class IntegratedGradients(Explainer):
+    """Integrated Gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365).
+
+    (x - baseline) * integral of the gradient along the straight path, by Gauss-Legendre quadrature
+    (``method="gausslegendre"``, Captum's default) or the trapezoid rule; all ``steps`` points of all
+    images in one batched pass (``internal_batch_size`` splits it). Maps are summed over channels.
+    """
+
+    name = "ig"
+
+    def __init__(self, model: nn.Module, steps: int = 50, baseline: float | torch.Tensor = 0.0,
+                 method: str = "gausslegendre", reduce: str = "sum", internal_batch_size: int | None = None):
+        super().__init__(model)
+        if steps < 2:
+            raise DataError(f"ig needs steps >= 2, got {steps}")
+        if method == "gausslegendre":
+            nodes, weights = np.polynomial.legendre.leggauss(steps)
+            alphas, step_sizes = 0.5 * (1 + nodes), 0.5 * weights
+        elif method == "trapezoid":
+            alphas = np.linspace(0, 1, steps)
+            step_sizes = np.full(steps, 1.0 / (steps - 1))
+            step_sizes[[0, -1]] *= 0.5
+        else:
+            raise DataError(f"unknown ig method {method!r}; use 'gausslegendre' or 'trapezoid'")
+        self.alphas, self.step_sizes = alphas.tolist(), step_sizes.tolist()
+        self.baseline, self.reduce, self.internal_batch_size = baseline, reduce, internal_batch_size
+
+    def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
+        with torch.enable_grad():
+            logits, t = _target_for(self.model, x, target)
+        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
+        points = (base + alphas * (x - base)).reshape(-1, *x.shape[1:])  # (S*B, ...), step-major
+        chunk = None if self.internal_batch_size is None else self.internal_batch_size * len(x)
+        grads, _ = _batched_gradients(self.model, points, t.repeat(len(self.alphas)), create_graph, chunk)
+        weights = torch.tensor(self.step_sizes, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
+        avg_grad = (grads.view(len(self.alphas), *x.shape) * weights).sum(0)
+        return Explanation(logits, reduce_channels((x - base) * avg_grad, self.reduce))
+
+
+def _sample_noise(shape, seed: int, dtype, device) -> torch.Tensor:
+    """Standard normal noise from a private generator: the same for every call with the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+class SmoothGrad(Explainer):
+    """SmoothGrad (Smilkov et al. 2017, https://arxiv.org/abs/1706.03825): the average map of a base
+    explainer over ``n_samples`` noisy copies, noise std = ``noise`` x (max - min) of each image.
+
+    All noisy copies run as one batch. The noise pattern is drawn once per call from ``seed`` and shared
+    by the images of a batch, so batched and per-image results agree.
+    """
+
+    name = "smoothgrad"
+
+    def __init__(self, model: nn.Module, base: str | Explainer = "simplegrad", n_samples: int = 16,
+                 noise: float = 0.15, seed: int = 0, **base_options):
+        super().__init__(model)
+        from . import EXPLAINERS
+
+        if n_samples < 1 or noise < 0:
+            raise DataError(f"smoothgrad needs n_samples >= 1 and noise >= 0, got {n_samples}, {noise}")
+        self.base = EXPLAINERS.build(base, model, **base_options)
+        self.needs_images = self.base.needs_images
+        self.n_samples, self.noise, self.seed = n_samples, noise, seed
+
+    def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
+        with torch.enable_grad():
+            logits, t = _target_for(self.model, x, target)
+        dims = tuple(range(1, x.dim()))
+        sigma = self.noise * (x.detach().amax(dims, keepdim=True) - x.detach().amin(dims, keepdim=True))
+        eps = _sample_noise((self.n_samples, 1, *x.shape[1:]), self.seed, x.dtype, x.device)
+        noisy = (x.unsqueeze(0) + eps * sigma.unsqueeze(0)).reshape(-1, *x.shape[1:])
+        maps = self.base._explain(noisy, t.repeat(self.n_samples), create_graph).maps
+        return Explanation(logits, maps.view(self.n_samples, len(x), *maps.shape[1:]).mean(0))
+
+
+class GradientShap(Explainer):
+    """GradientSHAP / expected gradients (Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874;
+    Erion et al. 2021): mean over ``n_samples`` of (x - b) * grad at b + a (x - b), with b drawn from
+    ``baselines`` (M,C,H,W) (e.g. training images; default: one black image) and a ~ U(0,1).
+
+    All samples run as one batch; draws come from ``seed`` and are shared by the images of a batch.
+    Maps are summed over channels.
+    """
+
+    name = "gradshap"
+
+    def __init__(self, model: nn.Module, baselines: torch.Tensor | None = None, n_samples: int = 32,
+                 seed: int = 0, reduce: str = "sum"):
+        super().__init__(model)
+        if n_samples < 1:
+            raise DataError(f"gradshap needs n_samples >= 1, got {n_samples}")
+        self.baselines, self.n_samples, self.seed, self.reduce = baselines, n_samples, seed, reduce
+
+    def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
+        base = torch.zeros_like(x[:1]) if self.baselines is None else self.baselines.to(x)
+        if base.shape[1:] != x.shape[1:]:
+            raise DataError(f"gradshap baselines have shape {tuple(base.shape[1:])} per image, inputs {tuple(x.shape[1:])}")
+        with torch.enable_grad():
+            logits, t = _target_for(self.model, x, target)
+        gen = torch.Generator().manual_seed(self.seed)
+        which = torch.randint(len(base), (self.n_samples,), generator=gen)
+        alphas = torch.rand(self.n_samples, generator=gen, dtype=torch.float64).to(x).view(-1, *([1] * x.dim()))
+        b = base[which].unsqueeze(1)  # (S,1,...)
+        points = (b + alphas * (x.unsqueeze(0) - b)).reshape(-1, *x.shape[1:])
+        grads, _ = _batched_gradients(self.model, points, t.repeat(self.n_samples), create_graph, None)
+        attr = ((x.unsqueeze(0) - b) * grads.view(self.n_samples, *x.shape)).mean(0)
+        return Explanation(logits, reduce_channels(attr, self.reduce))
