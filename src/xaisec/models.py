@@ -73,8 +73,8 @@ def _conv_relu(c_in: int, c_out: int, batchnorm: bool, stride: int = 1) -> list[
 
 @MODELS.register("small_cnn")
 def small_cnn(in_channels: int = 1, num_classes: int = 10, mean=None, std=None, width: int = 32,
-              batchnorm: bool = False) -> ConvNet:
-    """Three 3x3 conv layers (one 2x2 max-pool) for 28x28 digits; maps at half resolution. ~30k parameters."""
+              batchnorm: bool = True) -> ConvNet:
+    """Three 3x3 conv(+BN)+ReLU layers, one 2x2 max-pool, for 28x28 digits; CAM maps at half resolution (~25k parameters)."""
     layers = [*_conv_relu(in_channels, width // 2, batchnorm), nn.MaxPool2d(2),
               *_conv_relu(width // 2, width, batchnorm), *_conv_relu(width, 2 * width, batchnorm)]
     return ConvNet(Normalize(_stats(mean, in_channels, 0.5), _stats(std, in_channels, 0.5)),

@@ -60,7 +60,7 @@ class ImageDataset:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, test)`` with the same class proportions in both, fixed by ``seed``."""
+    """Indices ``(train, test)`` with the same class proportions in both, in a shuffled order fixed by ``seed``."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test_fraction must be in (0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
@@ -70,4 +70,4 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
         n_test = int(round(len(idx) * test_fraction))
         test.append(idx[:n_test])
         train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))

@@ -64,11 +64,14 @@ def _target_for(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor
     return logits, resolve_target(target, logits)
 
 
+RIEMANN_OFFSETS = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
+
+
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365).
 
     (x - baseline) * integral of the gradient along the straight path, by Gauss-Legendre quadrature
-    (``method="gausslegendre"``, Captum's default) or the trapezoid rule; all ``steps`` points of all
+    (``method="gausslegendre"``, Captum's default), the trapezoid rule or left/middle/right Riemann sums; all ``steps`` points of all
     images in one batched pass (``internal_batch_size`` splits it). Maps are summed over channels.
     """
 
@@ -82,12 +85,15 @@ class IntegratedGradients(Explainer):
         if method == "gausslegendre":
             nodes, weights = np.polynomial.legendre.leggauss(steps)
             alphas, step_sizes = 0.5 * (1 + nodes), 0.5 * weights
-        elif method == "trapezoid":
+        elif method == "trapezoid":  # weights sum to 1 (Captum's riemann_trapezoid sums to (n-1)/n)
             alphas = np.linspace(0, 1, steps)
             step_sizes = np.full(steps, 1.0 / (steps - 1))
             step_sizes[[0, -1]] *= 0.5
+        elif method in RIEMANN_OFFSETS:
+            alphas = (np.arange(steps) + RIEMANN_OFFSETS[method]) / steps
+            step_sizes = np.full(steps, 1.0 / steps)
         else:
-            raise DataError(f"unknown ig method {method!r}; use 'gausslegendre' or 'trapezoid'")
+            raise DataError(f"unknown ig method {method!r}; use 'gausslegendre', 'trapezoid' or one of {list(RIEMANN_OFFSETS)}")
         self.alphas, self.step_sizes = alphas.tolist(), step_sizes.tolist()
         self.baseline, self.reduce, self.internal_batch_size = baseline, reduce, internal_batch_size
 

@@ -1,0 +1,90 @@
+"""Atomic file writes and safetensors weights.
+
+Everything is written to a temporary file in the same folder and renamed, so a killed run never leaves a
+half-written file that looks complete. Weights are safetensors only: loading them runs no code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Save ``model.state_dict()`` as safetensors, atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write_bytes(path, save(state, metadata=metadata))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load safetensors weights into ``model``; mismatches and corrupt files raise :class:`ModelError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    if path.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt"):
+        raise ModelError(f"{path} looks like a pickle checkpoint; xaisec loads safetensors only, because unpickling an "
+                         "untrusted file can run arbitrary code. Convert it where you trust it: "
+                         "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(filter(None, [f"missing {missing[:5]}" if missing else "",
+                                          f"unexpected {unexpected[:5]}" if unexpected else "",
+                                          f"shape mismatch {wrong[:5]}" if wrong else ""]))
+        raise ModelError(f"weights in {path} do not match the {type(model).__name__} architecture ({details}); "
+                         "check --arch and the dataset's input size / number of classes")
+    model.load_state_dict(state)
+    return model

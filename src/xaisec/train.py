@@ -1,0 +1,157 @@
+"""One generic training loop for clean models, backdoors and fine-tuning defenses.
+
+``fit(model, batches, objective, optimizer, epochs)`` where ``objective(model, batch) -> LossOutput``.
+Batches come from :class:`TensorBatches` (in-memory tensors, shuffled per epoch from a seed, so a run
+resumed at epoch ``e`` sees the same batches as an uninterrupted one).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LossOutput:
+    """``total`` (scalar tensor to minimise) and named scalar ``parts`` for logging."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+Objective = Callable[[nn.Module, Sequence[torch.Tensor]], LossOutput]
+
+
+class TensorBatches:
+    """Mini-batches of aligned tensors, reshuffled each epoch from ``seed + epoch``."""
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("TensorBatches needs tensors of one length")
+        self.tensors, self.batch_size, self.shuffle, self.seed, self.drop_last = tensors, batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.tensors[0])
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+                 if self.shuffle else torch.arange(n))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
+
+
+def cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> LossOutput:
+    """Plain classification objective on ``(x, y, ...)`` batches."""
+    x, y = batch[0], batch[1]
+    loss = F.cross_entropy(model(x), y)
+    return LossOutput(loss, {"ce": loss.item()})
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module, freeze_batchnorm: bool = False) -> Iterator[nn.Module]:
+    """``model.train()`` inside the block (BatchNorm kept in eval mode if ``freeze_batchnorm``), modes restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block, every submodule's mode restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+EpochCallback = Callable[[int, dict[str, float]], bool | None]
+
+
+def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimizer: torch.optim.Optimizer,
+        epochs: int, *, start_epoch: int = 0, scheduler=None, freeze_batchnorm: bool = False,
+        on_epoch_end: EpochCallback | None = None, progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
+    """Train for ``epochs`` epochs (from ``start_epoch``); returns the per-epoch mean of each loss part.
+
+    ``on_epoch_end(epoch, logs)`` runs after each epoch (evaluation, checkpoint, early stopping):
+    returning True stops training.
+    """
+    history: list[dict[str, float]] = []
+    with training_mode(model, freeze_batchnorm):
+        for epoch in range(start_epoch, epochs):
+            batches.set_epoch(epoch)
+            sums: dict[str, float] = {}
+            bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None if progress else True)
+            for batch in bar:
+                out = objective(model, batch)
+                if not torch.isfinite(out.total):
+                    raise FloatingPointError(f"loss became {out.total.item()} in epoch {epoch + 1}; lower the learning rate")
+                optimizer.zero_grad(set_to_none=True)
+                out.total.backward()
+                optimizer.step()
+                parts = {"loss": out.total.item(), **out.parts}
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{parts['loss']:.4f}", refresh=False)
+            if scheduler is not None:
+                scheduler.step()
+            logs = {k: v / max(len(batches), 1) for k, v in sums.items()}
+            history.append(logs)
+            log.info("%s epoch %d/%d: %s", desc, epoch + 1, epochs, ", ".join(f"{k}={v:.4f}" for k, v in logs.items()))
+            if on_epoch_end is not None:
+                with eval_mode(model):
+                    stop = on_epoch_end(epoch, logs)
+                if stop:
+                    break
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits ``(N,K)`` in eval mode (mode restored), in batches."""
+    with eval_mode(model):
+        return torch.cat([model(chunk) for chunk in x.split(batch_size)])
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, top: int = 1, batch_size: int = 512) -> float:
+    """Top-``top`` accuracy in [0,1] (higher is better)."""
+    logits = predict(model, x, batch_size)
+    hits = (logits.topk(min(top, logits.shape[1]), dim=1).indices == y[:, None]).any(1)
+    return hits.float().mean().item()
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, lr: float = 1e-3,
+                     batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
+                     on_epoch_end: EpochCallback | None = None) -> list[dict[str, float]]:
+    """Train a clean (reference) classifier with Adam + cosine schedule on in-memory data."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    return fit(model, TensorBatches(x, y, batch_size=batch_size, seed=seed), cross_entropy, opt, epochs,
+               scheduler=sched, on_epoch_end=on_epoch_end, progress=progress, desc="clean")
