@@ -579,5 +579,6 @@ def test_sklearn_tabular_subset_and_errors():
 
 def test_all_disk_loaders_registered():
     assert {"cifar10", "gtsrb", "cub200", "chestxray14", "imagefolder", "sklearn_tabular"} <= set(DATASETS.names())
-    with pytest.raises(DataError, match="size"):
-        load_imagefolder(".", size=(3, -1))
+    for bad in ((3, -1), 32.0, "32", (8, 8, 8), True):
+        with pytest.raises(DataError, match="size must be"):
+            load_imagefolder(".", size=bad)

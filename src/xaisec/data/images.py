@@ -30,7 +30,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".t
 
 def as_hw(size: Size) -> tuple[int, int]:
     """``size`` (an int for square images or ``(height, width)``) as a checked ``(H, W)`` pair."""
-    hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    try:
+        hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    except TypeError:
+        hw = ()
     if len(hw) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in hw):
         raise DataError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
     return int(hw[0]), int(hw[1])
@@ -160,6 +163,6 @@ def resize_uint8(images: np.ndarray, size: Size, desc: str = "resizing images") 
     bar = tqdm(images, desc=desc, unit="img", leave=False, disable=len(images) < _PROGRESS_MIN_FILES or None)
     for i, img in enumerate(bar):  # PIL resizes one image at a time
         pil = Image.fromarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
-        out[i] = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32).reshape(h, w, -1) \
-            .transpose(2, 0, 1) / 255.0
+        resized = np.asarray(pil.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+        out[i] = resized.reshape(h, w, -1).transpose(2, 0, 1) / 255.0
     return torch.from_numpy(out)
