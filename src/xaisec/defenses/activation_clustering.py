@@ -1,4 +1,4 @@
-"""Activation Clustering (Chen et al. 2018, https://arxiv.org/abs/1811.03728), as evaluated by Fang & Choromanska (Table 2).
+"""Activation Clustering (Chen et al. 2018, https://arxiv.org/abs/1811.03728), as in Fang & Choromanska's Table 2.
 
 Per class: reduce the last-hidden-layer activations (FastICA to 10 dims by default, or PCA),
 split them with KMeans(2), and flag a cluster as poisoned by one of ART's analyses:
