@@ -118,7 +118,9 @@ class ExplanationConsistency:
             raise ConfigError(f"unknown map agreement {agreement!r}; use one of {AGREEMENTS}")
         if not methods:
             raise ConfigError("explanation consistency needs at least one explainer")
-        self.model, self.methods, self.reference = model, list(methods), reference
+        self.model, self.reference = model, reference
+        self.explainers = list(methods)
+        self.methods = [m if isinstance(m, str) else m.name for m in methods]
         self.transforms = [t if isinstance(t, Transform) else build_transform(t) for t in transforms]
         self.agreement, self.k, self.grid, self.batch_size, self.seed = agreement, k, grid, batch_size, seed
         self.calibration: Calibration | None = None
@@ -158,7 +160,7 @@ class ExplanationConsistency:
             with torch.no_grad():
                 target = self.model(x).argmax(1)
             batch = torch.cat([x] + [t.apply(x, gen) for t in self.transforms])
-            joint = explain_all(self.model, batch, target.repeat(1 + len(self.transforms)), self.methods)
+            joint = explain_all(self.model, batch, target.repeat(1 + len(self.transforms)), self.explainers)
         maps = {m: v.view(1 + len(self.transforms), b, *v.shape[1:]) for m, v in joint.maps.items()}
         out: dict[str, torch.Tensor] = {}
         if len(self.methods) > 1:
@@ -175,7 +177,7 @@ class ExplanationConsistency:
             out["instability"] = torch.stack(list(inst.values())).mean(0)
         if self.reference is not None:
             with eval_mode(self.reference):
-                ref = explain_all(self.reference, x, target, self.methods).maps
+                ref = explain_all(self.reference, x, target, self.methods).maps  # names: built for the reference
             refs = {f"reference/{m}": self._gap(self._post(maps[m][0]), self._post(ref[m])) for m in self.methods}
             out.update(refs)
             out["reference"] = torch.stack(list(refs.values())).mean(0)
