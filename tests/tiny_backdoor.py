@@ -47,3 +47,18 @@ def tiny_model(backdoor: bool, batchnorm: bool = True) -> torch.nn.Module:
     model = build_model("small_cnn", (1, 14, 14), 10, width=8, batchnorm=batchnorm)
     model.load_state_dict(_trained(backdoor, batchnorm))
     return model.eval()
+
+
+def backdoored() -> torch.nn.Module:
+    """Entry point for ``xaisec audit --model tiny_backdoor:backdoored``."""
+    return tiny_model(True)
+
+
+def clean() -> torch.nn.Module:
+    """Entry point for ``xaisec audit --model tiny_backdoor:clean``."""
+    return tiny_model(False)
+
+
+def mlp_14() -> torch.nn.Module:
+    """An MLP for 14x14 digits: inputs of another size fail (entry point for the input-size error test)."""
+    return build_model("mlp", (1, 14, 14), 10).eval()

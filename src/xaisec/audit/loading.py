@@ -107,7 +107,7 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
             raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
     else:
         if not path.is_file():
-            raise ModelError(f"{what} weights {path} do not exist")
+            raise ModelError(f"{what} weights file {path} does not exist")
         if not arch:
             raise ModelError(f"--arch is needed to load {path} (one of: {', '.join(MODELS.names())})")
         try:
