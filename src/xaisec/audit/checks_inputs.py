@@ -135,7 +135,9 @@ def check_activation_clustering(ctx: AuditContext, deadline: float) -> CheckResu
         return skipped("activation_clustering", title, "Activation Clustering needs a mix of clean and suspect "
                        "inputs; give --suspects to run it.")
     x, labels, is_suspect = _population(ctx)
-    keep = torch.isin(labels, torch.nonzero(torch.bincount(labels) > 2).flatten())
+    # the classes the suspects are predicted as (a poisoned cluster can only hide there), with enough samples
+    counts, sus_counts = torch.bincount(labels), torch.bincount(labels[is_suspect], minlength=len(torch.bincount(labels)))
+    keep = torch.isin(labels, torch.nonzero((counts > 2) & (sus_counts > 0)).flatten())
     act = head_inputs(ctx.model, x[keep])
     with warnings.catch_warnings():  # FastICA's convergence chatter on small classes; the clustering is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -154,7 +156,8 @@ def check_activation_clustering(ctx: AuditContext, deadline: float) -> CheckResu
     verdict = SUSPICIOUS if mis.verdict == "separable" else NO_EVIDENCE
     return CheckResult("activation_clustering", title, verdict,
                        f"Suspects and clean inputs are {mis.verdict} in the model's last hidden layer (misclustering "
-                       f"rate {mis.label_agnostic_rate:.1%}; < 5% separable, > 30% fully overlapping).", evidence, figures)
+                       f"rate {mis.label_agnostic_rate:.1%} over the classes the suspects are predicted as; < 5% "
+                       "separable, > 30% fully overlapping).", evidence, figures)
 
 
 @register_check("spectral_signatures", "Spectral Signatures (clean vs suspects)", budget_share=0.2,
