@@ -54,8 +54,8 @@ def test_flags_the_backdoor_target_and_returns_triggers():
     _, _, x, _ = small_mnist()
     backdoored, clean = tiny_model(True), tiny_model(False)
     before = {k: v.clone() for k, v in backdoored.state_dict().items()}
-    r_bad = neural_cleanse(backdoored, x[:100], epochs=150, steps_per_epoch=3, batch_size=16, progress=False)
-    r_clean = neural_cleanse(clean, x[:100], epochs=150, steps_per_epoch=3, batch_size=16, progress=False)
+    r_bad = neural_cleanse(backdoored, x[:100], epochs=100, steps_per_epoch=3, batch_size=16, progress=False)
+    r_clean = neural_cleanse(clean, x[:100], epochs=100, steps_per_epoch=3, batch_size=16, progress=False)
     assert r_bad.masks.shape == (10, 1, 14, 14) and r_bad.patterns.shape == (10, 1, 14, 14)
     assert 0 <= r_bad.masks.min() and r_bad.masks.max() <= 1
     assert r_bad.suspect_class == TARGET  # the target class needs the smallest trigger

@@ -85,7 +85,8 @@ class NeuralCleanseResult:
 
     def stamp(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Apply class ``k``'s reverse-engineered trigger to images ``x`` (B,C,H,W)."""
-        return (1 - self.masks[k]) * x + self.masks[k] * self.patterns[k]
+        mask, pattern = self.masks[k].to(x.device), self.patterns[k].to(x.device)
+        return (1 - mask) * x + mask * pattern
 
     def to_dict(self) -> dict:
         return {"l1_norms": self.l1_norms.tolist(), "attack_success": self.attack_success.tolist(),
@@ -177,12 +178,13 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
     with torch.no_grad(), eval_mode(model):
         k = int(num_classes or model(x[:1]).shape[1])
     c, h, w = x.shape[1:]
-    mask_raw = _to_raw(torch.rand(k, 1, h, w, generator=gen)).requires_grad_(True)
-    pattern_raw = _to_raw(torch.rand(k, c, h, w, generator=gen)).requires_grad_(True)
+    dev = x.device
+    mask_raw = _to_raw(torch.rand(k, 1, h, w, generator=gen)).to(dev).requires_grad_(True)
+    pattern_raw = _to_raw(torch.rand(k, c, h, w, generator=gen)).to(dev).requires_grad_(True)
     opt = torch.optim.Adam([mask_raw, pattern_raw], lr=lr, betas=(0.5, 0.9))
     sched = _CostSchedule(k, init_cost, patience, cost_multiplier, success_threshold, early_stop_patience)
-    best_mask = torch.zeros(k, 1, h, w)
-    best_pattern = torch.zeros(k, c, h, w)
+    best_mask = torch.zeros(k, 1, h, w, device=dev)
+    best_pattern = torch.zeros(k, c, h, w, device=dev)
     epochs_run = torch.zeros(k, dtype=torch.long)
     by_deadline = False
     with eval_mode(model):
@@ -206,16 +208,16 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
                     mask, pattern = _squash(m_raw), _squash(p_raw)
                     x_adv = (1 - mask[:, None]) * xb[None] + (mask * pattern)[:, None]  # (k,B,C,H,W)
                     logits = model(x_adv.flatten(0, 1))
-                    target = cls.repeat_interleave(len(xb))
+                    target = cls.to(dev).repeat_interleave(len(xb))
                     ce = F.cross_entropy(logits, target, reduction="none").view(len(cls), -1).mean(1)
                     reg = mask.flatten(1).sum(1)
-                    loss = (ce + sched.cost[cls].to(ce.dtype) * reg).sum()
+                    loss = (ce + sched.cost[cls].to(ce) * reg).sum()
                     gm, gp = torch.autograd.grad(loss, [mask_raw, pattern_raw])
                     grad_mask += gm
                     grad_pattern += gp
                     with torch.no_grad():
-                        acc_sum[cls] += (logits.argmax(1) == target).view(len(cls), -1).double().mean(1)
-                        reg_sum[cls] += reg.detach().double()
+                        acc_sum[cls] += (logits.argmax(1) == target).view(len(cls), -1).double().mean(1).cpu()
+                        reg_sum[cls] += reg.detach().double().cpu()
                 mask_raw.grad, pattern_raw.grad = grad_mask, grad_pattern
                 opt.step()
                 n_batches += 1
@@ -225,13 +227,15 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
             improved = sched.update(acc_sum / n_batches, reg_sum / n_batches, active_mask)
             if improved.any():
                 with torch.no_grad():
-                    best_mask[improved] = _squash(mask_raw[improved])
-                    best_pattern[improved] = _squash(pattern_raw[improved])
+                    idx = improved.nonzero().flatten().to(dev)
+                    best_mask[idx] = _squash(mask_raw[idx])
+                    best_pattern[idx] = _squash(pattern_raw[idx])
             bar.set_postfix(active=len(active), refresh=False)
     found = sched.best_reg < math.inf
     with torch.no_grad():  # classes never reaching the success threshold keep their last trigger
-        best_mask[~found] = _squash(mask_raw[~found]).detach()
-        best_pattern[~found] = _squash(pattern_raw[~found]).detach()
+        idx = (~found).nonzero().flatten().to(dev)
+        best_mask[idx] = _squash(mask_raw[idx])
+        best_pattern[idx] = _squash(pattern_raw[idx])
     return _finish(model, x, best_mask, best_pattern, threshold, epochs_run, found, start_time, by_deadline, max_batch)
 
 
@@ -246,16 +250,18 @@ def trigger_success(model: nn.Module, x: torch.Tensor, masks: torch.Tensor, patt
                     max_batch: int = 1024) -> torch.Tensor:
     """Fraction ``(K,)`` of ``x`` that each stamped trigger sends to its own class."""
     k = len(masks)
-    hits = torch.zeros(k)
+    masks, patterns = masks.to(x.device), patterns.to(x.device)
+    hits = torch.zeros(k, device=x.device)
     with torch.no_grad(), eval_mode(model):
         for xb in x.split(max(1, max_batch // k)):
             x_adv = (1 - masks[:, None]) * xb[None] + (masks * patterns)[:, None]
             pred = model(x_adv.flatten(0, 1)).argmax(1).view(k, -1)
-            hits += (pred == torch.arange(k)[:, None]).float().sum(1)
-    return hits / len(x)
+            hits += (pred == torch.arange(k, device=x.device)[:, None]).float().sum(1)
+    return (hits / len(x)).cpu()
 
 
 def _finish(model, x, masks, patterns, threshold, epochs_run, found, start_time, by_deadline, max_batch):
+    masks, patterns = masks.cpu(), patterns.cpu()
     l1 = masks.flatten(1).sum(1)
     index = mad_anomaly_index(l1).float()
     below = l1 < l1.median()
