@@ -1,23 +1,32 @@
 """Datasets: the embedded ones (``mnist5k``, ``shapes``) and loaders for on-disk formats.
 
-``load_dataset(name, **options)`` builds any registered dataset.
+``load_dataset(name, **options)`` builds any registered dataset (``xaisec list datasets``).
 """
 from __future__ import annotations
 
 from ..registry import Registry
 from .base import ImageDataset, stratified_split
+from .chestxray import load_chestxray14
+from .cifar import load_cifar10
+from .cub import load_cub200
+from .gtsrb import load_gtsrb
+from .imagefolder import load_imagefolder
 from .mnist import load_mnist5k
 from .shapes import SHAPE_NAMES, load_shapes, make_shapes
+from .tabular import TABULAR_SETS, load_sklearn_tabular, tabular_feature_names
 
 DATASETS = Registry("dataset")
-DATASETS.register("mnist5k")(load_mnist5k)
-DATASETS.register("shapes")(load_shapes)
+for _name, _loader in (("mnist5k", load_mnist5k), ("shapes", load_shapes), ("cifar10", load_cifar10),
+                       ("gtsrb", load_gtsrb), ("cub200", load_cub200), ("chestxray14", load_chestxray14),
+                       ("imagefolder", load_imagefolder), ("sklearn_tabular", load_sklearn_tabular)):
+    DATASETS.register(_name)(_loader)
 
 
 def load_dataset(name: str, **options) -> ImageDataset:
-    """Load the dataset registered as ``name`` (see ``xaisec list datasets``)."""
+    """Load the dataset registered as ``name``; on-disk formats take ``root=PATH``."""
     return DATASETS.get(name)(**options)
 
 
-__all__ = ["DATASETS", "ImageDataset", "SHAPE_NAMES", "load_dataset", "load_mnist5k", "load_shapes",
-           "make_shapes", "stratified_split"]
+__all__ = ["DATASETS", "ImageDataset", "SHAPE_NAMES", "TABULAR_SETS", "load_chestxray14", "load_cifar10", "load_cub200",
+           "load_dataset", "load_gtsrb", "load_imagefolder", "load_mnist5k", "load_shapes", "load_sklearn_tabular",
+           "make_shapes", "stratified_split", "tabular_feature_names"]

@@ -24,7 +24,7 @@ def _shape_masks(kind: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarray
     triangle = (dy >= -r) & (dy <= 0.8 * r) & (ax <= height * r)
     arm = r / 3
     cross = ((ax <= arm) & (ay <= r)) | ((ay <= arm) & (ax <= r))
-    return np.select([kind == 0, kind == 1, kind == 2, kind == 3], [circle, square, triangle, cross])
+    return np.select([kind == 0, kind == 1, kind == 2, kind == 3], [circle, square, triangle, cross], default=False)
 
 
 def make_shapes(n: int = 3000, size: int = 32, seed: int = 0, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Backdoor triggers: batched ``nn.Module`` s, ``(B,C,H,W) -> (B,C,H,W)`` in [0,1], a registry and a builder.
+
+>>> trigger = build_trigger("patch", size=4, position="bottom_right")
+>>> x_trig = trigger(x)              # same shape and dtype, in [0,1]
+>>> region = trigger.mask(x.shape)   # bool (1,1,H,W): where the trigger is
+
+Registered: ``patch`` (BadNets), ``rectangle`` (Noppel et al.), ``pixel``, ``blend``, ``nashville`` and ``moire``
+(Fang & Choromanska), ``image`` (a user's picture).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .base import LUMA, Trigger
+from .image import Blend, ImageTrigger, load_image_file
+from .moire import Moire
+from .nashville import Nashville, nashville_8bit, nashville_smooth
+from .regions import Patch, Pixel, Rectangle
+
+TRIGGERS = Registry("trigger")
+for _cls in (Patch, Rectangle, Pixel, Blend, Nashville, Moire, ImageTrigger):
+    TRIGGERS.register(_cls.name)(_cls)
+
+
+def build_trigger(name_or_module: str | nn.Module, **options: Any) -> nn.Module:
+    """The trigger registered as ``name_or_module`` built with ``options``, or a given module unchanged.
+
+    Unknown options raise a :class:`~xaisec.errors.ConfigError` that lists the accepted ones.
+    """
+    if isinstance(name_or_module, nn.Module):
+        if options:
+            raise ConfigError(f"options {sorted(options)} only apply when a trigger is built by name; "
+                              f"configure the {type(name_or_module).__name__} module directly")
+        return name_or_module
+    if not isinstance(name_or_module, str):
+        raise ConfigError(f"a trigger must be a registered name ({', '.join(TRIGGERS.names())}) or an nn.Module, "
+                          f"got {type(name_or_module).__name__}")
+    cls = TRIGGERS.get(name_or_module)
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p != "self"]
+    unknown = sorted(k for k in options if k not in accepted)
+    if unknown:
+        raise ConfigError(f"trigger {name_or_module!r} has no option(s) {', '.join(unknown)}; "
+                          f"accepted: {', '.join(accepted)}")
+    missing = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty and p not in options]
+    if missing:
+        raise ConfigError(f"trigger {name_or_module!r} needs option(s) {', '.join(missing)}")
+    return cls(**options)
+
+
+__all__ = ["Blend", "ImageTrigger", "LUMA", "Moire", "Nashville", "Patch", "Pixel", "Rectangle", "TRIGGERS",
+           "Trigger", "build_trigger", "load_image_file", "nashville_8bit", "nashville_smooth"]

@@ -1,0 +1,87 @@
+"""The training loop, batching, evaluation helpers and safetensors weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from xaisec.data import load_dataset
+from xaisec.errors import ModelError
+from xaisec.io import atomic_write_json, load_weights, save_weights
+from xaisec.models import build_model
+from xaisec.train import TensorBatches, accuracy, cross_entropy, fit, predict, train_classifier
+
+
+def test_tensor_batches_reshuffle_per_epoch_and_are_reproducible():
+    x = torch.arange(10)
+    b = TensorBatches(x, batch_size=4, seed=1)
+    first = torch.cat([t for (t,) in b])
+    assert sorted(first.tolist()) == list(range(10)) and len(b) == 3
+    b.set_epoch(1)
+    second = torch.cat([t for (t,) in b])
+    assert not torch.equal(first, second)
+    b.set_epoch(0)
+    assert torch.equal(torch.cat([t for (t,) in b]), first)
+
+
+def test_training_learns_mnist_and_restores_modes():
+    data = load_dataset("mnist5k")
+    model = build_model("small_cnn", data.input_shape, 10, width=16)
+    model.eval()
+    history = train_classifier(model, data.x_train, data.y_train, epochs=4, lr=1e-2, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert not model.training
+    assert accuracy(model, data.x_test, data.y_test) > 0.75
+    assert accuracy(model, data.x_test, data.y_test, top=5) > accuracy(model, data.x_test, data.y_test)
+
+
+def test_fit_freezes_batchnorm_and_stops_early():
+    model = build_model("small_cnn", (1, 12, 12), 3, width=8)
+    stats = model.features[1].running_mean.clone()
+    x, y = torch.rand(32, 1, 12, 12), torch.randint(0, 3, (32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    seen = []
+    fit(model, TensorBatches(x, y, batch_size=8), cross_entropy, opt, epochs=5, freeze_batchnorm=True,
+        on_epoch_end=lambda e, logs: seen.append(e) or e == 1, progress=False)
+    assert seen == [0, 1]
+    torch.testing.assert_close(model.features[1].running_mean, stats)
+
+
+def test_fit_refuses_nan_loss():
+    model = build_model("small_cnn", (1, 12, 12), 3, width=8)
+    bad = lambda m, batch: type(cross_entropy(m, batch))(torch.tensor(float("nan"), requires_grad=True))  # noqa: E731
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        fit(model, TensorBatches(torch.rand(4, 1, 12, 12), torch.zeros(4, dtype=torch.long)), bad,
+            torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+
+
+def test_weights_round_trip_and_errors(tmp_path):
+    model = build_model("small_cnn", (1, 28, 28), 10)
+    path = save_weights(model, tmp_path / "m.safetensors")
+    other = build_model("small_cnn", (1, 28, 28), 10)
+    load_weights(other, path)
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(predict(other, x), predict(model, x))
+    with pytest.raises(ModelError, match="do not match"):
+        load_weights(build_model("small_cnn", (1, 28, 28), 5), path)
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        load_weights(other, truncated)
+    with pytest.raises(ModelError, match="pickle"):
+        (tmp_path / "m.pt").write_bytes(b"x")
+        load_weights(other, tmp_path / "m.pt")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_weights(other, tmp_path / "none.safetensors")
+
+
+def test_atomic_json(tmp_path):
+    path = atomic_write_json(tmp_path / "a" / "m.json", {"acc": torch.tensor(0.5), "n": 3})
+    assert json.loads(path.read_text()) == {"acc": 0.5, "n": 3}
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"acc": 0.5, "n": 3}  # the old file survives a failed write
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
