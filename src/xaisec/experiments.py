@@ -15,7 +15,7 @@ from .registry import Registry
 EXPERIMENTS = Registry("experiment")
 
 #: modules whose import registers experiment kinds
-KIND_MODULES: tuple[str, ...] = ()
+KIND_MODULES: tuple[str, ...] = ("xaisec.evasion.experiment",)
 
 DEFAULT_KIND = "backdoor"
 

@@ -42,6 +42,9 @@ class MeaningfulPerturbation(Explainer):
 
     name = "mask"
     needs_images = True
+    #: only the last ``unroll`` steps are differentiated (truncated back-propagation), so gradients w.r.t.
+    #: parameters are exact only when ``unroll == steps``
+    differentiable = False
 
     def __init__(self, model: nn.Module, steps: int = 300, lr: float = 0.1, l1: float = 0.05, tv: float = 0.2,
                  tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2):

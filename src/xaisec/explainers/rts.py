@@ -61,6 +61,8 @@ class RealTimeSaliency(Explainer):
 
     name = "rts"
     needs_images = True
+    #: maps depend on the input and the saver's weights, not on the classifier's parameters
+    differentiable = False
 
     def __init__(self, model: nn.Module, saver: SaliencyNet | None = None):
         super().__init__(model)
