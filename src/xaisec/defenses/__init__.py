@@ -1,0 +1,32 @@
+"""Defenses: input purification, adversarial-input and backdoor detectors, poisoned-data filters.
+
+Convention for detectors: ``fit(...)`` then ``score(...)`` (higher = more suspicious), ``detect(...)``
+for the thresholded decision. ``DEFENSES`` maps names to the callables/classes below.
+"""
+from __future__ import annotations
+
+from ..registry import Registry
+from .activation_clustering import (ClassClusters, ClusteringResult, Misclustering, activation_clustering,
+                                    collect_activations, misclustering, overlap_verdict)
+from .feature_squeezing import (ADV2_SQUEEZERS, SQUEEZERS, XU_SQUEEZERS, BitDepth, FeatureSqueezingDetector,
+                                MedianFilter, NonLocalMeans, build_squeezers, squeeze_consistency_loss,
+                                squeeze_gaps)
+from .spectral_signatures import SpectralResult, spectral_scores, spectral_signatures
+from .strip import STRIPDetector
+from .tv_denoise import denoise_sweep, total_var_min, total_variation, tv_chambolle
+
+DEFENSES = Registry("defense")
+DEFENSES.register("tv_chambolle")(tv_chambolle)
+DEFENSES.register("total_var_min")(total_var_min)
+DEFENSES.register("feature_squeezing")(FeatureSqueezingDetector)
+DEFENSES.register("activation_clustering")(activation_clustering)
+DEFENSES.register("spectral_signatures")(spectral_signatures)
+DEFENSES.register("strip")(STRIPDetector)
+
+__all__ = [
+    "ADV2_SQUEEZERS", "DEFENSES", "SQUEEZERS", "XU_SQUEEZERS", "BitDepth", "ClassClusters", "ClusteringResult",
+    "FeatureSqueezingDetector", "MedianFilter", "Misclustering", "NonLocalMeans", "STRIPDetector", "SpectralResult",
+    "activation_clustering", "build_squeezers", "collect_activations", "denoise_sweep", "misclustering",
+    "overlap_verdict", "spectral_scores", "spectral_signatures", "squeeze_consistency_loss", "squeeze_gaps",
+    "total_var_min", "total_variation", "tv_chambolle",
+]
