@@ -11,6 +11,7 @@ from .activation_clustering import (ClassClusters, ClusteringResult, Misclusteri
 from .feature_squeezing import (ADV2_SQUEEZERS, SQUEEZERS, XU_SQUEEZERS, BitDepth, FeatureSqueezingDetector,
                                 MedianFilter, NonLocalMeans, build_squeezers, squeeze_consistency_loss,
                                 squeeze_gaps)
+from .interpreter_ensemble import InterpreterEnsembleDetector
 from .spectral_signatures import SpectralResult, spectral_scores, spectral_signatures
 from .strip import STRIPDetector
 from .tv_denoise import denoise_sweep, total_var_min, total_variation, tv_chambolle
@@ -22,10 +23,11 @@ DEFENSES.register("feature_squeezing")(FeatureSqueezingDetector)
 DEFENSES.register("activation_clustering")(activation_clustering)
 DEFENSES.register("spectral_signatures")(spectral_signatures)
 DEFENSES.register("strip")(STRIPDetector)
+DEFENSES.register("interpreter_ensemble")(InterpreterEnsembleDetector)
 
 __all__ = [
     "ADV2_SQUEEZERS", "DEFENSES", "SQUEEZERS", "XU_SQUEEZERS", "BitDepth", "ClassClusters", "ClusteringResult",
-    "FeatureSqueezingDetector", "MedianFilter", "Misclustering", "NonLocalMeans", "STRIPDetector", "SpectralResult",
+    "FeatureSqueezingDetector", "InterpreterEnsembleDetector", "MedianFilter", "Misclustering", "NonLocalMeans", "STRIPDetector", "SpectralResult",
     "activation_clustering", "build_squeezers", "collect_activations", "denoise_sweep", "misclustering",
     "overlap_verdict", "spectral_scores", "spectral_signatures", "squeeze_consistency_loss", "squeeze_gaps",
     "total_var_min", "total_variation", "tv_chambolle",

@@ -69,8 +69,8 @@ def no_interpreter(step: int) -> float:
 
 
 class BestIterate:
-    """Per image, the best iterate seen so far: misclassified-as-target first, then the lowest interpreter term
-    (or, while the interpreter term is off, the lowest classifier term)."""
+    """Per image, the best iterate seen so far: classified as the target first, then the lowest interpreter term
+    plus detector term (or, while the interpreter term is off, the lowest classifier term)."""
 
     def __init__(self, x0: torch.Tensor):
         self.best = x0.detach().clone()
@@ -79,6 +79,8 @@ class BestIterate:
     def update(self, x: torch.Tensor, terms: Terms, y_target: torch.Tensor) -> None:
         hit = terms.logits.argmax(1) == y_target
         score = terms.interp if terms.interp is not None else 1e6 + terms.prd
+        if terms.detect is not None:
+            score = score + terms.detect
         key = torch.where(hit, 0.0, 1e12) + score.detach().double()
         better = key < self.key
         self.key = torch.where(better, key, self.key)

@@ -88,6 +88,8 @@ class AttackObjective:
 
     ``prd``: ``"ce"`` (cross-entropy with ``label_smoothing``) or ``"margin"`` (``max(max_j!=t z_j - z_t, -kappa)``).
     Target maps are given per attack call: ``prepare(x, y_target, target_maps={name: (B,1,H,W)})``.
+    The detector term (adaptive attack) is active whenever the interpreter term is (c > 0), or always if
+    there are no interpreters.
     """
 
     def __init__(self, model: nn.Module, interpreters: Sequence[InterpreterTerm] = (), prd: str = "ce",
@@ -145,7 +147,8 @@ class AttackObjective:
         prd = self.classifier_loss(logits, y_target)
         total = prd if interp is None else prd + c * interp
         detect = None
-        if self.detector is not None and self.detector_weight > 0:
+        # with interpreters the detector term starts with them (stage 2): stage 1 first reaches the target class
+        if self.detector is not None and self.detector_weight > 0 and (c > 0 or not self.interpreters):
             detect = self.detector(self.model, x)
             total = total + self.detector_weight * detect
         return Terms(total, logits.detach(), prd.detach(), None if interp is None else interp.detach(),

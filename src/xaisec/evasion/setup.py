@@ -127,7 +127,9 @@ class Adv2Setup:
         self.x, self.y = data.x_test[self.index], data.y_test[self.index]
         self.x_cal = data.x_test[correct[cfg.n_images:cfg.n_images + n_cal]]
         self.y_target = random_target_classes(self.y, data.num_classes, gen)
-        self._gen = gen
+        atomic_write_bytes(self.run_dir / "attack_set.safetensors",
+                           save({"index": self.index.contiguous(), "x": self.x.contiguous(), "y": self.y.contiguous(),
+                                 "y_target": self.y_target.contiguous()}))
 
     def maps(self, name: str, x: torch.Tensor, target: torch.Tensor | None = None,
              explainer: Explainer | None = None) -> torch.Tensor:
