@@ -31,3 +31,28 @@ def resnet():
 @pytest.fixture
 def images():
     return torch.rand(5, 1, 12, 12)
+
+
+def quadrant_data(n: int = 320, seed: int = 0):
+    """(x (n,1,12,12) in [0,1], y (n,)): class k = a bright 3x3 square in quadrant k on uniform noise."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    top = (y // 2) * 6 + torch.randint(0, 3, (n,), generator=gen)
+    left = (y % 2) * 6 + torch.randint(0, 3, (n,), generator=gen)
+    rows, cols = torch.arange(12)[None, :, None], torch.arange(12)[None, None, :]
+    square = ((rows >= top[:, None, None]) & (rows < top[:, None, None] + 3)
+              & (cols >= left[:, None, None]) & (cols < left[:, None, None] + 3))
+    x = 0.3 * torch.rand(n, 1, 12, 12, generator=gen) + 0.6 * square[:, None].float()
+    return x.clamp(0, 1), y
+
+
+@pytest.fixture(scope="session")
+def quadrant_model():
+    """A tiny CNN trained (about a second) on :func:`quadrant_data`; returns (model in eval mode, x_test, y_test)."""
+    from xaisec.train import train_classifier
+
+    x, y = quadrant_data()
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 12, 12), 4, width=8, batchnorm=False)
+    train_classifier(model, x[:256], y[:256], epochs=20, lr=1e-2, batch_size=32, progress=False)
+    return model.eval(), x[256:], y[256:]

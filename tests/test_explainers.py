@@ -7,13 +7,22 @@ from torch import nn
 
 from conftest import tiny_cnn
 from xaisec.errors import DataError, ModelError, XaisecError
-from xaisec.explainers import EXPLAINERS, build, explain, explain_all
+from xaisec.explainers import EXPLAINERS, SaliencyNet, build, explain, explain_all
 from xaisec.models import build_model
 
-FAST = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samples": 6}}
+FAST = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samples": 6},
+        "mask": {"steps": 4, "unroll": 1, "l1": 0.0}}
+
+
+def untrained_saver(model):
+    """An (untrained) RTS saliency model that fits ``model``: the rts explainer needs one."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return SaliencyNet(conv.in_channels, model.head.out_features, width=4)
 
 
 def make(name, model, **kw):
+    if name == "rts":
+        kw.setdefault("saver", untrained_saver(model))
     return build(name, model, **{**FAST.get(name, {}), **kw})
 
 

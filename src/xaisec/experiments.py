@@ -16,7 +16,7 @@ from .registry import Registry
 EXPERIMENTS = Registry("experiment")
 
 #: modules whose import registers experiment kinds
-KIND_MODULES: tuple[str, ...] = ("xaisec.backdoor.experiment",)
+KIND_MODULES: tuple[str, ...] = ("xaisec.backdoor.experiment", "xaisec.evasion.experiment")
 
 DEFAULT_KIND = "backdoor"
 

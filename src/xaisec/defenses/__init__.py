@@ -15,6 +15,7 @@ from .feature_squeezing import (ADV2_SQUEEZERS, SQUEEZERS, XU_SQUEEZERS, BitDept
                                 squeeze_gaps)
 from .fine_pruning import PruningCurve, channel_activations, fine_prune, pruned_copy, pruning_curve
 from .neural_cleanse import NeuralCleanseResult, mad_anomaly_index, neural_cleanse
+from .interpreter_ensemble import InterpreterEnsembleDetector
 from .rebn import rebn, rebn_effect, statistics_shift
 from .spectral_signatures import SpectralResult, spectral_scores, spectral_signatures
 from .strip import STRIPDetector
@@ -32,13 +33,14 @@ DEFENSES.register("neural_cleanse")(neural_cleanse)
 DEFENSES.register("fine_pruning")(pruning_curve)
 DEFENSES.register("rebn")(rebn)
 DEFENSES.register("explanation_consistency")(ExplanationConsistency)
+DEFENSES.register("interpreter_ensemble")(InterpreterEnsembleDetector)
 
 __all__ = [
     "ExplanationConsistency", "NeuralCleanseResult", "PruningCurve", "TRANSFORM_NAMES", "auroc", "build_transform",
     "channel_activations", "fine_prune", "jpeg_like", "mad_anomaly_index", "map_agreement", "neural_cleanse",
     "pruned_copy", "pruning_curve", "rebn", "rebn_effect", "spearman", "statistics_shift",
     "ADV2_SQUEEZERS", "DEFENSES", "SQUEEZERS", "XU_SQUEEZERS", "BitDepth", "ClassClusters", "ClusteringResult",
-    "FeatureSqueezingDetector", "MedianFilter", "Misclustering", "NonLocalMeans", "STRIPDetector", "SpectralResult",
+    "FeatureSqueezingDetector", "InterpreterEnsembleDetector", "MedianFilter", "Misclustering", "NonLocalMeans", "STRIPDetector", "SpectralResult",
     "activation_clustering", "build_squeezers", "collect_activations", "denoise_sweep", "misclustering",
     "overlap_verdict", "spectral_scores", "spectral_signatures", "squeeze_consistency_loss", "squeeze_gaps",
     "total_var_min", "total_variation", "tv_chambolle",

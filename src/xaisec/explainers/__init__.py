@@ -18,11 +18,13 @@ from ..validation import check_images
 from .base import Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
 from .cam import CAM, GradCAM, GradCAMPlusPlus
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad
+from .mask import MaskState, MeaningfulPerturbation
+from .rts import RealTimeSaliency, SaliencyNet
 from .vbp import VisualBackProp
 
 EXPLAINERS = Registry("explainer")
 for _cls in (GradCAM, GradCAMPlusPlus, CAM, SimpleGrad, InputXGradient, IntegratedGradients, SmoothGrad,
-             GradientShap, VisualBackProp):
+             GradientShap, VisualBackProp, MeaningfulPerturbation, RealTimeSaliency):
     EXPLAINERS.register(_cls.name)(_cls)
 
 
@@ -99,5 +101,6 @@ def list_explainers() -> list[str]:
 
 
 __all__ = ["CAM", "EXPLAINERS", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus", "GradientShap",
-           "InputXGradient", "IntegratedGradients", "JointExplanation", "SimpleGrad", "SmoothGrad", "VisualBackProp",
+           "InputXGradient", "IntegratedGradients", "JointExplanation", "MaskState", "MeaningfulPerturbation",
+           "RealTimeSaliency", "SaliencyNet", "SimpleGrad", "SmoothGrad", "VisualBackProp",
            "build", "explain", "explain_all", "list_explainers", "recording", "run_pass"]

@@ -1,0 +1,51 @@
+"""Batched helpers of the adv2 experiment: running attacks and interpreters over many images, transfer matrices."""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+
+from ..explainers import Explainer
+from ..maps import MapPostprocess, distance
+from ..train import eval_mode
+from .metrics import map_metrics, perturbation_metrics, prediction_metrics
+
+
+def in_batches(fn: Callable[..., torch.Tensor], batch_size: int, *tensors: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``fn`` over aligned chunks of ``tensors`` (dict kwargs of tensors are chunked alongside), concatenated."""
+    n = len(tensors[0])
+    outs = []
+    for start in range(0, n, batch_size):
+        part = [t[start:start + batch_size] for t in tensors]
+        kw = {k: ({n_: v_[start:start + batch_size] for n_, v_ in v.items()} if isinstance(v, dict) else v)
+              for k, v in kwargs.items()}
+        outs.append(fn(*part, **kw))
+    return torch.cat(outs)
+
+
+def explain_batches(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Raw maps (N,1,H,W) of ``explainer`` for classes ``target``, in batches, model in eval mode."""
+    with eval_mode(explainer.model):
+        return in_batches(lambda xb, tb: explainer(xb, tb).maps.detach(), batch_size, x, target)
+
+
+def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([model(xb) for xb in x.split(batch_size)])
+
+
+def attack_report(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y_target: torch.Tensor,
+                  maps: Mapping[str, torch.Tensor], benign: Mapping[str, torch.Tensor],
+                  targets: Mapping[str, torch.Tensor], post: MapPostprocess, ks) -> dict:
+    """ASR, confidence, perturbation size and, per interpreter, map metrics vs the benign and the target maps."""
+    out = {**prediction_metrics(logits_of(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
+    out["maps"] = {name: {"vs_benign": map_metrics(m, benign[name], post, ks),
+                          "vs_target": map_metrics(m, targets[name], post, ks)} for name, m in maps.items()}
+    return out
+
+
+def transfer_matrix(adv_maps: Mapping[str, Mapping[str, torch.Tensor]], reference: Mapping[str, torch.Tensor],
+                    post: MapPostprocess) -> dict[str, dict[str, float]]:
+    """Table 9: ``{attack aimed at A: {interpreter B: mean L1 between B's maps of A's inputs and B's reference}}``."""
+    return {src: {dst: distance(post(m), post(reference[dst]), "l1").mean().item() for dst, m in maps.items()}
+            for src, maps in adv_maps.items()}

@@ -1,0 +1,207 @@
+"""The ``adv2`` experiment: ``xaisec run configs/adv2_*.yaml`` or :func:`run_adv2` (Zhang et al. 2020,
+https://arxiv.org/abs/1812.00891).
+
+Stages: classifier and RTS saver -> attacked images and target maps -> PGD and PGD-based ADV2 against every
+interpreter (Table 3, Figures 4-6) with the transfer matrix (Table 9) -> StAdv and StAdv-based ADV2 (Sec. 6)
+-> feature squeezing with the adaptive attack (Table 4) and the interpreter ensemble -> adversarially trained
+RTS (Sec. 8). Writes ``metrics.json``, figures and ``report.html`` into the run directory.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import yaml
+
+from ..config import dump_config
+from ..experiments import EXPERIMENTS, ExperimentKind
+from ..explainers import Explainer
+from ..io import atomic_write_json, atomic_write_text
+from .config import Adv2Config
+from .evaluate import attack_report, in_batches, transfer_matrix
+from .objective import AttackObjective, InterpreterTerm
+from .pgd import PGD, Adv2PGD
+from .report_sections import write_report
+from .setup import Adv2Setup
+from .stadv import StAdv, Adv2StAdv
+
+log = logging.getLogger(__name__)
+
+
+def _run(s: Adv2Setup, key: str, attack, targets: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    kwargs = {"target_maps": targets} if targets else {}
+    return s.cached(key, lambda: in_batches(lambda xb, yb, **kw: attack(xb, yb, **kw), s.cfg.batch_size,
+                                            s.x, s.y_target, **kwargs))
+
+
+def _all_maps(s: Adv2Setup, x_adv: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    return {n: s.maps(n, x_adv) for n in (names or s.cfg.interpreters)}
+
+
+def _c(s: Adv2Setup, terms: Sequence[InterpreterTerm], default: float) -> float:
+    own = [s.cfg.settings(t.name).c for t in terms]
+    return own[0] if len(terms) == 1 and own[0] is not None else default
+
+
+def adv2_pgd(s: Adv2Setup, terms: Sequence[InterpreterTerm], detector=None, detector_weight: float = 0.0) -> Adv2PGD:
+    p = s.cfg.pgd
+    return Adv2PGD(s.model, terms, eps=p.eps, step=p.step, steps=p.steps, warmup=p.warmup, c=_c(s, terms, p.c),
+                   c_end=p.c_end, prd=p.prd, label_smoothing=p.label_smoothing, detector=detector,
+                   detector_weight=detector_weight)
+
+
+def pgd_stage(s: Adv2Setup, metrics: dict) -> dict[str, torch.Tensor]:
+    """PGD baseline and PGD-based ADV2 against each interpreter; the transfer matrix."""
+    cfg, p = s.cfg, s.cfg.pgd
+    report = lambda x_adv, maps, benign=s.benign, targets=s.targets: attack_report(  # noqa: E731
+        s.model, s.x, x_adv, s.y_target, maps, benign, targets, s.post, cfg.iou_ks)
+    plain = PGD(s.model, AttackObjective(s.model, prd=p.prd, label_smoothing=p.label_smoothing), eps=p.eps,
+                step=p.step, steps=p.steps)
+    x_pgd = _run(s, "pgd", plain)
+    s.adv = {"pgd": x_pgd}
+    maps_pgd = _all_maps(s, x_pgd)
+    metrics["pgd"] = report(x_pgd, maps_pgd)
+    metrics["adv2_pgd"], adv_maps = {}, {}
+    for name in cfg.interpreters:
+        x_adv = _run(s, f"adv2_pgd-{name}", adv2_pgd(s, [s.term(name)]), {name: s.targets[name]})
+        s.adv[f"adv2_pgd-{name}"] = x_adv
+        adv_maps[name] = _all_maps(s, x_adv, None if cfg.transfer else [name])
+        metrics["adv2_pgd"][name] = report(x_adv, {name: adv_maps[name][name]})
+    s.maps_cache = {"pgd": maps_pgd, **{f"adv2_pgd-{n}": m for n, m in adv_maps.items()}}
+    if cfg.transfer:
+        rows = {**{f"ADV2->{n}": m for n, m in adv_maps.items()}, "PGD": maps_pgd}
+        metrics["transfer"] = {"l1_vs_benign": transfer_matrix(rows, s.benign, s.post),
+                               "l1_vs_target": transfer_matrix(rows, s.targets, s.post)}
+    return s.adv
+
+
+def stadv_stage(s: Adv2Setup, metrics: dict) -> None:
+    """StAdv baseline and StAdv-based ADV2 (Sec. 6)."""
+    cfg, st = s.cfg, s.cfg.stadv
+    names = st.interpreters or cfg.interpreters
+    plain = StAdv(s.model, AttackObjective(s.model, prd=cfg.pgd.prd), tau=st.tau, lr=st.lr, steps=st.steps,
+                  init=st.init, max_flow=st.max_flow, seed=cfg.seed)
+    x_st = _run(s, "stadv", plain)
+    s.adv["stadv"] = x_st
+    maps_st = _all_maps(s, x_st, names)
+    s.maps_cache["stadv"] = maps_st
+    metrics["stadv"] = attack_report(s.model, s.x, x_st, s.y_target, maps_st, s.benign, s.targets, s.post, cfg.iou_ks)
+    metrics["adv2_stadv"] = {}
+    for name in names:
+        terms = [s.term(name)]
+        attack = Adv2StAdv(s.model, terms, tau=st.tau, lr=st.lr, steps=st.steps, warmup=st.warmup,
+                           c=_c(s, terms, st.c), init=st.init, max_flow=st.max_flow, prd=cfg.pgd.prd, seed=cfg.seed)
+        x_adv = _run(s, f"adv2_stadv-{name}", attack, {name: s.targets[name]})
+        s.adv[f"adv2_stadv-{name}"] = x_adv
+        maps = {name: s.maps(name, x_adv)}
+        s.maps_cache[f"adv2_stadv-{name}"] = maps
+        metrics["adv2_stadv"][name] = attack_report(s.model, s.x, x_adv, s.y_target, maps, s.benign, s.targets,
+                                                    s.post, cfg.iou_ks)
+
+
+def detection_stage(s: Adv2Setup, metrics: dict) -> None:
+    """Feature squeezing (Table 4) with the adaptive ADV2, and the interpreter ensemble detector."""
+    from ..defenses.feature_squeezing import FeatureSqueezingDetector
+    from ..defenses.interpreter_ensemble import InterpreterEnsembleDetector
+    from .detection import SqueezingCalibration
+
+    cfg, d = s.cfg, s.cfg.detection
+    out: dict = {}
+    calib = SqueezingCalibration(FeatureSqueezingDetector(s.model, d.squeezers, d.fpr), s.x_cal)
+    rates = {"benign": calib.rates(s.x), **{k: calib.rates(v) for k, v in s.adv.items()}}
+    adaptive = {}
+    for name in d.adaptive:
+        attack = adv2_pgd(s, [s.term(name)], detector=calib.hinge_term(d.hinge), detector_weight=d.adaptive_weight)
+        x_adv = _run(s, f"adv2_pgd_adaptive-{name}", attack, {name: s.targets[name]})
+        s.adv[f"adv2_pgd_adaptive-{name}"] = x_adv
+        rates[f"adv2_pgd_adaptive-{name}"] = calib.rates(x_adv)
+        adaptive[name] = attack_report(s.model, s.x, x_adv, s.y_target, {name: s.maps(name, x_adv)}, s.benign,
+                                       s.targets, s.post, cfg.iou_ks)
+    out["feature_squeezing"] = {"squeezers": calib.names, "fpr": d.fpr, "thresholds": calib.thresholds.tolist(),
+                                "joint_threshold": calib.detector.threshold, "calibration_images": len(s.x_cal),
+                                "rates": rates, "adaptive_attack": adaptive}
+    if d.ensemble:
+        members = {m: s.explainers[m] for m in d.ensemble}
+        detector = InterpreterEnsembleDetector(s.model, members, s.post, d.ensemble_metric, fpr=d.fpr,
+                                               batch_size=cfg.batch_size).fit(s.x_cal)
+        x_all = _run(s, "adv2_pgd-ensemble", adv2_pgd(s, [s.term(m) for m in d.ensemble]),
+                     {m: s.targets[m] for m in d.ensemble})
+        s.adv["adv2_pgd-ensemble"] = x_all
+        flagged = {"benign": s.x, "pgd": s.adv["pgd"], **{f"adv2_pgd-{m}": s.adv[f"adv2_pgd-{m}"] for m in d.ensemble},
+                   "adv2_pgd-ensemble": x_all}
+        out["ensemble"] = {"members": list(d.ensemble), "metric": d.ensemble_metric, "threshold": detector.threshold,
+                           "rates": {k: detector.detect(v).double().mean().item() for k, v in flagged.items()},
+                           "joint_attack": attack_report(s.model, s.x, x_all, s.y_target, _all_maps(s, x_all, d.ensemble),
+                                                         s.benign, s.targets, s.post, cfg.iou_ks)}
+    metrics["detection"] = out
+
+
+def _noise(x: torch.Tensor, kind: str, level: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(x.shape, generator=gen) if kind == "normal" else 2 * torch.rand(x.shape, generator=gen) - 1
+    return (x + level * z.to(x)).clamp(0, 1)
+
+
+def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
+    """RTS vs adversarially trained RTS^A: ADV2 against each, cross-evaluation and sensitivity to noise."""
+    cfg = s.cfg
+    saver_adv = s.adversarial_saver()
+    e_adv: Explainer = s.explainer("rts", saver_adv)
+    benign_adv = s.maps("rts", s.x, s.y, e_adv)
+    targets_adv = s.target_maps("rts", e_adv)
+    x_adv = _run(s, "adv2_pgd-rts_adv", adv2_pgd(s, [s.term("rts", e_adv)]), {"rts": targets_adv})
+    s.adv["adv2_pgd-rts_adv"] = x_adv
+    maps_adv = {"rts": s.maps("rts", x_adv, None, e_adv)}
+    s.maps_cache["adv2_pgd-rts_adv"] = maps_adv
+    out = {"rts": metrics["adv2_pgd"]["rts"],
+           "rts_adv": attack_report(s.model, s.x, x_adv, s.y_target, maps_adv, {"rts": benign_adv},
+                                    {"rts": targets_adv}, s.post, cfg.iou_ks)}
+    x_plain = s.adv["adv2_pgd-rts"]  # crafted against plain RTS, read by RTS^A
+    out["rts_adv_on_inputs_crafted_against_rts"] = attack_report(
+        s.model, s.x, x_plain, s.y_target, {"rts": s.maps("rts", x_plain, None, e_adv)}, {"rts": benign_adv},
+        {"rts": targets_adv}, s.post, cfg.iou_ks)["maps"]["rts"]
+    sensitivity = {}
+    for kind in ("normal", "uniform"):
+        for level in cfg.rts.noise_levels:
+            noisy = _noise(s.x, kind, level, cfg.seed)
+            row = {}
+            for label, e, ref in (("rts", s.explainers["rts"], s.benign["rts"]), ("rts_adv", e_adv, benign_adv)):
+                row[label] = attack_report(s.model, s.x, noisy, s.y, {"rts": s.maps("rts", noisy, s.y, e)},
+                                           {"rts": ref}, {"rts": ref}, s.post, cfg.iou_ks)["maps"]["rts"]["vs_benign"]["l1"]
+            sensitivity[f"{kind}_{level:g}"] = row
+    out["noise_sensitivity_l1"] = sensitivity
+    s.rts_adv_maps = {"benign": benign_adv, "target": targets_adv}
+    metrics["rts_adversarial"] = out
+
+
+def run_adv2(cfg: Adv2Config, run_dir: str | Path, resume: bool = False) -> Path:
+    """Run the whole experiment into ``run_dir`` (created); ``resume`` reuses cached models and attacks."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    atomic_write_json(run_dir / "environment.json", {"python": platform.python_version(), "torch": torch.__version__,
+                                                     "platform": platform.platform(), "seed": cfg.seed,
+                                                     "threads": torch.get_num_threads()})
+    s = Adv2Setup(cfg, run_dir, resume)
+    metrics: dict = {"setup": {"dataset": cfg.dataset, "arch": cfg.classifier.arch, "test_accuracy": s.test_accuracy,
+                               "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
+                               "map_postprocess": s.post.describe(), "interpreters": list(cfg.interpreters)}}
+    pgd_stage(s, metrics)
+    if cfg.stadv.enabled:
+        stadv_stage(s, metrics)
+    if cfg.detection.enabled:
+        detection_stage(s, metrics)
+    if "rts" in cfg.interpreters and cfg.rts.adversarial:
+        rts_defense_stage(s, metrics)
+    metrics["timing_s"] = dict(s.timing)
+    metrics["images_per_second"] = {k: len(s.x) / v for k, v in s.timing.items() if not k.startswith("train_") and v > 0}
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_report(s, metrics)
+    log.info("adv2 run written to %s", run_dir)
+    return run_dir
+
+
+EXPERIMENTS.register("adv2")(ExperimentKind(Adv2Config, run_adv2))

@@ -1,0 +1,155 @@
+"""The ADV2 loss: classifier term + c * interpreter term (+ d * detector term), per image.
+
+``l_prd``: cross-entropy towards the target class (optionally label-smoothed, as the reference code, so the
+gradient never vanishes) or a margin loss. ``l_int``: for each attacked interpreter, the mean squared difference
+between its post-processed map (pooling + min-max, :class:`~xaisec.maps.MapPostprocess`) of the current input for
+the target class and the post-processed target map; several interpreters are a weighted sum
+(Zhang et al. 2020, https://arxiv.org/abs/1812.00891, Sec. 3-4). Every term is per image (B,), so attacking a
+batch equals attacking its images one at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from ..explainers import Explainer, MaskState, MeaningfulPerturbation
+from ..maps import MapPostprocess
+from ..models import smooth_activations
+from .base import Terms
+
+#: ``detector(model, x) -> (B,)`` differentiable term the adaptive attack adds (e.g. squeezing consistency)
+DetectorTerm = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class InterpreterTerm:
+    """One attacked interpreter: ``explainer``, its ``weight`` in the sum, the map post-processing ``post`` and,
+    for gradient maps of ReLU models, ``smooth_beta``: the map is taken on a Softplus(beta) copy of the
+    activations (ReLU has no second derivative). ``name`` keys its target maps (default: the explainer's name)."""
+
+    explainer: Explainer
+    weight: float = 1.0
+    post: MapPostprocess = field(default_factory=MapPostprocess)
+    smooth_beta: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.explainer.name
+        if self.weight < 0:
+            raise ConfigError(f"interpreter weight must be >= 0, got {self.weight} for {self.name!r}")
+
+    def reset(self) -> None:
+        """Forget per-attack state (none here; see :class:`MaskTerm`)."""
+
+    def maps(self, x: torch.Tensor, y_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits, post-processed maps)`` of ``x`` for ``y_target``, differentiable w.r.t. ``x``."""
+        if self.smooth_beta is None:
+            out = self.explainer(x, y_target, create_graph=True)
+            return out.logits, self.post(out.maps)
+        with smooth_activations(self.explainer.model, self.smooth_beta):
+            out = self.explainer(x, y_target, create_graph=True)
+        return None, self.post(out.maps)  # smooth logits are not the classifier's
+
+
+@dataclass
+class MaskTerm(InterpreterTerm):
+    """MASK inside the attack, as ADV2's Algorithm 1: the masks persist across attack steps; each step takes
+    ``inner_steps`` detached mask updates on the current input, then a differentiable look-ahead of
+    ``explainer.unroll`` steps whose map enters the loss. The first call runs the full ``explainer.steps``."""
+
+    inner_steps: int = 5
+    state: MaskState | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.explainer, MeaningfulPerturbation):
+            raise ConfigError(f"MaskTerm needs the 'mask' explainer, got {self.explainer.name!r}")
+
+    def reset(self) -> None:
+        self.state = None
+
+    def maps(self, x: torch.Tensor, y_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e: MeaningfulPerturbation = self.explainer  # type: ignore[assignment]
+        fresh = self.state is None or len(self.state.keep) != len(x)
+        state = e.init_state(x) if fresh else self.state
+        state = e.optimise(x, y_target, state, e.steps if fresh else self.inner_steps)
+        self.state = state
+        look = e.optimise(x, y_target, state, max(1, e.unroll), create_graph=True)
+        return None, self.post(e.maps_of(look, tuple(x.shape[-2:])))
+
+
+class AttackObjective:
+    """``total = l_prd + c * sum_k w_k l_int,k + detector_weight * l_det``, each (B,).
+
+    ``prd``: ``"ce"`` (cross-entropy with ``label_smoothing``) or ``"margin"`` (``max(max_j!=t z_j - z_t, -kappa)``).
+    Target maps are given per attack call: ``prepare(x, y_target, target_maps={name: (B,1,H,W)})``.
+    The detector term (adaptive attack) is active whenever the interpreter term is (c > 0), or always if
+    there are no interpreters.
+    """
+
+    def __init__(self, model: nn.Module, interpreters: Sequence[InterpreterTerm] = (), prd: str = "ce",
+                 label_smoothing: float = 0.0, kappa: float = 0.0, detector: DetectorTerm | None = None,
+                 detector_weight: float = 0.0):
+        if prd not in ("ce", "margin"):
+            raise ConfigError(f"unknown classifier loss {prd!r}; use 'ce' or 'margin'")
+        if not 0 <= label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        names = [t.name for t in interpreters]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"interpreters must have distinct names, got {names}")
+        self.model, self.interpreters = model, list(interpreters)
+        self.prd, self.label_smoothing, self.kappa = prd, label_smoothing, kappa
+        self.detector, self.detector_weight = detector, detector_weight
+        self.target_maps: dict[str, torch.Tensor] = {}
+
+    def prepare(self, x: torch.Tensor, y_target: torch.Tensor, target_maps=None) -> None:
+        """Store the post-processed target map of each interpreter and reset stateful terms."""
+        for term in self.interpreters:
+            term.reset()
+        self.target_maps = {}
+        if not self.interpreters:
+            return
+        if isinstance(target_maps, torch.Tensor) and len(self.interpreters) == 1:
+            target_maps = {self.interpreters[0].name: target_maps}
+        if not isinstance(target_maps, dict):
+            raise DataError("an attack on interpreters needs target_maps={interpreter name: (B,1,H,W) maps}")
+        for term in self.interpreters:
+            if term.name not in target_maps:
+                raise DataError(f"no target maps for interpreter {term.name!r}; got maps for {sorted(target_maps)}")
+            maps = target_maps[term.name].detach().to(x)
+            if maps.shape != (len(x), 1, *x.shape[-2:]):
+                raise DataError(f"target maps for {term.name!r} have shape {tuple(maps.shape)}; expected "
+                                f"{(len(x), 1, *x.shape[-2:])} (one map per image at input resolution)")
+            self.target_maps[term.name] = term.post(maps)
+
+    def classifier_loss(self, logits: torch.Tensor, y_target: torch.Tensor) -> torch.Tensor:
+        if self.prd == "ce":
+            return F.cross_entropy(logits, y_target, reduction="none", label_smoothing=self.label_smoothing)
+        target = logits.gather(1, y_target[:, None])[:, 0]
+        other = logits.masked_fill(F.one_hot(y_target, logits.shape[1]).bool(), float("-inf")).amax(1)
+        return torch.clamp(other - target, min=-self.kappa)
+
+    def __call__(self, x: torch.Tensor, y_target: torch.Tensor, c: float = 0.0) -> Terms:
+        logits, interp = None, None
+        if c > 0 and self.interpreters:
+            interp = torch.zeros(len(x), dtype=x.dtype, device=x.device)
+            for term in self.interpreters:
+                term_logits, maps = term.maps(x, y_target)
+                logits = term_logits if logits is None else logits
+                interp = interp + term.weight * (maps - self.target_maps[term.name]).pow(2).flatten(1).mean(1)
+        if logits is None:
+            logits = self.model(x)
+        prd = self.classifier_loss(logits, y_target)
+        total = prd if interp is None else prd + c * interp
+        detect = None
+        # with interpreters the detector term starts with them (stage 2): stage 1 first reaches the target class
+        if self.detector is not None and self.detector_weight > 0 and (c > 0 or not self.interpreters):
+            detect = self.detector(self.model, x)
+            total = total + self.detector_weight * detect
+        return Terms(total, logits.detach(), prd.detach(), None if interp is None else interp.detach(),
+                     None if detect is None else detect.detach())

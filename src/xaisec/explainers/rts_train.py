@@ -1,0 +1,146 @@
+"""Training the RTS saver (Dabkowski & Gal 2017, https://arxiv.org/abs/1705.07857), plain or adversarially.
+
+Objective per image, for the class ``c`` it is asked about, with ``alt`` the blurred image:
+
+    preserve * -log p_c(blend(x, alt, m)) + destroy * p_c(blend(x, alt, 1 - m))
+    + area * (mean m)^area_power + smooth * TV(m)
+
+For a fraction ``fake_fraction`` of the images the saver is asked about a wrong class and only the area and
+smoothness terms apply, so the class selector matters (the mask must vanish). The classifier is frozen.
+
+Adversarial training (the defense of Zhang et al. 2020, Sec. 7, "RTS^A"): each batch is also perturbed by a
+few PGD steps inside an L-inf ball that *maximise* the change of the saver's maps; ``adv_weight * L1`` between
+the perturbed and the (detached) clean maps is added, so the maps become stable under small perturbations.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+from ..io import load_weights, save_weights
+from ..train import LossOutput, TensorBatches, eval_mode, fit
+from .ops import blend, gaussian_blur, total_variation
+from .rts import SaliencyNet
+
+
+@dataclass(frozen=True)
+class RTSObjective:
+    """Weights of the saver's training objective; ``adv_*`` switch on adversarial training (``adv_weight`` > 0)."""
+
+    preserve: float = 0.5
+    destroy: float = 1.0
+    area: float = 4.0
+    area_power: float = 0.3
+    smooth: float = 0.5
+    blur_sigma: float = 3.0
+    fake_fraction: float = 0.5
+    adv_weight: float = 0.0
+    adv_eps: float = 0.1
+    adv_steps: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fake_fraction < 1:
+            raise ConfigError(f"rts fake_fraction must be in [0, 1), got {self.fake_fraction}")
+        if min(self.preserve, self.destroy, self.area, self.smooth, self.adv_weight, self.adv_eps) < 0:
+            raise ConfigError("rts objective weights must be non-negative")
+        if self.blur_sigma <= 0 or self.area_power <= 0 or self.adv_steps < 0:
+            raise ConfigError("rts needs blur_sigma > 0, area_power > 0 and adv_steps >= 0")
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter inside the block; both restored after."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    with eval_mode(module):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield module
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+def _map_attack(saver: SaliencyNet, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
+                eps: float, steps: int, gen: torch.Generator) -> torch.Tensor:
+    """PGD (random start, sign steps of eps/2) maximising the L1 change of the saver's maps; detached result."""
+    x_adv = (x + eps * (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1).to(x.device)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        gap = (saver(x_adv, t) - clean).abs().sum()
+        (g,) = torch.autograd.grad(gap, x_adv)
+        x_adv = torch.min(torch.max(x_adv + 0.5 * eps * g.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: RTSObjective,
+             generator: torch.Generator | None = None) -> LossOutput:
+    """The saver's objective on a batch ``x`` (B,C,H,W) in [0,1] with true labels ``y`` (B,)."""
+    gen = generator or torch.Generator().manual_seed(0)
+    fake = torch.rand(len(y), generator=gen) < weights.fake_fraction
+    shift = torch.randint(1, saver.num_classes, (len(y),), generator=gen)
+    t = torch.where(fake, (y.cpu() + shift) % saver.num_classes, y.cpu()).to(y.device)
+    fake = fake.to(x.device)
+    masks = saver(x, t)
+    alt = gaussian_blur(x, weights.blur_sigma)
+    log_keep = F.log_softmax(classifier(blend(x, alt, masks)), 1).gather(1, t[:, None])[:, 0]
+    p_destroyed = F.softmax(classifier(blend(x, alt, 1 - masks)), 1).gather(1, t[:, None])[:, 0]
+    area = (masks.flatten(1).mean(1) + 1e-4).pow(weights.area_power)
+    smooth = total_variation(masks, 2.0)
+    real = weights.preserve * -log_keep + weights.destroy * p_destroyed
+    per_image = torch.where(fake, torch.zeros_like(real), real) + weights.area * area + weights.smooth * smooth
+    parts = {"preserve": (-log_keep[~fake]).mean().item() if (~fake).any() else 0.0,
+             "destroy": p_destroyed[~fake].mean().item() if (~fake).any() else 0.0,
+             "area": masks.mean().item()}
+    total = per_image.mean()
+    if weights.adv_weight > 0 and weights.adv_steps > 0:
+        x_adv = _map_attack(saver, x, t, masks.detach(), weights.adv_eps, weights.adv_steps, gen)
+        stability = (saver(x_adv, t) - masks.detach()).abs().flatten(1).mean(1).mean()
+        total = total + weights.adv_weight * stability
+        parts["stability"] = stability.item()
+    return LossOutput(total, parts)
+
+
+def train_rts(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
+              lr: float = 1e-3, batch_size: int = 64, weights: RTSObjective = RTSObjective(), seed: int = 0,
+              progress: bool = True) -> list[dict[str, float]]:
+    """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,)."""
+    if int(y.max().item()) >= saver.num_classes:
+        raise ModelError(f"labels go up to {int(y.max())} but the saver knows {saver.num_classes} classes")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(saver.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    with frozen(classifier):
+        return fit(saver, TensorBatches(x, y, batch_size=batch_size, seed=seed),
+                   lambda s, batch: rts_loss(s, classifier, batch[0], batch[1], weights, gen),
+                   opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts")
+
+
+def save_saver(saver: SaliencyNet, path: str | Path) -> Path:
+    """Save the saver as safetensors with its architecture in the metadata (see :func:`load_saver`)."""
+    meta = {"in_channels": str(saver.in_channels), "num_classes": str(saver.num_classes), "width": str(saver.width)}
+    return save_weights(saver, path, metadata=meta)
+
+
+def load_saver(path: str | Path) -> SaliencyNet:
+    """Rebuild a saver saved by :func:`save_saver` (safetensors only); returned in eval mode."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"saver weights {path} do not exist; train one with train_rts (or the adv2 experiment)")
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    try:
+        saver = SaliencyNet(int(meta["in_channels"]), int(meta["num_classes"]), int(meta["width"]))
+    except KeyError as exc:
+        raise ModelError(f"{path} has no saver metadata ({exc}); save it with save_saver") from exc
+    return load_weights(saver, path).eval()
