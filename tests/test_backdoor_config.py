@@ -8,7 +8,7 @@ import pytest
 
 from xaisec.backdoor import BackdoorConfig, prepare
 from xaisec.cli import main
-from xaisec.commands.run_cmd import packaged_configs, resolve_config, split_items
+from xaisec.commands.run_cmd import load_experiment, packaged_configs, resolve_config, split_items
 from xaisec.config import load_config
 from xaisec.errors import ConfigError, XaisecError
 
@@ -70,8 +70,8 @@ def test_checks_that_need_data_or_model_run_before_training(tmp_path):
 
 @pytest.mark.parametrize("name", packaged_configs())
 def test_packaged_configs_load(name):
-    cfg = load_config(BackdoorConfig, resolve_config(name))
-    assert cfg.experiment == "backdoor"
+    kind, cfg = load_experiment(resolve_config(name), [])
+    assert isinstance(cfg, kind.schema) and cfg.experiment in ("backdoor", "adv2")
 
 
 def test_config_symlink_points_at_the_package():
