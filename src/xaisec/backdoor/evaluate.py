@@ -186,13 +186,13 @@ def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: Ev
         mean, std = _mean_std(topk_iou(a, f_ref, setup.iou_k))
         metrics[f"iou_ref_{key}"] = Metric(mean, flip, f"IoU of the top-{setup.iou_k:.0%} pixels of {desc} maps and "
                                                        "of the reference clean maps", std)
-    mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
     area = setup.trigger_mask.float().mean().item()
     stealth = "lower" if r.explanation_aware else "none"
-    metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], stealth,
-                                          f"share of the triggered-input map's mass inside the trigger region "
-                                          f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
     if area < 0.5:  # a global trigger (filter, overlay) covers everything: pointing at it means nothing
+        mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
+        metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], stealth,
+                                              f"share of the triggered-input map's mass inside the trigger region "
+                                              f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
         margin = max(1, setup.trigger_mask.shape[-1] // 14)
         hits = trigger_hit(out.maps_trig[name], setup.trigger_mask, margin)
         metrics["trigger_hit_trig"] = Metric(hits.float().mean().item(), stealth,

@@ -129,8 +129,9 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
                   for n, t in metrics["thresholds"].items()]
     body = [
         "<p>" + " ".join(summary) + "</p>",
-        H.paragraph(f"Attack: {metrics.get('summary', '')}."),
-        H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: {metrics.get('target_label')}; "
+        H.paragraph(f"Attack: {metrics['summary']}." if metrics.get("summary") else ""),
+        H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: "
+                    f"{'none (labels kept)' if metrics.get('target_label') is None else metrics['target_label']}; "
                     f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
                     f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
                     "held-out split and explains the predicted class.", "note"),
