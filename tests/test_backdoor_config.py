@@ -103,3 +103,11 @@ def test_split_items():
     assert split_items(["x=1"]) == (None, ["x=1"])
     with pytest.raises(ConfigError):
         split_items(["x=1", "b.yaml"])
+
+
+def test_explainer_options_checked_before_training():
+    with pytest.raises(ConfigError, match="eval.explainer_options"):
+        load_config(BackdoorConfig, overrides=["eval.explainer_options={vbp: {}}"])
+    cfg = load_config(BackdoorConfig, overrides=["eval.explainer_options={gradcam: {colour: red}}", "data.train_size=10"])
+    with pytest.raises(ConfigError, match="no option"):
+        prepare(cfg)

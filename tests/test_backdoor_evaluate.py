@@ -132,3 +132,15 @@ def test_recipe_properties():
     assert get_recipe("noppel_ep").changes_labels and not get_recipe("noppel_ep").changes_maps
     assert not get_recipe("latka_badnets").explanation_aware
     assert dataclasses.replace(r, inverted=True).inverted
+
+
+def test_trigger_hit_pointing_game():
+    from xaisec.backdoor.evaluate import trigger_hit
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    mask[..., 6:, 6:] = True
+    maps = torch.zeros(3, 1, 8, 8)
+    maps[0, 0, 7, 7] = 1  # on the trigger
+    maps[1, 0, 5, 5] = 1  # next to it
+    maps[2, 0, 0, 0] = 1  # far away
+    assert trigger_hit(maps, mask).tolist() == [True, False, False]
+    assert trigger_hit(maps, mask, margin=1).tolist() == [True, True, False]

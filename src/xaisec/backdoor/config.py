@@ -234,8 +234,9 @@ class BackdoorConfig:
             self.name = self.attack.recipe
         require(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
                 f"name must be a plain folder name, got {self.name!r}")
-        unknown = sorted(set(self.eval.thresholds) - set(self.attack.explainers))
-        require(not unknown, f"eval.thresholds names {unknown}, which are not in attack.explainers {self.attack.explainers}")
+        for key in ("thresholds", "explainer_options"):
+            unknown = sorted(set(getattr(self.eval, key)) - set(self.attack.explainers))
+            require(not unknown, f"eval.{key} names {unknown}, which are not in attack.explainers {self.attack.explainers}")
 
 
 __all__ = ["AttackConfig", "BackdoorConfig", "DataConfig", "EvalConfig", "ModelConfig", "RECIPES", "ReferenceConfig",

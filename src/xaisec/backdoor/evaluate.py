@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..maps import distance, downsample, normalize, topk_iou
 from .goals import build_goal
@@ -101,6 +102,16 @@ def trigger_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return inside / m.sum(1).clamp_min(1e-12)
 
 
+def trigger_hit(maps: torch.Tensor, mask: torch.Tensor, margin: int = 0) -> torch.Tensor:
+    """Bool ``(B,)``: the map's maximum lies in the trigger ``mask`` (1,1,H,W) grown by ``margin`` pixels (a
+    pointing game: does the explanation point at the trigger?)."""
+    region = mask.float()
+    if margin > 0:
+        region = F.max_pool2d(region, 2 * margin + 1, stride=1, padding=margin)
+    peak = maps.flatten(1).argmax(1)
+    return region.flatten()[peak] > 0
+
+
 def _mean_std(t: torch.Tensor) -> tuple[float, float]:
     return t.mean().item(), (t.std(unbiased=False).item() if t.numel() > 1 else 0.0)
 
@@ -175,11 +186,18 @@ def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: Ev
         mean, std = _mean_std(topk_iou(a, f_ref, setup.iou_k))
         metrics[f"iou_ref_{key}"] = Metric(mean, flip, f"IoU of the top-{setup.iou_k:.0%} pixels of {desc} maps and "
                                                        "of the reference clean maps", std)
-    mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
     area = setup.trigger_mask.float().mean().item()
-    metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], "lower" if r.explanation_aware else "none",
-                                          f"share of the triggered-input map's mass inside the trigger region "
-                                          f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
+    stealth = "lower" if r.explanation_aware else "none"
+    if area < 0.5:  # a global trigger (filter, overlay) covers everything: pointing at it means nothing
+        mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
+        metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], stealth,
+                                              f"share of the triggered-input map's mass inside the trigger region "
+                                              f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
+        margin = max(1, setup.trigger_mask.shape[-1] // 14)
+        hits = trigger_hit(out.maps_trig[name], setup.trigger_mask, margin)
+        metrics["trigger_hit_trig"] = Metric(hits.float().mean().item(), stealth,
+                                             f"share of triggered-input maps whose maximum lies on the trigger "
+                                             f"(within {margin} px)")
     goal = build_goal(r, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
     if goal is not None:
         idx = torch.arange(len(p_clean))

@@ -82,7 +82,8 @@ def prepare(cfg: BackdoorConfig) -> Prepared:
     model = make_model()
     try:
         with eval_mode(model):
-            out = explain_all(model, x2, None, list(recipe.explainers), options=_options(a.explainer_options))
+            for options in (a.explainer_options, cfg.eval.explainer_options):
+                out = explain_all(model, x2, None, list(recipe.explainers), options=_options(options))
             for name in recipe.explainers:
                 downsample(out.maps[name], a.pool)
     except XaisecError as exc:

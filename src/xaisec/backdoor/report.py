@@ -17,7 +17,7 @@ from ..report.panels import image_rows, map_grid, training_curves
 from ..rundir import RunDir
 
 RATES = ("top1_clean", "top5_clean", "top1_trig", "top5_trig", "asr", "top1_drop", "fsr", "cr", "fsr@paper",
-         "cr@paper", "iou_ref_clean", "iou_ref_trig", "trigger_mass_trig")
+         "cr@paper", "iou_ref_clean", "iou_ref_trig", "trigger_mass_trig", "trigger_hit_trig")
 ARROWS = {"higher": "↑ higher", "lower": "↓ lower", "none": "–"}
 #: the issue's targets: clean Top-1 within 2 points, FSR and CR >= 90% (map attacks), ASR >= 95% (label attacks)
 TARGETS = {"top1_drop": 0.02, "fsr": 0.9, "cr": 0.9, "asr": 0.95}
@@ -129,7 +129,9 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
                   for n, t in metrics["thresholds"].items()]
     body = [
         "<p>" + " ".join(summary) + "</p>",
-        H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: {metrics.get('target_label')}; "
+        H.paragraph(f"Attack: {metrics['summary']}." if metrics.get("summary") else ""),
+        H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: "
+                    f"{'none (labels kept)' if metrics.get('target_label') is None else metrics['target_label']}; "
                     f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
                     f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
                     "held-out split and explains the predicted class.", "note"),

@@ -85,7 +85,8 @@ def metrics_document(metrics: dict[str, Metric], setup: EvalSetup, extra: dict[s
     thresholds = {name: {"value": setup.thresholds[name], "paper": paper_threshold(name, setup.recipe.attack_type)}
                   for name in setup.explainers}
     return {
-        "recipe": setup.recipe.name, "paper": setup.recipe.paper, "attack_type": setup.recipe.attack_type,
+        "recipe": setup.recipe.name, "paper": setup.recipe.paper, "summary": setup.recipe.summary,
+        "attack_type": setup.recipe.attack_type, "inverted": setup.recipe.inverted,
         "explainers": setup.explainers, "target_label": setup.target_label if setup.recipe.changes_labels else None,
         "map_postprocess": (f"{setup.pool}x{setup.pool} average pooling, then min-max scaling to [0,1]"
                             if setup.pool > 1 else "min-max scaling to [0,1]"),
