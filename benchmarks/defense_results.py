@@ -119,8 +119,9 @@ def detection_aurocs(run: Run, model: torch.nn.Module) -> dict:
     dc, dt = det.details(clean), det.details(trig)
     cal = det.calibration
 
-    def combined(d: dict, names: list[str]) -> torch.Tensor:
-        return torch.stack([(d[n] - cal.center[n]) / cal.scale[n] for n in names]).amax(0)
+    def combined(d: dict, names: list[str], two_sided: bool = False) -> torch.Tensor:
+        z = torch.stack([(d[n] - cal.center[n]) / cal.scale[n] for n in names])
+        return (z.abs() if two_sided else z).amax(0)
 
     elementary = {k: auroc(dc[k], dt[k]) for k in dc if k.count("/") >= 1}
     best = max(elementary, key=elementary.get)
@@ -131,6 +132,7 @@ def detection_aurocs(run: Run, model: torch.nn.Module) -> dict:
            "reference": auroc(dc["reference"], dt["reference"]),
            "combined_no_reference": auroc(combined(dc, no_ref), combined(dt, no_ref)),
            "combined_with_reference": auroc(combined(dc, det.component_names), combined(dt, det.component_names)),
+           "combined_two_sided_no_reference": auroc(combined(dc, no_ref, True), combined(dt, no_ref, True)),
            "best_elementary": [best, elementary[best]], "elementary": elementary,
            "detection_rate_no_reference": float((combined(dt, no_ref) > thr).float().mean()),
            "fpr_no_reference": float((combined(dc, no_ref) > thr).float().mean())}
