@@ -12,7 +12,7 @@ reference model (once) and every attacked model this measures, on the run's held
 * TV denoising (Chambolle) sweep: accuracy on clean/triggered inputs, FSR/CR or ASR (Fang, Table 3);
 * Re-BN: metrics before/after re-estimating BatchNorm statistics on clean training images;
 * explanation consistency, STRIP and Spectral Signatures: AUROC of triggered vs clean test inputs;
-* ``xaisec audit`` verdicts (model-level checks, then with 200 triggered test inputs as suspects).
+* ``xaisec audit`` verdicts, with 200 triggered test inputs as suspects (its Neural Cleanse gives Figure 4a).
 
 Writes ``results.json``, ``tables.md`` and the figures (PNG) into ``--out``. Not a test: takes minutes per model.
 """
@@ -35,13 +35,13 @@ from xaisec.backdoor.results import collect_metrics, model_outputs
 from xaisec.config import load_config
 from xaisec.data import ImageDataset
 from xaisec.defenses import (ExplanationConsistency, STRIPDetector, activation_clustering, auroc, misclustering,
-                             neural_cleanse, pruning_curve, rebn, spectral_signatures, statistics_shift, tv_chambolle)
+                             pruning_curve, rebn, spectral_signatures, statistics_shift, tv_chambolle)
 from xaisec.io import load_weights
 
 log = logging.getLogger("defense_results")
-PRUNE_FRACTIONS = [i / 20 for i in range(19)]
-TV_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5]
-N_EVAL = 500
+PRUNE_FRACTIONS = [i / 10 for i in range(10)]
+TV_WEIGHTS = [0.0, 0.05, 0.1, 0.2, 0.4]
+N_EVAL = 400  # held-out test images for the Fang-shaped measurements; the audit uses the rest of the test split
 
 
 class Run:
@@ -79,12 +79,6 @@ class Run:
         return "fsr" if self.recipe.changes_maps else ("asr" if self.recipe.changes_labels else "fsr")
 
 
-def nc_index(model: torch.nn.Module, x: torch.Tensor) -> dict:
-    r = neural_cleanse(model, x, epochs=120, steps_per_epoch=3, progress=False)
-    return {"anomaly_index": r.model_anomaly_index, "flagged": r.flagged, "suspect_class": r.suspect_class,
-            "l1_norms": [round(v, 2) for v in r.l1_norms.tolist()]}
-
-
 def ac_pairs(run: Run, model: torch.nn.Module) -> dict:
     """Fang's Table 2 protocol: 320 clean/triggered pairs, PCA to 2 dims, one 2-means split, misclustering."""
     n = 320
@@ -115,43 +109,60 @@ def tv_sweep(run: Run, model: torch.nn.Module) -> list[dict]:
 
 
 def detection_aurocs(run: Run, model: torch.nn.Module) -> dict:
+    """AUROC of triggered vs clean test inputs (disjoint halves) for each explanation-consistency score (calibrated
+    on clean training images), with and without the trusted reference model, STRIP and Spectral Signatures."""
     data = run.prep.data
     half = N_EVAL // 2
     clean, trig = run.x[:half], run.x_trig[half:]
-    out = {}
-    with_ref = ExplanationConsistency(model, ("gradcam", "simplegrad", "vbp"), reference=run.reference)
-    with_ref.fit(data.x_train[:300])
-    ev = with_ref.evaluate(clean, trig)
-    no_ref = ExplanationConsistency(model, ("gradcam", "simplegrad", "vbp")).fit(data.x_train[:300])
-    ev0 = no_ref.evaluate(clean, trig)
-    elementary = {k: v for k, v in ev.items() if k.count("/") >= 2}
+    det = ExplanationConsistency(model, ("gradcam", "simplegrad", "vbp"), reference=run.reference)
+    det.fit(data.x_train[:300])
+    dc, dt = det.details(clean), det.details(trig)
+    cal = det.calibration
+
+    def combined(d: dict, names: list[str], two_sided: bool = False) -> torch.Tensor:
+        z = torch.stack([(d[n] - cal.center[n]) / cal.scale[n] for n in names])
+        return (z.abs() if two_sided else z).amax(0)
+
+    elementary = {k: auroc(dc[k], dt[k]) for k in dc if k.count("/") >= 1}
     best = max(elementary, key=elementary.get)
-    out.update({"disagreement": ev["auroc/disagreement"], "instability": ev["auroc/instability"],
-                "reference": ev["auroc/reference"], "combined_no_reference": ev0["auroc/combined"],
-                "combined_with_reference": ev["auroc/combined"], "best_elementary": [best, elementary[best]],
-                "detection_rate_no_reference": ev0["detection_rate"], "fpr_no_reference": ev0["false_positive_rate"]})
+    no_ref = ["disagreement", "instability"]
+    thr = float(torch.quantile(combined(det.details(data.x_train[300:600]), no_ref), 0.95))
+    out = {"disagreement": auroc(dc["disagreement"], dt["disagreement"]),
+           "instability": auroc(dc["instability"], dt["instability"]),
+           "reference": auroc(dc["reference"], dt["reference"]),
+           "combined_no_reference": auroc(combined(dc, no_ref), combined(dt, no_ref)),
+           "combined_with_reference": auroc(combined(dc, det.component_names), combined(dt, det.component_names)),
+           "combined_two_sided_no_reference": auroc(combined(dc, no_ref, True), combined(dt, no_ref, True)),
+           "best_elementary": [best, elementary[best]], "elementary": elementary,
+           "detection_rate_no_reference": float((combined(dt, no_ref) > thr).float().mean()),
+           "fpr_no_reference": float((combined(dc, no_ref) > thr).float().mean())}
     strip = STRIPDetector(model, n=32, blend="add").fit(data.x_train[:300])
     out["strip"] = auroc(strip.score(clean), strip.score(trig))
     x = torch.cat([clean, trig])
-    pred = model(x).argmax(1)
-    ss = spectral_signatures(head_inputs(model, x), pred).scores
+    ss = spectral_signatures(head_inputs(model, x), model(x).argmax(1)).scores
     out["spectral"] = auroc(ss[:half], ss[half:])
     return out
 
 
-def audit_verdicts(run: Run, model: torch.nn.Module, with_suspects: bool) -> dict:
+def audit(run: Run, model: torch.nn.Module) -> dict:
+    """``xaisec audit`` on the rest of the test split, with 200 of its images triggered as suspects."""
     d = run.prep.data
     data = ImageDataset(d.name, d.x_train, d.y_train, d.x_test[N_EVAL:], d.y_test[N_EVAL:], d.num_classes, d.class_names)
-    suspects = apply_trigger(run.prep.trigger, d.x_test[N_EVAL:N_EVAL + 200]) if with_suspects else None
+    suspects = apply_trigger(run.prep.trigger, d.x_test[N_EVAL:N_EVAL + 200])
     report = run_audit(model, data, suspects=suspects, progress=False)
-    return {"verdict": report["verdict"], "checks": {k: v["verdict"] for k, v in report["checks"].items()},
-            "seconds": report["seconds_per_check"]}
+    checks = report["checks"]
+    model_level = [n for n in ("neural_cleanse", "fine_pruning", "rebn") if checks[n]["verdict"] == "suspicious"]
+    return {"verdict": report["verdict"], "checks": {k: v["verdict"] for k, v in checks.items()},
+            "model_level_verdict": "suspicious" if model_level else "no evidence", "model_level_suspicious": model_level,
+            "neural_cleanse": checks["neural_cleanse"]["evidence"], "seconds": report["seconds_per_check"]}
 
 
 def evaluate_model(run: Run, model: torch.nn.Module, is_reference: bool) -> dict:
     t0 = time.time()
     res = {"metrics": run.metrics(model)}
-    res["neural_cleanse"] = nc_index(model, run.prep.data.x_train[:300])
+    res["audit"] = audit(run, model)
+    nc = res["audit"]["neural_cleanse"]
+    res["neural_cleanse"] = {k: nc.get(k) for k in ("model_anomaly_index", "flagged_classes", "suspect_class", "l1_norms")}
     res["activation_clustering"] = ac_pairs(run, model)
     res["fine_pruning"] = pruning(run, model)
     res["tv_denoising"] = tv_sweep(run, model)
@@ -159,8 +170,6 @@ def evaluate_model(run: Run, model: torch.nn.Module, is_reference: bool) -> dict
     res["rebn"] = {"before": res["metrics"], "after": run.metrics(repaired),
                    "max_shift": max(statistics_shift(model, repaired).values())}
     res["detection_auroc"] = detection_aurocs(run, model)
-    res["audit"] = audit_verdicts(run, model, with_suspects=False)
-    res["audit_with_suspects"] = audit_verdicts(run, model, with_suspects=True)
     res["seconds"] = time.time() - t0
     log.info("%s done in %.0f s", "reference" if is_reference else run.recipe.name, res["seconds"])
     return res

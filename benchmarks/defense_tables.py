@@ -28,7 +28,7 @@ def _metric(res: dict) -> tuple[str, float | None]:
 
 def fig4a(results: dict, out: Path) -> None:
     names = list(results)
-    vals = [results[n]["neural_cleanse"]["anomaly_index"] for n in names]
+    vals = [results[n]["neural_cleanse"]["model_anomaly_index"] for n in names]
     fig, ax = plt.subplots(figsize=(0.7 * len(names) + 2, 3))
     ax.bar(range(len(names)), vals, color=["seagreen" if n == "reference" else "steelblue" for n in names])
     ax.axhline(2, color="crimson", ls="--", lw=1, label="detection threshold (index 2)")
@@ -67,14 +67,15 @@ def fig4b(results: dict, out: Path) -> None:
 def tables(results: dict) -> str:
     ref_acc = results["reference"]["metrics"]["acc_clean"]
     lines = ["### Neural Cleanse (Figure 4a) and model-level checks", "",
-             "| model | clean acc | attack metric | NC anomaly index | NC flagged | Re-BN max shift | audit verdict (no suspects) | suspicious checks |",
+             "| model | clean acc | attack metric | NC anomaly index | NC flagged | Re-BN max shift | model-level audit verdict | suspicious model-level checks |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         key, val = _metric(r)
-        sus = [k for k, v in r["audit"]["checks"].items() if v == "suspicious"]
+        sus = r["audit"]["model_level_suspicious"]
         lines.append(f"| {'no attack' if name == 'reference' else name} | {_pct(r['metrics']['acc_clean'])} | "
-                     f"{key} {_pct(val)} | {r['neural_cleanse']['anomaly_index']:.2f} | {r['neural_cleanse']['flagged']} | "
-                     f"{r['rebn']['max_shift']:.3f} | {r['audit']['verdict']} | {', '.join(sus) or '–'} |")
+                     f"{key} {_pct(val)} | {r['neural_cleanse']['model_anomaly_index']:.2f} | "
+                     f"{r['neural_cleanse']['flagged_classes']} | {r['rebn']['max_shift']:.3f} | "
+                     f"{r['audit']['model_level_verdict']} | {', '.join(sus) or '–'} |")
     lines += ["", "### Activation Clustering (Table 2): 320 clean + 320 triggered test pairs, PCA-2, 2-means", "",
               "| model | misclustering rate | verdict |", "|---|---|---|"]
     for name, r in results.items():
@@ -120,11 +121,11 @@ def tables(results: dict) -> str:
                      f"{d['reference']:.3f} | {d['combined_no_reference']:.3f} | {d['combined_with_reference']:.3f} | "
                      f"{best[1]:.3f} ({best[0].replace('auroc/', '')}) | {d['strip']:.3f} | {d['spectral']:.3f} |")
     lines += ["", "### `xaisec audit` with 200 triggered test inputs as suspects", "",
-              "| model | verdict | " + " | ".join(k for k in next(iter(results.values()))["audit_with_suspects"]["checks"]) + " |",
-              "|---|---|" + "---|" * len(next(iter(results.values()))["audit_with_suspects"]["checks"])]
+              "| model | verdict | " + " | ".join(k for k in next(iter(results.values()))["audit"]["checks"]) + " |",
+              "|---|---|" + "---|" * len(next(iter(results.values()))["audit"]["checks"])]
     for name, r in results.items():
-        checks = r["audit_with_suspects"]["checks"]
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {r['audit_with_suspects']['verdict']} | "
+        checks = r["audit"]["checks"]
+        lines.append(f"| {'no attack' if name == 'reference' else name} | {r['audit']['verdict']} | "
                      + " | ".join(checks.values()) + " |")
     return "\n".join(lines) + "\n"
 

@@ -61,15 +61,18 @@ def test_budget_runs_out_and_says_so(npz_files, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
-def test_reconcile_downgrades_unconfirmed_neural_cleanse():
+def test_reconcile_annotates_neural_cleanse_without_changing_verdicts():
     nc = CheckResult("neural_cleanse", "NC", "suspicious", "flag.", {"flagged_classes": [3]})
-    fp = CheckResult("fine_pruning", "FP", "no evidence", "", {"candidates": [3, 8], "removed_classes": []})
+    fp = CheckResult("fine_pruning", "FP", "info", "", {"candidates": [3, 8], "removed_classes": []})
     reconcile([nc, fp])
-    assert nc.verdict == "inconclusive" and "natural" in nc.summary
+    assert nc.verdict == "suspicious" and "survives fine-pruning" in nc.summary
     nc2 = CheckResult("neural_cleanse", "NC", "suspicious", "flag.", {"flagged_classes": [0]})
     fp2 = CheckResult("fine_pruning", "FP", "suspicious", "", {"candidates": [0], "removed_classes": [0]})
     reconcile([nc2, fp2])
     assert nc2.verdict == "suspicious" and "confirms" in nc2.summary
+    quiet = CheckResult("neural_cleanse", "NC", "no evidence", "ok.", {"flagged_classes": []})
+    reconcile([quiet, fp])
+    assert quiet.summary == "ok."
 
 
 def _err(argv, capsys):

@@ -77,7 +77,7 @@ def _trigger_metric(x: torch.Tensor, k: int):
 
 @register_check("fine_pruning", "Fine-pruning of the reverse-engineered triggers", budget_share=0.3,
                 what_it_tests="whether the smallest reverse-engineered triggers live in neurons that clean data "
-                              "leaves dormant (the hiding place of planted backdoors, Liu et al. 2018)")
+                              "leaves dormant (Liu et al. 2018); it confirms a Neural Cleanse flag, never raises one")
 def check_fine_pruning(ctx: AuditContext, deadline: float) -> CheckResult:
     title = "Fine-pruning of the reverse-engineered triggers"
     nc = ctx.shared.get("neural_cleanse")
@@ -106,20 +106,24 @@ def check_fine_pruning(ctx: AuditContext, deadline: float) -> CheckResult:
                                                                          **curve.metrics},
                                                     "pruned fraction of channels", "rate"))
     if nc is None:
-        return CheckResult("fine_pruning", title, INCONCLUSIVE,
+        return CheckResult("fine_pruning", title, INFO,
                            "Neural Cleanse did not run, so there is no candidate trigger to prune; only the clean "
                            f"accuracy curve is shown (accuracy kept up to {f_keep:.0%} pruned).", evidence, [fig])
-    if removed:
-        desc = "; ".join(f"{n}: {a:.0%} -> {b:.0%}" for n, (a, b) in removed.items())
+    names = ctx.data.class_names
+    confirmed = [k for k in removed_classes if k in nc.flagged]
+    desc = "; ".join(f"{n}: {a:.0%} -> {b:.0%}" for n, (a, b) in removed.items())
+    if confirmed:
         return CheckResult("fine_pruning", title, SUSPICIOUS,
                            f"Pruning the {f_keep:.0%} least-active channels keeps clean accuracy within "
-                           f"{PRUNE_MAX_ACC_DROP:.0%} but disables a small reverse-engineered trigger ({desc}): that "
-                           "trigger runs through neurons clean data does not use, as planted backdoors do.",
-                           evidence, [fig])
-    return CheckResult("fine_pruning", title, NO_EVIDENCE,
-                       f"The smallest reverse-engineered triggers survive pruning of the {f_keep:.0%} least-active "
-                       "channels (as far as clean accuracy allows): they use the same neurons as clean inputs.",
-                       evidence, [fig])
+                           f"{PRUNE_MAX_ACC_DROP:.0%} but disables the trigger Neural Cleanse flagged ({desc}): it runs "
+                           "through neurons clean data does not use, the signature of a planted backdoor "
+                           "(Liu et al. 2018).", evidence, [fig])
+    # Without a Neural Cleanse flag this is evidence about where the triggers live, not a verdict: natural shortcuts
+    # of small models can also hinge on rarely used channels, and backdoors fine-tuned into a trained model need not.
+    text = (f"Pruning the {f_keep:.0%} least-active channels keeps clean accuracy within {PRUNE_MAX_ACC_DROP:.0%}; "
+            + (f"it disables {desc}." if removed else
+               f"the smallest reverse-engineered triggers (classes {', '.join(names[k] for k in candidates)}) survive it."))
+    return CheckResult("fine_pruning", title, INFO, text, evidence, [fig])
 
 
 @register_check("rebn", "Re-BN: BatchNorm statistics against clean data", budget_share=0.2,

@@ -15,7 +15,7 @@ from ..data import ImageDataset
 from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_json, atomic_write_text
 from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
-from .context import AUDIT_CHECKS, INCONCLUSIVE, SKIPPED, SUSPICIOUS, AuditContext, CheckResult
+from .context import AUDIT_CHECKS, SKIPPED, SUSPICIOUS, AuditContext, CheckResult
 from .report import WHAT_CLEAN_DOES_NOT_PROVE, render_report
 
 log = logging.getLogger(__name__)
@@ -90,24 +90,21 @@ def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = 
 
 
 def reconcile(results: list[CheckResult]) -> None:
-    """Cross-check Neural Cleanse with fine-pruning: a flagged class whose reverse-engineered trigger survives
-    pruning of the dormant channels uses the same neurons as clean inputs, which is what a class that is simply
-    easy to reach looks like (small models on digits have such classes); its Neural Cleanse verdict becomes
-    inconclusive, and the summary says why. A flagged trigger that pruning removes stays suspicious."""
+    """Cross-reference Neural Cleanse and fine-pruning in Neural Cleanse's summary (verdicts are not changed):
+    a flagged trigger that pruning of dormant channels disables is confirmed; one that survives lacks Liu et al.'s
+    dormant-neuron signature, which backdoors fine-tuned into a trained model need not have either."""
     by_name = {r.name: r for r in results}
     nc, fp = by_name.get("neural_cleanse"), by_name.get("fine_pruning")
-    if nc is None or fp is None or nc.verdict != SUSPICIOUS or fp.verdict not in (SUSPICIOUS, "no evidence"):
+    if nc is None or fp is None or nc.verdict != SUSPICIOUS or "candidates" not in fp.evidence:
         return
     flagged = set(nc.evidence.get("flagged_classes", []))
-    tested = set(fp.evidence.get("candidates", []))
     removed = set(fp.evidence.get("removed_classes", []))
-    if flagged and flagged <= tested and not flagged & removed:
-        nc.verdict = INCONCLUSIVE
-        nc.summary += (" Fine-pruning does not confirm it: the flagged triggers survive pruning of the channels clean "
-                       "data leaves dormant, so they look like natural shortcuts to easy classes rather than a planted "
-                       "backdoor.")
-    elif flagged & removed:
+    if flagged & removed:
         nc.summary += " Fine-pruning confirms it: pruning dormant channels disables the flagged trigger."
+    elif flagged & set(fp.evidence["candidates"]):
+        nc.summary += (" The flagged trigger survives fine-pruning (it uses the same channels as clean inputs): "
+                       "that does not clear it, since backdoors fine-tuned into a trained model need not hide in "
+                       "dormant channels, but a naturally easy class looks the same.")
 
 
 def _plain(text: str) -> str:

@@ -215,7 +215,8 @@ class ExplanationConsistency:
 
     def detect(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean ``(B,)``: score above the clean-calibrated threshold."""
-        return self.score(x) > self.calibration.threshold if self.calibration else self.score(x)
+        scores = self.score(x)  # raises if not fitted
+        return scores > self.calibration.threshold
 
     def evaluate(self, x_clean: torch.Tensor, x_triggered: torch.Tensor) -> dict[str, float]:
         """AUROC (triggered vs clean) of every elementary score, of each component and of the combined score;
