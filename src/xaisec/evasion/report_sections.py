@@ -100,4 +100,5 @@ def write_report(s, metrics: dict) -> Path:
                        html_table([{"attack": k, "images/s": v} for k, v in metrics["images_per_second"].items()])))
     section = html_section(f"ADV2 on {cfg.dataset}", blocks, figures, s.run_dir)
     return write_html(s.run_dir / "report.html", f"xaisec adv2: {cfg.name}", [section],
-                      f"<p>Maps compared after {s.post.describe()}; target maps: {cfg.target}.</p>")
+                      f"<p>Target maps: {cfg.target}. Maps are compared after: "
+                      + "; ".join(f"{n}: {p.describe()}" for n, p in s.posts.items()) + ".</p>")

@@ -23,8 +23,9 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 class SaliencyNet(nn.Module):
     """Encoder (3 stages, /4) -> class selector (a learned per-class scale and shift of the bottleneck features,
-    FiLM-style, so a wrong class can switch the mask off) -> decoder with
-    skip connections -> sigmoid mask at H/2, bilinearly upsampled to (B,1,H,W) in [0,1].
+    FiLM-style) -> decoder with a skip connection -> one output channel per class, of which the asked class is
+    taken (so a wrong class can switch its mask off entirely) -> sigmoid mask at H/2, bilinearly upsampled to
+    (B,1,H,W) in [0,1].
 
     ``forward(x (B,C,H,W) in [0,1], target (B,) long) -> masks (B,1,H,W)``.
     """
@@ -40,7 +41,7 @@ class SaliencyNet(nn.Module):
         self.selector = nn.Embedding(num_classes, 8 * width)
         nn.init.zeros_(self.selector.weight)
         self.dec2 = _block(4 * width + 2 * width, 2 * width)
-        self.out = nn.Conv2d(2 * width, 1, 1)
+        self.out = nn.Conv2d(2 * width, num_classes, 1)
 
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -52,7 +53,8 @@ class SaliencyNet(nn.Module):
         e3 = F.relu(e3 * (1 + scale) + shift)  # class selector at the bottleneck
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
         d2 = self.dec2(torch.cat([up, e2], 1))
-        return torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        logits = self.out(d2).gather(1, target[:, None, None, None].expand(-1, 1, *d2.shape[-2:]))
+        return torch.sigmoid(F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False))
 
 
 class RealTimeSaliency(Explainer):
