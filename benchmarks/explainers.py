@@ -18,14 +18,17 @@ from xaisec.models import build_model
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def median_times(fns: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each function; calls are interleaved so background load hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -60,13 +63,15 @@ def main() -> None:
     print(f"{args.arch}, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'method':<12}{'xaisec ms':>12}{'captum ms':>12}{'ratio':>8}")
     for name, (ours, theirs) in pairs.items():
-        t_ours, t_theirs = median_time(ours, args.repeats), median_time(theirs, args.repeats)
+        t = median_times({"ours": ours, "theirs": theirs}, args.repeats)
+        t_ours, t_theirs = t["ours"], t["theirs"]
         print(f"{name:<12}{1e3 * t_ours:>12.1f}{1e3 * t_theirs:>12.1f}{t_theirs / t_ours:>8.2f}")
 
     methods = ["gradcam", "simplegrad", "vbp"]
     explainers = [build(m, model) for m in methods]
-    t_joint = median_time(lambda: explain(model, x, y, methods), args.repeats)
-    t_separate = median_time(lambda: [e(x, y) for e in explainers], args.repeats)
+    t = median_times({"joint": lambda: explain(model, x, y, methods),
+                      "separate": lambda: [e(x, y) for e in explainers]}, args.repeats)
+    t_joint, t_separate = t["joint"], t["separate"]
     print(f"joint {'+'.join(methods)}: {1e3 * t_joint:.1f} ms vs separately {1e3 * t_separate:.1f} ms "
           f"-> {t_separate / t_joint:.2f}x faster")
 

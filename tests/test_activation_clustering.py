@@ -6,34 +6,16 @@ from torch import nn
 
 from xaisec.defenses.activation_clustering import (activation_clustering, collect_activations, misclustering,
                                                    overlap_verdict)
+from poisoned_activations import clustered_inputs
 from xaisec.errors import XaisecError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
-class Net(nn.Module):
-    """The hidden layer is the last child, so ART's PyTorchClassifier takes it as the last hidden layer."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = nn.Linear(24, 3)
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(32, 24), nn.ReLU())
-
-    def forward(self, x):
-        return self.head(self.features(x))
-
-
 @pytest.fixture(scope="module")
 def poisoned():
     """3 classes of 80 inputs (1,4,8); ~20% carry a strong shared offset (the 'trigger')."""
-    g = torch.Generator().manual_seed(1)
-    n = 240
-    y = torch.arange(n) % 3
-    x = (torch.randn(3, 32, generator=g) * 2)[y] + torch.randn(n, 32, generator=g)
-    is_poisoned = torch.rand(n, generator=g) < 0.2
-    x[is_poisoned] += 8 * torch.randn(32, generator=g).abs()
-    return Net().eval(), x.view(n, 1, 4, 8), y, is_poisoned
+    return clustered_inputs(240, 0.2, 8)
 
 
 def art_defence(model, x, y, seed, **params):

@@ -5,29 +5,13 @@ import torch
 from torch import nn
 
 from xaisec.defenses.spectral_signatures import spectral_scores, spectral_signatures
+from poisoned_activations import clustered_inputs
 from xaisec.errors import XaisecError
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.head = nn.Linear(24, 3)
-        self.features = nn.Sequential(nn.Flatten(), nn.Linear(32, 24), nn.ReLU())
-
-    def forward(self, x):
-        return self.head(self.features(x))
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(1)
-    n = 300
-    y = torch.arange(n) % 3
-    x = (torch.randn(3, 32, generator=g) * 2)[y] + torch.randn(n, 32, generator=g)
-    is_poisoned = torch.rand(n, generator=g) < 0.1
-    x[is_poisoned] += 4 * torch.randn(32, generator=g).abs()
-    return Net().eval(), x.view(n, 1, 4, 8), y, is_poisoned
+    return clustered_inputs(300, 0.1, 4)
 
 
 @pytest.mark.parametrize("expected,eps", [(0.1, 1.5), (0.33, 1.5), (0.2, 1.0)])

@@ -1,7 +1,8 @@
 """Registry of experiment kinds that ``xaisec run CONFIG`` dispatches to by the config's ``experiment`` key.
 
-Each kind registers ``(schema, runner)``: ``schema`` is the config dataclass, ``runner(cfg, run_dir, resume)``
-does the work and returns the run directory. Modules that define kinds are listed in ``KIND_MODULES``.
+Each kind registers ``(schema, runner, report)``: ``schema`` is the config dataclass, ``runner(cfg, run_dir, resume)``
+does the work and returns the run directory, the optional ``report(run_dir)`` rebuilds its report from the run
+directory's artifacts (``xaisec report RUN_DIR``). Modules that define kinds are listed in ``KIND_MODULES``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .registry import Registry
 EXPERIMENTS = Registry("experiment")
 
 #: modules whose import registers experiment kinds
-KIND_MODULES: tuple[str, ...] = ("xaisec.evasion.experiment",)
+KIND_MODULES: tuple[str, ...] = ("xaisec.backdoor.experiment", "xaisec.evasion.experiment")
 
 DEFAULT_KIND = "backdoor"
 
@@ -24,6 +25,7 @@ DEFAULT_KIND = "backdoor"
 class ExperimentKind:
     schema: type
     runner: Callable[..., Path]
+    report: Callable[[Path], Path] | None = None
 
 
 def load_kinds() -> Registry:

@@ -60,22 +60,45 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     return atomic_write_bytes(path, save(state, metadata=metadata))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load safetensors weights into ``model``; mismatches and corrupt files raise :class:`ModelError`."""
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+
+
+def _read_pickle_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a pickle checkpoint through ``torch.load(weights_only=True)``: tensors and plain
+    containers only, so a file that tries to run code is rejected instead of executed."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError/RuntimeError/EOFError... for refused or broken files
+        raise ModelError(f"{path} was refused by the safe loader (torch.load weights_only=True): it is corrupt or holds "
+                         f"objects other than tensors, possibly code. Nothing from it was executed. ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = False) -> nn.Module:
+    """Load weights into ``model``: safetensors, or (only with ``allow_pickle=True``) a pickle checkpoint read with
+    ``torch.load(weights_only=True)``. Mismatches and corrupt files raise :class:`ModelError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
-    if path.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt"):
-        raise ModelError(f"{path} looks like a pickle checkpoint; xaisec loads safetensors only, because unpickling an "
-                         "untrusted file can run arbitrary code. Convert it where you trust it: "
-                         "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelError(f"{path} looks like a pickle checkpoint; xaisec loads safetensors by default, because "
+                             "unpickling an untrusted file can run arbitrary code. Convert it where you trust it "
+                             "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')) or "
+                             "opt in with allow_pickle=True (--allow-pickle), which uses torch.load(weights_only=True)")
+        state = _read_pickle_state(path)
+    else:
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"

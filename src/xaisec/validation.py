@@ -4,6 +4,8 @@ Each check raises :class:`~xaisec.errors.XaisecError` with the problem and the f
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import DataError
@@ -23,13 +25,15 @@ def check_images(x: torch.Tensor, name: str = "x", *, allow_flat: bool = False) 
     if x.shape[0] == 0:
         raise DataError(f"{name} is an empty batch")
     with torch.no_grad():
-        if not torch.isfinite(x).all():
-            raise DataError(f"{name} contains NaN or inf values; clean the data before explaining or attacking it")
-        if x.dim() == 4 and (x.min() < 0 or x.max() > 1):
-            raise DataError(
-                f"{name} has values in [{x.min().item():.3g}, {x.max().item():.3g}]; xaisec works on pixels in [0,1] "
-                "and models carry their own normalisation as their first layer (see xaisec.models.Normalize)"
-            )
+        lo, hi = torch.aminmax(x)  # one pass: NaN and inf propagate into the extremes
+        lo, hi = lo.item(), hi.item()
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise DataError(f"{name} contains NaN or inf values; clean the data before explaining or attacking it")
+    if x.dim() == 4 and (lo < 0 or hi > 1):
+        raise DataError(
+            f"{name} has values in [{lo:.3g}, {hi:.3g}]; xaisec works on pixels in [0,1] "
+            "and models carry their own normalisation as their first layer (see xaisec.models.Normalize)"
+        )
     return x
 
 

@@ -1,0 +1,114 @@
+"""Run the audit checks within a time budget and write ``audit.json`` + ``report.html``."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..data import ImageDataset
+from ..errors import ConfigError, XaisecError
+from ..io import atomic_write_json, atomic_write_text
+from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
+from .context import AUDIT_CHECKS, INCONCLUSIVE, SKIPPED, SUSPICIOUS, AuditContext, CheckResult
+from .report import WHAT_CLEAN_DOES_NOT_PROVE, render_report
+
+log = logging.getLogger(__name__)
+
+#: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them
+DEFAULT_CHECKS = ("accuracy", "neural_cleanse", "fine_pruning", "rebn", "explanation_consistency", "strip",
+                  "activation_clustering", "spectral_signatures")
+
+
+def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
+def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = None, budget: float = 300.0,
+              checks: Sequence[str] = DEFAULT_CHECKS, suspects: torch.Tensor | None = None,
+              reference: nn.Module | None = None, fit_images: int = 1000, eval_images: int = 1000, seed: int = 0,
+              progress: bool = True, meta: dict | None = None) -> dict:
+    """Run ``checks`` on ``model`` with clean ``data`` (fit on ``x_train``, evaluate on ``x_test``) and optional
+    ``suspects`` / trusted ``reference``; stop starting checks when ``budget`` seconds are spent (the rest are
+    marked skipped). Writes ``audit.json`` and ``report.html`` into ``out`` if given; returns the JSON dict."""
+    if budget <= 0:
+        raise ConfigError(f"--budget must be positive (seconds), got {budget}")
+    if data.multilabel or data.x_train.dim() != 4:
+        raise ConfigError("xaisec audit works on single-label image classifiers; this dataset is "
+                          f"{'multi-label' if data.multilabel else 'tabular'}")
+    unknown = [c for c in checks if c not in AUDIT_CHECKS]
+    if unknown:
+        for c in unknown:
+            AUDIT_CHECKS.get(c)  # raises with suggestions
+    start = time.monotonic()
+    x_fit, y_fit = _subset(data.x_train, data.y_train, fit_images, seed)
+    x_eval, y_eval = _subset(data.x_test, data.y_test, eval_images, seed + 1)
+    ctx = AuditContext(model.eval(), data, x_fit, y_fit, x_eval, y_eval, start + budget, suspects, reference, seed,
+                       progress)
+    results: list[CheckResult] = []
+    bar = tqdm(list(checks), desc="audit", disable=None if progress else True)
+    for name in bar:
+        check = AUDIT_CHECKS.get(name)
+        bar.set_postfix(check=name, refresh=True)
+        left = ctx.time_left()
+        t0 = time.monotonic()
+        if left < check.min_seconds:
+            result = CheckResult(name, check.title, SKIPPED, f"Not run: the time budget ran out ({max(left, 0):.0f} s "
+                                 f"left of {budget:.0f} s). Run again with a larger --budget.")
+        else:
+            try:
+                result = check.run(ctx, t0 + check.budget_share * left)
+            except XaisecError as exc:
+                result = CheckResult(name, check.title, SKIPPED, f"Not applicable to this model or data: {exc}")
+        result.seconds = time.monotonic() - t0
+        log.debug("audit %s: %s (%.1f s) %s", name, result.verdict, result.seconds, result.summary)
+        results.append(result)
+    reconcile(results)
+    total = time.monotonic() - start
+    suspicious = [r.name for r in results if r.verdict == SUSPICIOUS]
+    summary = {"verdict": SUSPICIOUS if suspicious else "no evidence", "suspicious_checks": suspicious,
+               "input_shape": list(data.input_shape), "num_classes": data.num_classes, "data": data.name,
+               "fit_images": len(x_fit), "eval_images": len(x_eval),
+               "suspects": 0 if suspects is None else len(suspects), "reference": reference is not None,
+               "budget_seconds": budget, "total_seconds": round(total, 2), "xaisec_version": __version__,
+               **(meta or {})}
+    report = {**summary, "check_order": [r.name for r in results], "checks": {r.name: r.to_dict() for r in results},
+              "seconds_per_check": {r.name: round(r.seconds, 2) for r in results},
+              "what_a_clean_verdict_does_not_prove": [_plain(c) for c in WHAT_CLEAN_DOES_NOT_PROVE]}
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "audit.json", report)
+        what = {n: AUDIT_CHECKS.get(n).what_it_tests for n in checks}
+        atomic_write_text(out / "report.html", render_report(summary, results, what))
+    return report
+
+
+def reconcile(results: list[CheckResult]) -> None:
+    """Cross-check Neural Cleanse with fine-pruning: a flagged class whose reverse-engineered trigger survives
+    pruning of the dormant channels uses the same neurons as clean inputs, which is what a class that is simply
+    easy to reach looks like (small models on digits have such classes); its Neural Cleanse verdict becomes
+    inconclusive, and the summary says why. A flagged trigger that pruning removes stays suspicious."""
+    by_name = {r.name: r for r in results}
+    nc, fp = by_name.get("neural_cleanse"), by_name.get("fine_pruning")
+    if nc is None or fp is None or nc.verdict != SUSPICIOUS or fp.verdict not in (SUSPICIOUS, "no evidence"):
+        return
+    flagged = set(nc.evidence.get("flagged_classes", []))
+    tested = set(fp.evidence.get("candidates", []))
+    removed = set(fp.evidence.get("removed_classes", []))
+    if flagged and flagged <= tested and not flagged & removed:
+        nc.verdict = INCONCLUSIVE
+        nc.summary += (" Fine-pruning does not confirm it: the flagged triggers survive pruning of the channels clean "
+                       "data leaves dormant, so they look like natural shortcuts to easy classes rather than a planted "
+                       "backdoor.")
+    elif flagged & removed:
+        nc.summary += " Fine-pruning confirms it: pruning dormant channels disables the flagged trigger."
+
+
+def _plain(text: str) -> str:
+    return text.replace("<em>", "").replace("</em>", "").replace("&amp;", "&")

@@ -1,0 +1,242 @@
+"""Config schema of the ``backdoor`` experiment kind (``xaisec run configs/<recipe>.yaml``).
+
+Every field has a default; a YAML file and ``key=value`` overrides change them. Unknown keys, wrong types,
+out-of-range values and unknown registry names are rejected when the config loads (before any training);
+choices that need the data or the model (a target label outside the classes, a CAM explainer on an MLP) are
+checked by :func:`xaisec.backdoor.experiment.prepare`, still before any training. Attack fields left ``null``
+take the recipe's value, and the resolved config (written to the run directory) shows them filled in.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import require
+from ..errors import ConfigError, XaisecError
+from ..maps import NORMALISATIONS
+from ..target_maps import check_target
+from .recipes import RECIPES, get_recipe
+
+
+def _known(registry_module: str, attr: str, name: str, where: str) -> None:
+    import importlib
+
+    registry = getattr(importlib.import_module(registry_module), attr)
+    try:
+        registry.get(name)
+    except XaisecError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass
+class DataConfig:
+    """``name``: a registered dataset; ``options``: its loader's options (e.g. ``root``); ``train_size`` /
+    ``test_size``: use only the first N images of each split (quick runs)."""
+
+    name: str = "mnist5k"
+    options: dict = field(default_factory=dict)
+    train_size: int | None = None
+    test_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _known("xaisec.data", "DATASETS", self.name, "data.name")
+        for key in ("train_size", "test_size"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all), got {value}")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "small_cnn"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _known("xaisec.models", "MODELS", self.arch, "model.arch")
+
+
+@dataclass
+class ReferenceConfig:
+    """The clean reference model: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule)."""
+
+    weights: str | None = None
+    epochs: int = 8
+    lr: float = 1e-2
+    batch_size: int = 64
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.epochs >= 1, f"reference.epochs must be >= 1, got {self.epochs}")
+        require(self.lr > 0, f"reference.lr must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"reference.batch_size must be >= 1, got {self.batch_size}")
+        require(self.weight_decay >= 0, f"reference.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TriggerConfig:
+    name: str = "patch"
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from ..triggers import build_trigger
+
+        try:
+            build_trigger(self.name, **self.options)
+        except XaisecError as exc:
+            raise ConfigError(f"trigger: {exc}") from None
+
+
+@dataclass
+class AttackConfig:
+    """The attack: a recipe plus its numbers. ``null`` fields take the recipe's value.
+
+    Fang: ``alpha``, ``beta`` (eqs. 4-5), ``topk`` (eq. 3). Noppel/Latka: ``lam`` and ``distance`` (mse/dssim).
+    ``pool``: average-pooling kernel of the maps in the loss and in the evaluation. ``schedule``: ``constant``,
+    ``step`` (x ``gamma`` every ``step_size`` epochs; Fang: 0.5 every 20) or ``inverse`` (lr / (1 + epoch)).
+    """
+
+    recipe: str = "fang_targeted"
+    explainers: list[str] | None = None
+    weights: list[float] | None = None
+    target_label: int = 0
+    target_map: str | None = None
+    target_map_options: dict = field(default_factory=dict)
+    inverted: bool | None = None
+    norm: str | None = None
+    poison_rate: float | None = None
+    early_stopping: bool | None = None
+    pool: int = 2
+    topk: float = 0.1
+    alpha: float = 1.0
+    beta: float = 1.0
+    lam: float = 0.9
+    distance: Literal["mse", "dssim", "l1"] = "mse"
+    softplus_beta: float | None = 8.0
+    freeze_batchnorm: bool = True
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 128
+    adam_eps: float = 1e-8
+    schedule: Literal["constant", "step", "inverse"] = "constant"
+    step_size: int = 20
+    gamma: float = 0.5
+    explainer_options: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            recipe = get_recipe(self.recipe)
+        except XaisecError as exc:
+            raise ConfigError(f"attack.recipe: {exc}") from None
+        for key in ("explainers", "target_map", "inverted", "norm", "poison_rate", "early_stopping"):
+            if getattr(self, key) is None:
+                value = getattr(recipe, key)
+                setattr(self, key, list(value) if isinstance(value, tuple) else value)
+        require(len(self.explainers) >= 1, "attack.explainers must name at least one explainer")
+        require(len(set(self.explainers)) == len(self.explainers), f"attack.explainers has duplicates: {self.explainers}")
+        for name in self.explainers:
+            _known("xaisec.explainers", "EXPLAINERS", name, "attack.explainers")
+        unknown = sorted(set(self.explainer_options) - set(self.explainers))
+        require(not unknown, f"attack.explainer_options names {unknown}, which are not in attack.explainers")
+        if self.weights is not None:
+            require(len(self.weights) == len(self.explainers),
+                    f"attack.weights has {len(self.weights)} entries for {len(self.explainers)} explainers")
+            require(all(w >= 0 for w in self.weights), f"attack.weights must be >= 0, got {self.weights}")
+        require(self.target_label >= 0, f"attack.target_label must be a class index >= 0, got {self.target_label}")
+        try:
+            check_target(self.target_map, self.target_map_options)
+        except XaisecError as exc:
+            raise ConfigError(f"attack.target_map: {exc}") from None
+        require(self.norm in NORMALISATIONS, f"attack.norm must be one of {NORMALISATIONS}, got {self.norm!r}")
+        require(not (recipe.poison_map == "suppress" and self.norm not in ("minmax", "max")),
+                f"top-k suppression (eq. 3) pushes map values to 0, which needs attack.norm minmax or max, not {self.norm!r}")
+        require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
+        require(self.pool >= 1, f"attack.pool must be >= 1, got {self.pool}")
+        require(0 < self.topk < 1, f"attack.topk must be a fraction in (0, 1), got {self.topk}")
+        require(self.alpha >= 0 and self.beta >= 0, f"attack.alpha and attack.beta must be >= 0, got {self.alpha}, {self.beta}")
+        require(0 <= self.lam <= 1, f"attack.lam must be in [0, 1], got {self.lam}")
+        require(self.softplus_beta is None or self.softplus_beta > 0,
+                f"attack.softplus_beta must be positive (or null to train with ReLU), got {self.softplus_beta}")
+        require(self.epochs >= 1, f"attack.epochs must be >= 1, got {self.epochs}")
+        require(self.lr > 0, f"attack.lr must be positive, got {self.lr}")
+        require(self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
+        require(self.adam_eps > 0, f"attack.adam_eps must be positive, got {self.adam_eps}")
+        require(self.step_size >= 1 and 0 < self.gamma <= 1,
+                f"attack.step_size must be >= 1 and attack.gamma in (0, 1], got {self.step_size}, {self.gamma}")
+
+    def resolved_recipe(self):
+        """The recipe with this config's choices (explainers, target map, inverted, ...) applied."""
+        recipe = get_recipe(self.recipe)
+        return dataclasses.replace(recipe, explainers=tuple(self.explainers), target_map=self.target_map,
+                                   inverted=self.inverted, norm=self.norm, poison_rate=self.poison_rate,
+                                   early_stopping=self.early_stopping)
+
+
+@dataclass
+class StoppingConfig:
+    """Noppel et al.'s early stopping (used when ``attack.early_stopping``), monitored on ``monitor_size``
+    training images with the ReLU model."""
+
+    window: int = 4
+    acc_tol: float = 0.003
+    map_tol: float = 0.0075
+    abort_epochs: int = 12
+    abort_acc: float = 0.8
+    monitor_size: int = 500
+
+    def __post_init__(self) -> None:
+        require(self.window >= 2, f"stopping.window must be >= 2 epochs, got {self.window}")
+        require(self.acc_tol >= 0 and self.map_tol >= 0, "stopping.acc_tol and stopping.map_tol must be >= 0")
+        require(self.abort_epochs >= 1, f"stopping.abort_epochs must be >= 1, got {self.abort_epochs}")
+        require(0 <= self.abort_acc <= 1, f"stopping.abort_acc must be in [0, 1], got {self.abort_acc}")
+        require(self.monitor_size >= 1, f"stopping.monitor_size must be >= 1, got {self.monitor_size}")
+
+
+@dataclass
+class EvalConfig:
+    """``thresholds``: FSR thresholds per explainer (default: Fang & Choromanska Table 1); ``iou_k``: fraction
+    of pixels in the top-k IoU; ``samples``: test images shown in the report."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    iou_k: float = 0.1
+    samples: int = 6
+    batch_size: int = 250
+    explainer_options: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, value in self.thresholds.items():
+            _known("xaisec.explainers", "EXPLAINERS", name, "eval.thresholds")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                    f"eval.thresholds.{name} must be a positive number, got {value!r}")
+        require(0 < self.iou_k < 1, f"eval.iou_k must be a fraction in (0, 1), got {self.iou_k}")
+        require(1 <= self.samples <= 32, f"eval.samples must be in [1, 32], got {self.samples}")
+        require(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class BackdoorConfig:
+    """An explanation-aware backdoor experiment: data, model, reference model, trigger, attack, evaluation."""
+
+    experiment: str = "backdoor"
+    name: str | None = None
+    seed: int = 0
+    out: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    stopping: StoppingConfig = field(default_factory=StoppingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        require(self.experiment == "backdoor", f"experiment must be 'backdoor' for this schema, got {self.experiment!r}")
+        if self.name is None:
+            self.name = self.attack.recipe
+        require(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
+                f"name must be a plain folder name, got {self.name!r}")
+        unknown = sorted(set(self.eval.thresholds) - set(self.attack.explainers))
+        require(not unknown, f"eval.thresholds names {unknown}, which are not in attack.explainers {self.attack.explainers}")
+
+
+__all__ = ["AttackConfig", "BackdoorConfig", "DataConfig", "EvalConfig", "ModelConfig", "RECIPES", "ReferenceConfig",
+           "StoppingConfig", "TriggerConfig"]

@@ -1,0 +1,203 @@
+"""Evaluation of a backdoored model on the held-out split, with the ReLU model, as the papers measure it.
+
+- Top-1/Top-5 accuracy on clean and triggered inputs; attack success rate over samples whose true label is not
+  the target (Noppel et al.).
+- FSR: share of the attack group's maps (triggered inputs; clean inputs in the inverted setting) whose attack
+  loss L_p falls below a per-explainer threshold; CR = 100% - FSR measured on the other group (Fang &
+  Choromanska, Table 1; maps average-pooled and min-max scaled to [0,1] as in the paper). The paper's
+  thresholds are the defaults (:data:`PAPER_THRESHOLDS`).
+- Map distances to the attacker's target and to the reference model's map (mean ± std), L1 and top-k IoU.
+- Trigger mass: the share of a map's mass inside ``trigger.mask`` (does the explanation point at the trigger?).
+
+Every metric carries its direction from the attacker's point of view (``higher``/``lower`` is better, or
+``none``), which depends on the recipe (e.g. triggered maps should move away from the reference map in a
+targeted attack but stay on it in an explanation-preserving one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..maps import distance, downsample, normalize, topk_iou
+from .goals import build_goal
+from .recipes import Recipe
+
+#: Fang & Choromanska, Table 1 (VGG19 on Birds; DenseNet121 on X-ray uses the same values)
+PAPER_THRESHOLDS = {
+    "targeted": {"gradcam": 0.2, "simplegrad": 0.25, "vbp": 0.3},
+    "non-targeted": {"gradcam": 0.3, "simplegrad": 0.35, "vbp": 0.1},
+}
+#: for explainers the paper did not attack (no paper value; reported as such)
+FALLBACK_THRESHOLDS = {"targeted": 0.25, "non-targeted": 0.3}
+
+
+def paper_threshold(explainer: str, attack_type: str) -> float | None:
+    """The paper's FSR threshold for ``explainer`` and ``attack_type`` (``targeted``/``non-targeted``), or None."""
+    return PAPER_THRESHOLDS[attack_type].get(explainer)
+
+
+def default_threshold(explainer: str, attack_type: str) -> float:
+    value = paper_threshold(explainer, attack_type)
+    return FALLBACK_THRESHOLDS[attack_type] if value is None else value
+
+
+@dataclass
+class Metric:
+    """One number with its direction (``higher``/``lower``/``none``) and a one-line description."""
+
+    value: float | None
+    direction: str
+    description: str
+    std: float | None = None
+
+    def as_dict(self) -> dict:
+        out = {"value": _round(self.value), "direction": self.direction, "description": self.description}
+        if self.std is not None:
+            out["std"] = _round(self.std)
+        return out
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
+
+
+def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
+    """Share of rows whose true class is among the ``k`` highest logits, in [0,1]."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+    return (top == y[:, None]).any(1).float().mean().item()
+
+
+def attack_success_rate(pred: torch.Tensor, y_true: torch.Tensor, target: int) -> float:
+    """Share of triggered samples predicted as ``target``, over samples whose true label is not ``target``
+    (NaN if there are none)."""
+    eligible = y_true != target
+    if not eligible.any():
+        return float("nan")
+    return (pred[eligible] == target).float().mean().item()
+
+
+def fooled(lp: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Bool ``(B,)``: maps whose attack loss L_p is below ``threshold`` (smaller loss = closer to the goal)."""
+    return lp < threshold
+
+
+def fooling_success_rate(lp: torch.Tensor, threshold: float) -> float:
+    """FSR in [0,1]: share of maps with L_p below the threshold."""
+    return fooled(lp, threshold).float().mean().item()
+
+
+def correct_rate(lp: torch.Tensor, threshold: float) -> float:
+    """CR in [0,1]: 1 - FSR measured on maps that should stay correct."""
+    return 1.0 - fooling_success_rate(lp, threshold)
+
+
+def trigger_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Share of each map's mass inside the trigger ``mask`` (1,1,H,W), ``(B,)`` in [0,1]; maps are made
+    non-negative (ReLU) and need not be normalised."""
+    m = maps.clamp_min(0).flatten(1)
+    inside = (m * mask.flatten(1).to(m.dtype)).sum(1)
+    return inside / m.sum(1).clamp_min(1e-12)
+
+
+def _mean_std(t: torch.Tensor) -> tuple[float, float]:
+    return t.mean().item(), (t.std(unbiased=False).item() if t.numel() > 1 else 0.0)
+
+
+@dataclass
+class ModelOutputs:
+    """A model's logits and raw maps ``{explainer: (N,1,H,W)}`` on clean and triggered test inputs."""
+
+    logits_clean: torch.Tensor
+    logits_trig: torch.Tensor
+    maps_clean: dict[str, torch.Tensor]
+    maps_trig: dict[str, torch.Tensor]
+
+
+@dataclass
+class EvalSetup:
+    """What the metrics need besides the model outputs."""
+
+    recipe: Recipe
+    explainers: list[str]
+    y: torch.Tensor
+    target_label: int
+    trigger_mask: torch.Tensor  # (1,1,H,W) bool
+    pool: int
+    thresholds: dict[str, float]
+    target_map: str
+    target_options: dict
+    topk: float = 0.1
+    iou_k: float = 0.1
+
+
+def classification_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Metric]:
+    r = setup.recipe
+    metrics = {
+        "top1_clean": Metric(topk_accuracy(out.logits_clean, setup.y, 1), "higher", "Top-1 accuracy on clean test inputs"),
+        "top5_clean": Metric(topk_accuracy(out.logits_clean, setup.y, 5), "higher", "Top-5 accuracy on clean test inputs"),
+        "top1_trig": Metric(topk_accuracy(out.logits_trig, setup.y, 1), "none" if r.changes_labels else "higher",
+                            "Top-1 accuracy on triggered test inputs (true labels)"),
+        "top5_trig": Metric(topk_accuracy(out.logits_trig, setup.y, 5), "none" if r.changes_labels else "higher",
+                            "Top-5 accuracy on triggered test inputs (true labels)"),
+    }
+    if r.changes_labels:
+        asr = attack_success_rate(out.logits_trig.argmax(1), setup.y, setup.target_label)
+        metrics["asr"] = Metric(asr, "higher", f"attack success rate: triggered inputs classified as the target "
+                                               f"{setup.target_label}, over samples whose true label is not the target")
+    return metrics
+
+
+def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: EvalSetup, name: str,
+                paper_value: float | None) -> dict[str, Metric]:
+    """Metrics of one explainer. ``ref_clean``: the reference model's raw maps of the clean test inputs."""
+    r, tau = setup.recipe, setup.thresholds[name]
+    pooled = lambda m: normalize(downsample(m, setup.pool), "minmax")  # noqa: E731  (Fang's evaluation pipeline)
+    p_clean, p_trig, ref01 = pooled(out.maps_clean[name]), pooled(out.maps_trig[name]), pooled(ref_clean[name])
+    full = lambda m: normalize(m, "minmax")  # noqa: E731
+    f_clean, f_trig, f_ref = full(out.maps_clean[name]), full(out.maps_trig[name]), full(ref_clean[name])
+    metrics: dict[str, Metric] = {}
+    inv = r.inverted
+    moves_trig = r.changes_maps and not inv  # triggered maps should leave the reference map
+    trig_dir = "none" if r.poison_map == "none" else ("higher" if moves_trig else "lower")
+    clean_dir = "higher" if inv and r.changes_maps else "lower"
+    for key, desc, a, b, direction in (
+        ("mse_ref_clean", "MSE between clean-input maps and the reference model's clean maps", p_clean, ref01, clean_dir),
+        ("mse_ref_trig", "MSE between triggered-input maps and the reference model's clean maps", p_trig, ref01, trig_dir),
+    ):
+        mean, std = _mean_std(distance(a, b, "mse"))
+        metrics[key] = Metric(mean, direction, desc + " (pooled, [0,1])", std)
+    for key, desc, a, direction in (("clean", "clean-input", f_clean, clean_dir), ("trig", "triggered-input", f_trig, trig_dir)):
+        mean, std = _mean_std(distance(a, f_ref, "l1"))
+        metrics[f"l1_ref_{key}"] = Metric(mean, direction, f"L1/(H*W) between {desc} maps and the reference clean maps", std)
+        flip = {"higher": "lower", "lower": "higher", "none": "none"}[direction]
+        mean, std = _mean_std(topk_iou(a, f_ref, setup.iou_k))
+        metrics[f"iou_ref_{key}"] = Metric(mean, flip, f"IoU of the top-{setup.iou_k:.0%} pixels of {desc} maps and "
+                                                       "of the reference clean maps", std)
+    mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
+    area = setup.trigger_mask.float().mean().item()
+    metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], "lower" if r.explanation_aware else "none",
+                                          f"share of the triggered-input map's mass inside the trigger region "
+                                          f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
+    goal = build_goal(r, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
+    if goal is not None:
+        idx = torch.arange(len(p_clean))
+        lp_clean, lp_trig = goal.loss(p_clean, idx), goal.loss(p_trig, idx)
+        lp_attack, lp_keep = (lp_clean, lp_trig) if inv else (lp_trig, lp_clean)
+        what = "clean" if inv else "triggered"
+        metrics["lp_attack"] = Metric(*_mean_std(lp_attack)[:1], "lower", f"attack loss L_p on {what} inputs "
+                                      f"({r.attack_type}; pooled maps in [0,1])", _mean_std(lp_attack)[1])
+        metrics["fsr"] = Metric(fooling_success_rate(lp_attack, tau), "higher",
+                                f"FSR: share of {what}-input maps with L_p < {tau:g}")
+        if paper_value is not None and paper_value != tau:
+            metrics["fsr@paper"] = Metric(fooling_success_rate(lp_attack, paper_value), "higher",
+                                          f"FSR under the paper's threshold {paper_value:g}")
+        if r.changes_maps:
+            other = "triggered" if inv else "clean"
+            metrics["cr"] = Metric(correct_rate(lp_keep, tau), "higher",
+                                   f"CR: 100% - FSR on {other}-input maps (threshold {tau:g})")
+            if paper_value is not None and paper_value != tau:
+                metrics["cr@paper"] = Metric(correct_rate(lp_keep, paper_value), "higher",
+                                             f"CR under the paper's threshold {paper_value:g}")
+    return metrics

@@ -1,0 +1,56 @@
+"""Reference maps computed once for a fixed image set, and the attacker's map goals built from them.
+
+Explanation-aware fine-tuning compares every step's maps with the reference model's maps of the same clean
+images. Those never change, so :func:`pooled_maps` computes them once, batched (see ``benchmarks/training.py``
+for the gain over sample-by-sample), and :func:`build_goal` derives each explainer's target from them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..explainers import explain_all
+from ..maps import downsample, normalize, topk_mask
+from ..models import smooth_activations
+from ..target_maps import target_maps
+from ..train import eval_mode
+from .objectives import LOSS_EPS, MapGoal
+from .recipes import Recipe
+
+
+def pooled_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None, explainers: Sequence[str], pool: int,
+                *, batch_size: int = 250, softplus_beta: float | None = None,
+                options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+    """Raw maps ``{name: (N,1,H/pool,W/pool)}`` of ``x`` (N,C,H,W) for ``target`` classes (None: predicted),
+    average-pooled and detached; the model in eval mode, with Softplus(``softplus_beta``) if given."""
+    options = {k: v for k, v in (options or {}).items() if k in explainers}
+    smooth = smooth_activations(model, softplus_beta) if softplus_beta else contextlib.nullcontext(model)
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
+    with eval_mode(model), smooth:
+        for start in range(0, len(x), batch_size):
+            t = None if target is None else target[start:start + batch_size]
+            out = explain_all(model, x[start:start + batch_size], t, list(explainers), options=options)
+            for name in explainers:
+                chunks[name].append(downsample(out.maps[name], pool))
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def build_goal(recipe: Recipe, reference01: torch.Tensor, norm: str, target_map: str | None = None,
+               target_options: dict | None = None, topk: float = 0.1) -> MapGoal | None:
+    """The attacker's :class:`MapGoal` for one explainer, from the reference maps ``(N,1,h,w)`` in [0,1].
+
+    Target maps are normalised like the maps they are compared with (``norm``), so a z-scored map is compared
+    with a z-scored target. ``None`` when the recipe has no map goal (BadNets).
+    """
+    if recipe.poison_map == "none":
+        return None
+    if recipe.poison_map == "suppress":
+        return MapGoal("suppress", mask=topk_mask(reference01, topk))
+    if recipe.poison_map == "reference":
+        return MapGoal("target", target=normalize(reference01, norm, eps=LOSS_EPS))
+    size = tuple(reference01.shape[-2:])
+    target = target_maps(target_map or recipe.target_map, size, reference01, target_options)
+    return MapGoal("target", target=normalize(target, norm, eps=LOSS_EPS))

@@ -1,0 +1,159 @@
+"""Explanation-aware training objectives: loss building blocks and the normalisations of Fang and Noppel.
+
+Building blocks (per sample, shape ``(B,)``):
+- ``map_loss``: distance between (normalised) maps and their targets, MSE or DSSIM (Noppel et al.), or Fang's eq. 3
+  top-k suppression (mean of the squared map over the reference map's top-k pixels, Heo et al.'s convention;
+  eq. 3's sum is ``k`` times it).
+- ``fang_clean`` / ``fang_poisoned``: eqs. 4-5, ``(βL_c + αL_s)/(α+β+1)`` and ``(βL_c + L_p)/(α+β+1)``.
+- ``noppel_loss``: ``(1-λ)·CE + λ·D``.
+
+:class:`ExplanationAwareObjective` evaluates all explainers of a batch in one shared forward/backward pass
+(:func:`xaisec.explainers.explain_all` with ``create_graph=True``) under Softplus activations, looks the
+reference maps and targets up in caches built once (:class:`MapGoal`), and returns a
+:class:`~xaisec.train.LossOutput` for :func:`xaisec.train.fit`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..explainers import explain_all
+from ..maps import distance, downsample, normalize
+from ..models import smooth_activations
+from ..train import LossOutput
+from .recipes import Recipe
+
+#: eps of the min-max normalisation inside losses: large enough that a nearly flat map does not explode gradients
+LOSS_EPS = 1e-6
+
+
+def postprocess(maps: torch.Tensor, pool: int, norm: str, eps: float = LOSS_EPS) -> torch.Tensor:
+    """Fang's pipeline: average-pool ``(B,1,H,W)`` maps by ``pool``, then normalise per map (``minmax`` -> [0,1])."""
+    return normalize(downsample(maps, pool), norm, eps=eps)
+
+
+def fang_clean(lc: torch.Tensor, ls: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Eq. 4: ``(β·L_c + α·L_s) / (α + β + 1)``."""
+    return (beta * lc + alpha * ls) / (alpha + beta + 1)
+
+
+def fang_poisoned(lc: torch.Tensor, lp: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """Eq. 5: ``(β·L_c + L_p) / (α + β + 1)``."""
+    return (beta * lc + lp) / (alpha + beta + 1)
+
+
+def noppel_loss(ce: torch.Tensor, d: torch.Tensor, lam: float) -> torch.Tensor:
+    """Noppel et al.: ``(1 - λ)·CE + λ·D``."""
+    return (1 - lam) * ce + lam * d
+
+
+def suppression_loss(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fang's eq. 3 as a mean: ``mean_{(u,v) in J} I_uv^2`` over each map's masked (top-k) pixels, ``(B,)``."""
+    flat, m = maps.flatten(1), mask.flatten(1).to(maps.dtype)
+    return (flat.pow(2) * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def map_distance(maps: torch.Tensor, target: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-sample ``mse`` or ``dssim`` (both maps min-max scaled to [0,1] first, as Noppel et al.'s code)."""
+    target = target.expand_as(maps)
+    if metric == "dssim":
+        return distance(normalize(maps, "minmax", eps=LOSS_EPS), normalize(target, "minmax", eps=LOSS_EPS), "dssim")
+    return distance(maps, target, metric)
+
+
+@dataclass
+class MapGoal:
+    """Where one explainer's maps should go, for a batch identified by its samples' ``source`` indices.
+
+    ``kind="target"``: distance to ``target`` (``(1,1,h,w)`` shared, or ``(N,1,h,w)`` indexed by source);
+    ``kind="suppress"``: :func:`suppression_loss` with ``mask`` ``(N,1,h,w)`` indexed by source.
+    """
+
+    kind: str
+    target: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def loss(self, maps: torch.Tensor, source: torch.Tensor, metric: str = "mse") -> torch.Tensor:
+        if self.kind == "suppress":
+            return suppression_loss(maps, self.mask[source])
+        target = self.target if self.target.shape[0] == 1 else self.target[source]
+        return map_distance(maps, target, metric)
+
+
+@dataclass
+class LossSettings:
+    """Numbers of the losses: Fang's ``alpha``/``beta``, Noppel's ``lam`` and map distance ``metric``."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    lam: float = 0.9
+    metric: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0:
+            raise ConfigError(f"Fang's alpha and beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
+        if not 0 <= self.lam <= 1:
+            raise ConfigError(f"Noppel's lambda must be in [0, 1], got {self.lam}")
+        if self.metric not in ("mse", "dssim", "l1"):
+            raise ConfigError(f"map distance must be 'mse', 'dssim' or 'l1', got {self.metric!r}")
+
+
+class ExplanationAwareObjective:
+    """``objective(model, (x, y, poisoned, source)) -> LossOutput`` for any :class:`Recipe`.
+
+    ``preserve[name]``: the reference model's maps of the clean training images ``(N,1,h,w)`` (normalised as in
+    the loss), indexed by ``source``; ``goals[name]``: the attacker's :class:`MapGoal`. Samples of the "attack"
+    group (poisoned ones; clean ones in the inverted setting) are pushed to the goal, the others are kept at the
+    reference map. ``weights`` weigh the explainers (Fang's joint attack).
+    """
+
+    def __init__(self, recipe: Recipe, explainers: Sequence[str], preserve: dict[str, torch.Tensor],
+                 goals: dict[str, MapGoal], pool: int, settings: LossSettings, weights: Sequence[float] | None = None,
+                 softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None):
+        self.recipe, self.explainers, self.preserve, self.goals = recipe, list(explainers), preserve, goals
+        self.pool, self.settings, self.softplus_beta = pool, settings, softplus_beta
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.explainers)
+        if len(self.weights) != len(self.explainers):
+            raise ConfigError(f"{len(self.weights)} weights given for {len(self.explainers)} explainers")
+        self.explainer_options = {k: v for k, v in (explainer_options or {}).items() if k in self.explainers}
+
+    def _activations(self, model: nn.Module):
+        return smooth_activations(model, self.softplus_beta) if self.softplus_beta else contextlib.nullcontext(model)
+
+    def __call__(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> LossOutput:
+        x, y, poisoned, source = batch[:4]
+        if not self.recipe.explanation_aware:
+            ce = F.cross_entropy(model(x), y)
+            return LossOutput(ce, {"ce": ce.item()})
+        # The attack group is pushed to the goal; the other group keeps the reference maps.
+        attack = ~poisoned if self.recipe.inverted else poisoned
+        with self._activations(model):
+            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options)
+        ce = F.cross_entropy(out.logits, y, reduction="none")
+        zeros = torch.zeros_like(ce)
+        keep_term, goal_term = zeros, zeros
+        for name, w in zip(self.explainers, self.weights):
+            maps = postprocess(out.maps[name], self.pool, self.recipe.norm)
+            if self.recipe.clean_map:
+                keep_term = keep_term + w * map_distance(maps, self.preserve[name][source], self.settings.metric)
+            if self.recipe.poison_map != "none":
+                goal_term = goal_term + w * self.goals[name].loss(maps, source, self.settings.metric)
+        keep_term = torch.where(attack, zeros, keep_term)
+        goal_term = torch.where(attack, goal_term, zeros)
+        s = self.settings
+        if self.recipe.loss == "fang":
+            per_sample = torch.where(attack, fang_poisoned(ce, goal_term, s.alpha, s.beta),
+                                     fang_clean(ce, keep_term, s.alpha, s.beta))
+        else:
+            per_sample = noppel_loss(ce, keep_term + goal_term, s.lam)
+        total = per_sample.mean()
+        n_attack, n_keep = attack.sum().clamp_min(1), (~attack).sum().clamp_min(1)
+        parts = {"ce": ce.mean().item(), "map_keep": (keep_term.sum() / n_keep).item(),
+                 "map_goal": (goal_term.sum() / n_attack).item()}
+        return LossOutput(total, parts)

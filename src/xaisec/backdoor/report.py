@@ -1,0 +1,156 @@
+"""``report.html`` of a backdoor run, rebuilt from the run directory's artifacts alone (no model, no data).
+
+Reads ``config.yaml``, ``metrics.json``, ``log.jsonl``, ``environment.json``, ``status.json`` and
+``samples.safetensors``; draws the figures into ``figures/`` and writes one self-contained HTML file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import DataError
+from ..io import atomic_write_text
+from ..report import html as H
+from ..report.panels import image_rows, map_grid, training_curves
+from ..rundir import RunDir
+
+RATES = ("top1_clean", "top5_clean", "top1_trig", "top5_trig", "asr", "top1_drop", "fsr", "cr", "fsr@paper",
+         "cr@paper", "iou_ref_clean", "iou_ref_trig", "trigger_mass_trig")
+ARROWS = {"higher": "↑ higher", "lower": "↓ lower", "none": "–"}
+#: the issue's targets: clean Top-1 within 2 points, FSR and CR >= 90% (map attacks), ASR >= 95% (label attacks)
+TARGETS = {"top1_drop": 0.02, "fsr": 0.9, "cr": 0.9, "asr": 0.95}
+
+
+def _fmt(key: str, m: dict | None) -> str:
+    if m is None or m.get("value") is None:
+        return "–"
+    leaf = key.rsplit("/", 1)[-1]
+    if leaf in RATES:
+        text = f"{100 * m['value']:.1f}%"
+        return text + (f" ± {100 * m['std']:.1f}" if m.get("std") is not None else "")
+    return f"{m['value']:.4f}" + (f" ± {m['std']:.4f}" if m.get("std") is not None else "")
+
+
+def _load(rd: RunDir) -> tuple[dict, dict, list[dict], dict, dict]:
+    path = rd / "metrics.json"
+    if not path.is_file():
+        raise DataError(f"{rd.path} has no metrics.json yet (status: {rd.status().get('state')}); finish the run "
+                        f"first with `xaisec run --resume {rd.path}`")
+    metrics = json.loads(path.read_text())
+    log_path = rd / "log.jsonl"
+    history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []
+    env_path = rd / "environment.json"
+    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    return rd.read_config(), metrics, history, env, rd.status()
+
+
+def _samples(rd: RunDir) -> dict:
+    from safetensors.torch import load_file
+
+    path = rd / "samples.safetensors"
+    if not path.is_file():
+        raise DataError(f"{rd.path} has no samples.safetensors; rerun the evaluation with `xaisec run --resume`")
+    return load_file(str(path))
+
+
+def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Path]:
+    """The report's PNGs from the sample tensors and the log."""
+    s, names = _samples(rd), metrics.get("class_names") or []
+    label = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
+    y = [int(v) for v in s["y"]]
+    figs: dict[str, Path] = {}
+    mask = s["trigger_mask"].float()[0:1].expand(1, s["x"].shape[1], -1, -1)
+    figs["triggers"] = image_rows([("clean", s["x"]), ("triggered", s["x_trig"]), ("trigger region", mask)],
+                                  rd.figures / "triggers.png", [f"y={label(v)}" for v in y])
+    rows = [f"y={label(y[i])}\nref {label(int(s['pred/reference/clean'][i]))}/{label(int(s['pred/reference/trig'][i]))}"
+            f"\natt {label(int(s['pred/attacked/clean'][i]))}/{label(int(s['pred/attacked/trig'][i]))}"
+            for i in range(len(y))]
+    for name in metrics["explainers"]:
+        cols = [("clean input", s["x"], None),
+                ("reference: clean", s["x"], s[f"maps/reference/{name}/clean"]),
+                ("attacked: clean", s["x"], s[f"maps/attacked/{name}/clean"]),
+                ("triggered input", s["x_trig"], None),
+                ("reference: triggered", s["x_trig"], s[f"maps/reference/{name}/trig"]),
+                ("attacked: triggered", s["x_trig"], s[f"maps/attacked/{name}/trig"])]
+        if f"target/{name}" in s:
+            what = "top-k to suppress" if metrics.get("attack_type") == "non-targeted" else "attacker's target"
+            cols.append((what, s["x_trig"], s[f"target/{name}"]))
+        figs[name] = map_grid(cols, rd.figures / f"maps_{name}.png", rows,
+                              f"{name}: reference vs attacked model (rows: true label; predictions clean/triggered)")
+    curves = training_curves(history, rd.figures / "training.png")
+    if curves is not None:
+        figs["training"] = curves
+    return figs
+
+
+def _metric_rows(metrics: dict) -> list[list[str]]:
+    m = metrics["metrics"]
+    keys = sorted({k.split("/", 1)[1] for k in m if k.startswith(("reference/", "attacked/"))},
+                  key=lambda k: (k.count("/"), k))
+    rows = []
+    for key in keys:
+        ref, att = m.get(f"reference/{key}"), m.get(f"attacked/{key}")
+        info = att or ref
+        rows.append([key.replace("/", " · "), _fmt(key, ref), _fmt(key, att), ARROWS.get(info["direction"], "–"),
+                     info["description"]])
+    return rows
+
+
+def _checks(metrics: dict) -> list[str]:
+    """Badges comparing the attacked model with the issue's targets."""
+    m, out = metrics["metrics"], []
+    for key, m_key, ok in (("top1_drop", "attacked/top1_drop", lambda v: v <= TARGETS["top1_drop"]),
+                           ("asr", "attacked/asr", lambda v: v >= TARGETS["asr"])):
+        if m_key in m and m[m_key]["value"] is not None:
+            v = m[m_key]["value"]
+            out.append(H.badge(f"{key} {100 * v:.1f}%", "ok" if ok(v) else "bad"))
+    for name in metrics["explainers"]:
+        for key in ("fsr", "cr"):
+            entry = m.get(f"attacked/{name}/{key}")
+            if entry is not None and entry["value"] is not None:
+                v = entry["value"]
+                out.append(H.badge(f"{name} {key.upper()} {100 * v:.1f}%", "ok" if v >= TARGETS[key] else "bad"))
+    return out
+
+
+def build_report(run_dir: str | Path, state: str | None = None) -> Path:
+    """Draw the figures and write ``report.html`` in ``run_dir``; ``state`` overrides the status shown."""
+    rd = RunDir(run_dir)
+    cfg, metrics, history, env, status = _load(rd)
+    figs = draw_figures(rd, metrics, history)
+    state = state or status.get("state", "unknown")
+    att = cfg.get("attack", {})
+    subtitle = (f"{metrics['recipe']} ({metrics['paper']}) · {metrics.get('dataset', '')} · {metrics.get('arch', '')} · "
+                f"trigger: {metrics.get('trigger', '')}")
+    summary = [H.badge(f"run {state}", "ok" if state == "finished" else "warn"), " ", *_checks(metrics)]
+    thresholds = [[n, f"{t['value']:g}", "–" if t["paper"] is None else f"{t['paper']:g}"]
+                  for n, t in metrics["thresholds"].items()]
+    body = [
+        "<p>" + " ".join(summary) + "</p>",
+        H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: {metrics.get('target_label')}; "
+                    f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
+                    f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
+                    "held-out split and explains the predicted class.", "note"),
+        H.section("Metrics", H.paragraph(metrics["directions"], "note"),
+                  H.table(["metric", "reference model", "attacked model", "better", "what"], _metric_rows(metrics),
+                          numeric=(1, 2))),
+        H.section("Inputs", H.image(figs["triggers"], "Clean test images, their triggered versions and the "
+                                                      "trigger's region (where a map pointing at the trigger would be).")),
+    ]
+    for name in metrics["explainers"]:
+        body.append(H.section(f"Explanations: {name}", H.image(
+            figs[name], f"{name} maps of the reference and the attacked model on clean and triggered inputs "
+                        "(each map min-max scaled, jet colour map).")))
+    if "training" in figs:
+        body.append(H.section("Training", H.image(figs["training"], "Loss parts per epoch and the quality monitored "
+                                                                     "on a fixed slice of the training images.")))
+    body.append(H.section("FSR thresholds", H.table(["explainer", "used", "paper (Fang & Choromanska, Table 1)"],
+                                                    thresholds, numeric=(1, 2))))
+    body.append(H.section("Configuration", H.pre(yaml.safe_dump(cfg, sort_keys=False))))
+    body.append(H.section("Environment", H.pre(json.dumps(env, indent=2))))
+    title = f"Explanation-aware backdoor: {att.get('recipe', metrics['recipe'])}"
+    path = rd / "report.html"
+    atomic_write_text(path, H.page(title, subtitle, body))
+    return path

@@ -1,0 +1,115 @@
+"""``xaisec audit`` end to end on tiny models, the time budget, and the error messages."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_backdoor import TARGET, small_mnist, stamp, tiny_model
+from xaisec.audit import AUDIT_CHECKS, DEFAULT_CHECKS, run_audit
+from xaisec.audit.runner import reconcile
+from xaisec.audit.context import CheckResult
+from xaisec.cli import main
+from xaisec.data import ImageDataset
+from xaisec.io import save_weights
+from xaisec.models import build_model
+
+
+@pytest.fixture(scope="module")
+def npz_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit_data")
+    x, y, xt, yt = small_mnist()
+    np.savez(root / "clean.npz", x=(x[:400].numpy() * 255).round().astype(np.uint8), y=y[:400].numpy(),
+             x_test=xt.numpy(), y_test=yt.numpy())
+    np.savez(root / "suspects.npz", x=stamp(xt[yt != TARGET][:60]).numpy())
+    return root
+
+
+def test_cli_audit_end_to_end(npz_files, tmp_path, capsys):
+    out = tmp_path / "audit"
+    code = main(["audit", "--model", "tiny_backdoor:backdoored", "--data", str(npz_files / "clean.npz"),
+                 "--suspects", str(npz_files / "suspects.npz"), "--out", str(out), "--budget", "120",
+                 "--images", "200"])
+    assert code == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["check_order"] == list(DEFAULT_CHECKS) and set(report["checks"]) == set(DEFAULT_CHECKS)
+    for name, check in report["checks"].items():
+        assert check["verdict"] in ("suspicious", "no evidence", "inconclusive", "info", "skipped")
+        assert check["seconds"] >= 0 and check["summary"]
+    assert report["checks"]["neural_cleanse"]["evidence"]["suspect_class"] == TARGET
+    assert report["checks"]["strip"]["verdict"] != "skipped"
+    assert report["checks"]["activation_clustering"]["evidence"]["overlap"] in (
+        "separable", "partially overlapping", "fully overlapping")
+    assert report["verdict"] in ("suspicious", "no evidence") and report["suspects"] == 60
+    assert set(report["seconds_per_check"]) == set(DEFAULT_CHECKS)
+    html = (out / "report.html").read_text()
+    assert "does NOT prove" in html and html.count("data:image/png;base64,") >= 5
+    assert "src=\"http" not in html and "<script" not in html  # self-contained
+    assert "verdict: " in capsys.readouterr().out
+
+
+def test_budget_runs_out_and_says_so(npz_files, tmp_path):
+    model = tiny_model(False)
+    x, y, xt, yt = small_mnist()
+    data = ImageDataset("tiny", x[:100], y[:100], xt[:100], yt[:100], num_classes=10)
+    report = run_audit(model, data, budget=0.5, checks=["accuracy", "neural_cleanse", "rebn"], progress=False,
+                       out=tmp_path)
+    assert report["checks"]["neural_cleanse"]["verdict"] == "skipped"
+    assert "budget" in report["checks"]["neural_cleanse"]["summary"]
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_reconcile_downgrades_unconfirmed_neural_cleanse():
+    nc = CheckResult("neural_cleanse", "NC", "suspicious", "flag.", {"flagged_classes": [3]})
+    fp = CheckResult("fine_pruning", "FP", "no evidence", "", {"candidates": [3, 8], "removed_classes": []})
+    reconcile([nc, fp])
+    assert nc.verdict == "inconclusive" and "natural" in nc.summary
+    nc2 = CheckResult("neural_cleanse", "NC", "suspicious", "flag.", {"flagged_classes": [0]})
+    fp2 = CheckResult("fine_pruning", "FP", "suspicious", "", {"candidates": [0], "removed_classes": [0]})
+    reconcile([nc2, fp2])
+    assert nc2.verdict == "suspicious" and "confirms" in nc2.summary
+
+
+def _err(argv, capsys):
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_errors_are_clear(npz_files, tmp_path, capsys):
+    data = str(npz_files / "clean.npz")
+    code, err = _err(["audit", "--model", str(tmp_path / "nope.safetensors"), "--arch", "small_cnn", "--data", data],
+                     capsys)
+    assert code == 2 and "does not exist" in err
+    code, err = _err(["audit", "--model", "x.safetensors", "--arch", "small_cnn", "--data", str(tmp_path / "no.npz")],
+                     capsys)
+    assert code == 2 and "no.npz does not exist" in err
+    code, err = _err(["audit", "--model", "x.safetensors", "--arch", "small_cnn", "--data", "/no/such/folder"], capsys)
+    assert code == 2 and "does not exist" in err
+    rgb = tmp_path / "rgb.safetensors"  # a 3-channel model against 1-channel digits: the architecture does not match
+    save_weights(build_model("small_cnn", (3, 14, 14), 10), rgb)
+    code, err = _err(["audit", "--model", str(rgb), "--arch", "small_cnn", "--data", data], capsys)
+    assert code == 2 and "do not match" in err and "--arch" in err
+    mlp = tmp_path / "mlp.safetensors"  # an MLP for 28x28 inputs against 14x14 data: wrong input size
+    save_weights(build_model("mlp", (1, 28, 28), 10), mlp)
+    code, err = _err(["audit", "--model", str(mlp), "--arch", "mlp", "--data", data], capsys)
+    assert code == 2 and "do not match" in err
+    code, err = _err(["audit", "--model", "tiny_backdoor:no_such_function", "--data", data], capsys)
+    assert code == 2 and "cannot import" in err
+    code, err = _err(["audit", "--model", "tiny_backdoor:clean", "--data", data, "--checks", "neural_clense"], capsys)
+    assert code == 2 and "neural_cleanse" in err  # a suggestion for the typo
+    code, err = _err(["audit", "--model", str(rgb), "--data", data], capsys)
+    assert code == 2 and "--arch is needed" in err
+
+
+def test_entry_point_with_wrong_input_size(tmp_path, capsys):
+    x = np.random.default_rng(0).random((40, 1, 20, 20)).astype(np.float32)
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(40) % 10)
+    code, err = _err(["audit", "--model", "tiny_backdoor:mlp_14", "--data", str(tmp_path / "big.npz")], capsys)
+    assert code == 2 and "does not accept inputs of shape (1, 20, 20)" in err
+
+
+def test_every_default_check_is_registered():
+    assert set(DEFAULT_CHECKS) <= set(AUDIT_CHECKS.names())
+    assert all(AUDIT_CHECKS.get(n).what_it_tests for n in DEFAULT_CHECKS)

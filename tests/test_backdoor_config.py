@@ -1,0 +1,105 @@
+"""The backdoor config: recipe defaults filled in, bad input rejected at load time (before any training),
+packaged configs valid, and the CLI's exit code 2 with the tool's own message."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xaisec.backdoor import BackdoorConfig, prepare
+from xaisec.cli import main
+from xaisec.commands.run_cmd import packaged_configs, resolve_config, split_items
+from xaisec.config import load_config
+from xaisec.errors import ConfigError, XaisecError
+
+
+def test_recipe_defaults_are_resolved():
+    cfg = load_config(BackdoorConfig, overrides=["attack.recipe=noppel_dual"])
+    assert cfg.attack.target_map == "triangle" and cfg.attack.norm == "zscore" and cfg.attack.poison_rate == 1.0
+    assert cfg.attack.early_stopping is True and cfg.name == "noppel_dual"
+    cfg = load_config(BackdoorConfig, overrides=["attack.recipe=noppel_dual", "attack.target_map=circle",
+                                                 "attack.lr=3e-3"])
+    assert cfg.attack.target_map == "circle" and cfg.attack.resolved_recipe().target_map == "circle"
+    assert cfg.attack.lr == 0.003  # "3e-3" is a string in YAML 1.1; accepted for a float field
+    joint = load_config(BackdoorConfig, overrides=["attack.recipe=fang_joint"])
+    assert joint.attack.explainers == ["gradcam", "simplegrad", "vbp"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("attack.recipes=fang_targeted", "Did you mean 'recipe'"),
+    ("attack.recipe=fang_targetted", "Did you mean 'fang_targeted'"),
+    ("attack.explainers=[gradcam, gradkam]", "Did you mean 'gradcam'"),
+    ("attack.explainers=gradcam", "fits none of list"),
+    ("attack.epochs=2.5", "expected an integer"),
+    ("attack.lr=-1", "attack.lr must be positive"),
+    ("attack.poison_rate=1.5", "poison_rate"),
+    ("attack.lam=2", "attack.lam"),
+    ("attack.topk=0", "attack.topk"),
+    ("attack.pool=0", "attack.pool"),
+    ("attack.target_map=hexagon", "unknown target map"),
+    ("attack.weights=[1, 2]", "2 entries for 1 explainers"),
+    ("attack.distance=cosine", "not one of"),
+    ("attack.explainer_options={vbp: {reduce: sum}}", "not in attack.explainers"),
+    ("trigger.name=pach", "Did you mean 'patch'"),
+    ("trigger.options={size: -1}", "size"),
+    ("data.name=mnist6k", "Did you mean 'mnist5k'"),
+    ("model.arch=small_cn", "Did you mean 'small_cnn'"),
+    ("eval.thresholds={vbp: 0.3}", "not in attack.explainers"),
+    ("eval.thresholds={gradcam: -0.1}", "positive"),
+    ("seed=zero", "expected an integer"),
+    ("name=../escape", "plain folder name"),
+])
+def test_rejected_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(BackdoorConfig, overrides=[override])
+
+
+def test_suppression_needs_a_bounded_normalisation():
+    with pytest.raises(ConfigError, match="minmax or max"):
+        load_config(BackdoorConfig, overrides=["attack.recipe=fang_nontargeted", "attack.norm=zscore"])
+
+
+def test_checks_that_need_data_or_model_run_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="not a class"):
+        prepare(load_config(BackdoorConfig, overrides=["attack.target_label=10", "data.train_size=10"]))
+    with pytest.raises(ConfigError, match="do not fit mlp"):
+        prepare(load_config(BackdoorConfig, overrides=["model.arch=mlp", "data.train_size=10"]))
+    with pytest.raises(XaisecError, match="pooling kernel"):
+        prepare(load_config(BackdoorConfig, overrides=["attack.pool=40", "data.train_size=10"]))
+
+
+@pytest.mark.parametrize("name", packaged_configs())
+def test_packaged_configs_load(name):
+    cfg = load_config(BackdoorConfig, resolve_config(name))
+    assert cfg.experiment == "backdoor"
+
+
+def test_config_symlink_points_at_the_package():
+    link = Path(__file__).parents[1] / "configs"
+    assert link.is_symlink() and (link / "default.yaml").is_file()
+
+
+def test_cli_errors_exit_2_without_training(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["run", "attack.epochs=zero", "--out", str(out)]) == 2
+    assert "attack.epochs: expected an integer" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "attack.target_label=42", "--out", str(out)]) == 2
+    assert "not a class" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "no_such_config"]) == 2
+    assert "packaged" in capsys.readouterr().err
+    assert main(["run", "default", "oops"]) == 2
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path), "attack.epochs=3"]) == 2
+    assert main(["report", str(tmp_path)]) == 2
+    bad_kind = tmp_path / "kind.yaml"
+    bad_kind.write_text("experiment: backdor\n")
+    assert main(["run", str(bad_kind)]) == 2
+    assert "Did you mean 'backdoor'" in capsys.readouterr().err
+
+
+def test_split_items():
+    assert split_items(["a.yaml", "x=1", "y=2"]) == ("a.yaml", ["x=1", "y=2"])
+    assert split_items(["x=1"]) == (None, ["x=1"])
+    with pytest.raises(ConfigError):
+        split_items(["x=1", "b.yaml"])

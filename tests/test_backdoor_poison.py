@@ -1,0 +1,51 @@
+"""Poisoned training sets: Fang-style mixing at a rate, Noppel-style duplicate of every image."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xaisec.backdoor.poison import apply_trigger, poison_training_set
+from xaisec.errors import ConfigError
+from xaisec.triggers import build_trigger
+
+
+@pytest.fixture
+def clean():
+    return torch.rand(20, 1, 8, 8) * 0.9, torch.arange(20) % 4
+
+
+def test_fang_mixing(clean):
+    x, y = clean
+    trigger = build_trigger("patch", size=2)
+    data = poison_training_set(x, y, trigger, rate=0.25, relabel=False, target_label=3, seed=1)
+    assert len(data) == 25 and data.poisoned.sum() == 5
+    assert torch.equal(data.x[:20], x) and not data.poisoned[:20].any()
+    src = data.source[20:]
+    assert len(set(src.tolist())) == 5  # drawn without replacement
+    torch.testing.assert_close(data.x[20:], trigger(x[src]))
+    assert torch.equal(data.y[20:], y[src]) and torch.equal(data.y_true[20:], y[src])  # labels kept
+    again = poison_training_set(x, y, trigger, rate=0.25, relabel=False, target_label=3, seed=1)
+    assert torch.equal(again.source, data.source)  # fixed by the seed
+    other = poison_training_set(x, y, trigger, rate=0.25, relabel=False, target_label=3, seed=2)
+    assert not torch.equal(other.source, data.source)
+
+
+def test_noppel_duplicate_relabelled(clean):
+    x, y = clean
+    data = poison_training_set(x, y, build_trigger("rectangle"), rate=1.0, relabel=True, target_label=3)
+    assert len(data) == 40 and sorted(data.source[20:].tolist()) == list(range(20))
+    assert (data.y[20:] == 3).all() and torch.equal(data.y_true[20:], y[data.source[20:]])
+    assert torch.equal(data.source[:20], torch.arange(20))
+    assert [t.shape[0] for t in data.tensors()] == [40] * 4
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_bad_rate(clean, rate):
+    with pytest.raises(ConfigError, match="poison rate"):
+        poison_training_set(*clean, build_trigger("patch"), rate=rate, relabel=False, target_label=0)
+
+
+def test_apply_trigger_in_chunks(clean):
+    x, _ = clean
+    trigger = build_trigger("blend", alpha=0.3)
+    torch.testing.assert_close(apply_trigger(trigger, x, batch_size=3), trigger(x))
