@@ -9,22 +9,21 @@ RTS (Sec. 8). Writes ``metrics.json``, figures and ``report.html`` into the run 
 from __future__ import annotations
 
 import logging
-import platform
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import yaml
 
 from ..config import dump_config
 from ..experiments import EXPERIMENTS, ExperimentKind
 from ..explainers import Explainer
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json
+from ..rundir import RunDir
 from .config import Adv2Config
 from .evaluate import attack_report, in_batches, transfer_matrix
 from .objective import AttackObjective, InterpreterTerm
 from .pgd import PGD, Adv2PGD
-from .report_sections import write_report
+from .report import build_report, make_figures
 from .setup import Adv2Setup
 from .stadv import StAdv, Adv2StAdv
 
@@ -179,30 +178,38 @@ def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
 
 
 def run_adv2(cfg: Adv2Config, run_dir: str | Path, resume: bool = False) -> Path:
-    """Run the whole experiment into ``run_dir`` (created); ``resume`` reuses cached models and attacks."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
-    atomic_write_json(run_dir / "environment.json", {"python": platform.python_version(), "torch": torch.__version__,
-                                                     "platform": platform.platform(), "seed": cfg.seed,
-                                                     "threads": torch.get_num_threads()})
-    s = Adv2Setup(cfg, run_dir, resume)
-    metrics: dict = {"setup": {"dataset": cfg.dataset, "arch": cfg.classifier.arch, "test_accuracy": s.test_accuracy,
-                               "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
-                               "map_postprocess": {n: p.describe() for n, p in s.posts.items()}, "interpreters": list(cfg.interpreters)}}
-    pgd_stage(s, metrics)
-    if cfg.stadv.enabled:
-        stadv_stage(s, metrics)
-    if cfg.detection.enabled:
-        detection_stage(s, metrics)
-    if "rts" in cfg.interpreters and cfg.rts.adversarial:
-        rts_defense_stage(s, metrics)
-    metrics["timing_s"] = dict(s.timing)
-    metrics["images_per_second"] = {k: len(s.x) / v for k, v in s.timing.items() if not k.startswith("train_") and v > 0}
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(s, metrics)
-    log.info("adv2 run written to %s", run_dir)
-    return run_dir
+    """Run the whole experiment into ``run_dir``; ``resume`` reuses the cached models and adversarial batches."""
+    rd = RunDir(run_dir)
+    if not resume:
+        rd.create(dump_config(cfg), cfg.seed)
+    try:
+        rd.set_status("running", stage="setup")
+        s = Adv2Setup(cfg, rd.path, resume)
+        metrics: dict = {"setup": {"dataset": cfg.dataset, "arch": cfg.classifier.arch, "test_accuracy": s.test_accuracy,
+                                   "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
+                                   "map_postprocess": {n: p.describe() for n, p in s.posts.items()},
+                                   "interpreters": list(cfg.interpreters)}}
+        stages = [("pgd", pgd_stage, True), ("stadv", stadv_stage, cfg.stadv.enabled),
+                  ("detection", detection_stage, cfg.detection.enabled),
+                  ("rts_adversarial", rts_defense_stage, "rts" in cfg.interpreters and cfg.rts.adversarial)]
+        for stage, fn, enabled in stages:
+            if enabled:
+                rd.set_status("running", stage=stage)
+                fn(s, metrics)
+        metrics["timing_s"] = dict(s.timing)
+        metrics["images_per_second"] = {k: len(s.x) / v for k, v in s.timing.items()
+                                        if not k.startswith("train_") and v > 0}
+        atomic_write_json(rd / "metrics.json", metrics)
+        rd.set_status("running", stage="report")
+        make_figures(s, metrics)
+        report = build_report(rd.path)
+        rd.set_status("finished", stage="done", report=report.name)
+    except BaseException as exc:
+        rd.set_status("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                      error=f"{type(exc).__name__}: {exc}")
+        raise
+    log.info("adv2 run written to %s", rd.path)
+    return rd.path
 
 
-EXPERIMENTS.register("adv2")(ExperimentKind(Adv2Config, run_adv2))
+EXPERIMENTS.register("adv2")(ExperimentKind(Adv2Config, run_adv2, report=build_report))

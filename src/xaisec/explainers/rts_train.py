@@ -1,6 +1,8 @@
 """Training the RTS saver (Dabkowski & Gal 2017, https://arxiv.org/abs/1705.07857), plain or adversarially.
 
-Objective per image, for the class ``c`` it is asked about, with ``alt`` the blurred image:
+Objective per image, for the class ``c`` it is asked about, with ``alt`` an alternative image (as the paper:
+per image at random the blurred image, a constant random colour or uniform noise; ``alternatives="blur"`` keeps
+only the blur):
 
     preserve * -log p_c(blend(x, alt, m)) + destroy * p_c(blend(x, alt, 1 - m))
     + area * (mean m)^area_power + smooth * TV(m)
@@ -40,6 +42,7 @@ class RTSObjective:
     area_power: float = 0.3
     smooth: float = 0.5
     blur_sigma: float = 3.0
+    alternatives: str = "mix"
     fake_fraction: float = 0.5
     adv_weight: float = 0.0
     adv_eps: float = 0.1
@@ -50,6 +53,8 @@ class RTSObjective:
             raise ConfigError(f"rts fake_fraction must be in [0, 1), got {self.fake_fraction}")
         if min(self.preserve, self.destroy, self.area, self.smooth, self.adv_weight, self.adv_eps) < 0:
             raise ConfigError("rts objective weights must be non-negative")
+        if self.alternatives not in ("mix", "blur"):
+            raise ConfigError(f"rts alternatives must be 'mix' or 'blur', got {self.alternatives!r}")
         if self.blur_sigma <= 0 or self.area_power <= 0 or self.adv_steps < 0:
             raise ConfigError("rts needs blur_sigma > 0, area_power > 0 and adv_steps >= 0")
 
@@ -80,6 +85,19 @@ def _map_attack(saver: SaliencyNet, x: torch.Tensor, t: torch.Tensor, clean: tor
     return x_adv.detach()
 
 
+def alternative_images(x: torch.Tensor, weights: RTSObjective, gen: torch.Generator) -> torch.Tensor:
+    """What masked-out pixels are replaced with: blurred ``x``, or (``mix``) per image at random the blur, a
+    constant random colour or uniform noise (Dabkowski & Gal, Sec. 4)."""
+    blurred = gaussian_blur(x, weights.blur_sigma)
+    if weights.alternatives == "blur":
+        return blurred
+    b, c = x.shape[:2]
+    kind = torch.randint(0, 3, (b, 1, 1, 1), generator=gen).to(x.device)
+    colour = torch.rand((b, c, 1, 1), generator=gen, dtype=x.dtype).to(x.device).expand_as(x)
+    noise = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    return torch.where(kind == 0, blurred, torch.where(kind == 1, colour, noise))
+
+
 def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: RTSObjective,
              generator: torch.Generator | None = None) -> LossOutput:
     """The saver's objective on a batch ``x`` (B,C,H,W) in [0,1] with true labels ``y`` (B,)."""
@@ -89,7 +107,7 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     t = torch.where(fake, (y.cpu() + shift) % saver.num_classes, y.cpu()).to(y.device)
     fake = fake.to(x.device)
     masks = saver(x, t)
-    alt = gaussian_blur(x, weights.blur_sigma)
+    alt = alternative_images(x, weights, gen)
     log_keep = F.log_softmax(classifier(blend(x, alt, masks)), 1).gather(1, t[:, None])[:, 0]
     p_destroyed = F.softmax(classifier(blend(x, alt, 1 - masks)), 1).gather(1, t[:, None])[:, 0]
     area = (masks.flatten(1).mean(1) + 1e-4).pow(weights.area_power)
