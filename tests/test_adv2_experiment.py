@@ -5,9 +5,11 @@ import json
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import quadrant_data
+from xaisec.cli import main
 from xaisec.config import load_config
 from xaisec.data import DATASETS, ImageDataset
 from xaisec.errors import ConfigError
@@ -60,8 +62,12 @@ def test_shipped_configs_load():
 
 @pytest.mark.slow
 def test_tiny_run_end_to_end_and_its_inputs_respect_their_constraints(tmp_path):
-    cfg = load_config(Adv2Config, data=TINY)
-    run_dir = load_kinds().get("adv2").runner(cfg, tmp_path / "run")
+    config = tmp_path / "adv2_tiny.yaml"
+    config.write_text(yaml.safe_dump({"experiment": "adv2", **TINY}))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0  # the config-driven CLI path
+    run_dir = tmp_path / "run"
+    cfg = load_config(Adv2Config, run_dir / "config.yaml")
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("setup", "pgd", "adv2_pgd", "stadv", "adv2_stadv", "transfer", "detection", "rts_adversarial"):
         assert key in metrics, key
@@ -84,6 +90,8 @@ def test_tiny_run_end_to_end_and_its_inputs_respect_their_constraints(tmp_path):
         assert x_adv.shape == (6, 1, 12, 12) and x_adv.min() >= 0 and x_adv.max() <= 1, path.name
         if "stadv" not in path.name:
             assert (x_adv - x).abs().max() <= cfg.pgd.eps + 1e-6, path.name
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0 and (run_dir / "report.html").is_file()  # rebuilt from the run dir
     resumed = EXPERIMENTS.get("adv2").runner(cfg, run_dir, resume=True)  # everything cached: fast, same numbers
     again = json.loads((resumed / "metrics.json").read_text())
     assert again["adv2_pgd"]["cam"]["asr"] == metrics["adv2_pgd"]["cam"]["asr"]

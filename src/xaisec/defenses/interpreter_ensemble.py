@@ -22,9 +22,11 @@ from ..validation import check_images
 
 
 class InterpreterEnsembleDetector:
-    """``explainers``: {name: Explainer} (at least two) of the same ``model``; higher score = more suspicious."""
+    """``explainers``: {name: Explainer} (at least two) of the same ``model``; ``post``: one map post-processing
+    for all or one per member (maps must end up on comparable [0,1] scales); higher score = more suspicious."""
 
-    def __init__(self, model: nn.Module, explainers: Mapping[str, Explainer], post: MapPostprocess = MapPostprocess(),
+    def __init__(self, model: nn.Module, explainers: Mapping[str, Explainer],
+                 post: MapPostprocess | Mapping[str, MapPostprocess] = MapPostprocess(),
                  metric: str = "l1", k: float = 0.2, fpr: float = 0.05, batch_size: int = 100):
         if len(explainers) < 2:
             raise ConfigError(f"an interpreter ensemble needs at least two interpreters, got {list(explainers)}")
@@ -32,7 +34,11 @@ class InterpreterEnsembleDetector:
             raise ConfigError(f"unknown disagreement metric {metric!r}; use 'l1' or 'iou'")
         if not 0 < fpr < 1:
             raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
-        self.model, self.explainers, self.post = model, dict(explainers), post
+        posts = post if isinstance(post, Mapping) else {n: post for n in explainers}
+        missing = [n for n in explainers if n not in posts]
+        if missing:
+            raise ConfigError(f"no map post-processing given for ensemble members {missing}")
+        self.model, self.explainers, self.posts = model, dict(explainers), dict(posts)
         self.metric, self.k, self.fpr, self.batch_size = metric, k, fpr, batch_size
         self.threshold: float | None = None
 
@@ -45,7 +51,7 @@ class InterpreterEnsembleDetector:
                 with torch.no_grad():
                     pred = self.model(xb).argmax(1)
                 for name, e in self.explainers.items():
-                    out[name].append(self.post(e(xb, pred).maps))
+                    out[name].append(self.posts[name](e(xb, pred).maps))
         return {n: torch.cat(v) for n, v in out.items()}
 
     def disagreement(self, maps: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -12,8 +12,11 @@ from ..explainers.rts_train import RTSObjective
 
 ATTACKABLE = ("simplegrad", "cam", "gradcam", "rts", "mask")
 
-#: per-interpreter defaults: GRAD is attacked through Softplus(beta) activations (ReLU has no second derivative)
-INTERPRETER_DEFAULTS: dict[str, dict[str, Any]] = {"simplegrad": {"smooth_beta": 10.0}}
+#: per-interpreter defaults: GRAD is attacked through Softplus(beta) activations (ReLU has no second derivative);
+#: RTS and MASK maps are already masks in [0,1], so they are compared as they are (min-max scaling would blow a
+#: near-empty mask up into noise); MASK is attacked with a larger c (its maps move slowly through the look-ahead)
+INTERPRETER_DEFAULTS: dict[str, dict[str, Any]] = {"simplegrad": {"smooth_beta": 10.0}, "rts": {"norm": "none"},
+                                                   "mask": {"norm": "none", "c": 100.0}}
 
 
 @dataclass
@@ -49,9 +52,11 @@ class RTSSettings:
 @dataclass
 class InterpreterSettings:
     """How one interpreter is attacked: ``weight`` in a joint attack, ``smooth_beta`` (Softplus surrogate, GRAD),
-    ``c`` (overrides the attack's c), ``options`` for the explainer (e.g. mask ``steps``), MASK ``inner_steps``."""
+    ``c`` (overrides the attack's c), ``options`` for the explainer (e.g. mask ``steps``), MASK ``inner_steps``,
+    ``norm``: the map normalisation used by the attack loss and the metrics (after ``map_pool`` pooling)."""
 
     weight: float = 1.0
+    norm: Literal["minmax", "max", "none"] = "minmax"
     smooth_beta: float | None = None
     c: float | None = None
     options: dict = field(default_factory=dict)
@@ -68,13 +73,14 @@ class PGDSettings:
     """L-inf PGD and PGD-based ADV2: ``warmup`` plain steps then ``steps - warmup`` with c ramped to ``c_end`` (2c)."""
 
     eps: float = 0.2
-    step: float = 0.01
-    steps: int = 400
+    step: float = 0.005
+    steps: int = 500
     warmup: int = 100
     c: float = 10.0
     c_end: float | None = None
     prd: Literal["ce", "margin"] = "ce"
-    label_smoothing: float = 0.0
+    #: as the reference code: keeps the target class's softmax below 1, so gradients (and MASK's) never vanish
+    label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
         require(0 < self.eps <= 1 and 0 < self.step <= 1, "pgd needs 0 < eps <= 1 and 0 < step <= 1")

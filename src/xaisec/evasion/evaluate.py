@@ -36,16 +36,17 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) ->
 
 def attack_report(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y_target: torch.Tensor,
                   maps: Mapping[str, torch.Tensor], benign: Mapping[str, torch.Tensor],
-                  targets: Mapping[str, torch.Tensor], post: MapPostprocess, ks) -> dict:
-    """ASR, confidence, perturbation size and, per interpreter, map metrics vs the benign and the target maps."""
+                  targets: Mapping[str, torch.Tensor], posts: Mapping[str, MapPostprocess], ks) -> dict:
+    """ASR, confidence, perturbation size and, per interpreter, map metrics vs the benign and the target maps
+    (after that interpreter's post-processing ``posts[name]``)."""
     out = {**prediction_metrics(logits_of(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
-    out["maps"] = {name: {"vs_benign": map_metrics(m, benign[name], post, ks),
-                          "vs_target": map_metrics(m, targets[name], post, ks)} for name, m in maps.items()}
+    out["maps"] = {name: {"vs_benign": map_metrics(m, benign[name], posts[name], ks),
+                          "vs_target": map_metrics(m, targets[name], posts[name], ks)} for name, m in maps.items()}
     return out
 
 
 def transfer_matrix(adv_maps: Mapping[str, Mapping[str, torch.Tensor]], reference: Mapping[str, torch.Tensor],
-                    post: MapPostprocess) -> dict[str, dict[str, float]]:
+                    posts: Mapping[str, MapPostprocess]) -> dict[str, dict[str, float]]:
     """Table 9: ``{attack aimed at A: {interpreter B: mean L1 between B's maps of A's inputs and B's reference}}``."""
-    return {src: {dst: distance(post(m), post(reference[dst]), "l1").mean().item() for dst, m in maps.items()}
+    return {src: {dst: distance(posts[dst](m), posts[dst](reference[dst]), "l1").mean().item() for dst, m in maps.items()}
             for src, maps in adv_maps.items()}

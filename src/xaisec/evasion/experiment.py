@@ -9,22 +9,21 @@ RTS (Sec. 8). Writes ``metrics.json``, figures and ``report.html`` into the run 
 from __future__ import annotations
 
 import logging
-import platform
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import yaml
 
 from ..config import dump_config
 from ..experiments import EXPERIMENTS, ExperimentKind
 from ..explainers import Explainer
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json
+from ..rundir import RunDir
 from .config import Adv2Config
 from .evaluate import attack_report, in_batches, transfer_matrix
 from .objective import AttackObjective, InterpreterTerm
 from .pgd import PGD, Adv2PGD
-from .report_sections import write_report
+from .report import build_report, make_figures
 from .setup import Adv2Setup
 from .stadv import StAdv, Adv2StAdv
 
@@ -57,7 +56,7 @@ def pgd_stage(s: Adv2Setup, metrics: dict) -> dict[str, torch.Tensor]:
     """PGD baseline and PGD-based ADV2 against each interpreter; the transfer matrix."""
     cfg, p = s.cfg, s.cfg.pgd
     report = lambda x_adv, maps, benign=s.benign, targets=s.targets: attack_report(  # noqa: E731
-        s.model, s.x, x_adv, s.y_target, maps, benign, targets, s.post, cfg.iou_ks)
+        s.model, s.x, x_adv, s.y_target, maps, benign, targets, s.posts, cfg.iou_ks)
     plain = PGD(s.model, AttackObjective(s.model, prd=p.prd, label_smoothing=p.label_smoothing), eps=p.eps,
                 step=p.step, steps=p.steps)
     x_pgd = _run(s, "pgd", plain)
@@ -73,8 +72,8 @@ def pgd_stage(s: Adv2Setup, metrics: dict) -> dict[str, torch.Tensor]:
     s.maps_cache = {"pgd": maps_pgd, **{f"adv2_pgd-{n}": m for n, m in adv_maps.items()}}
     if cfg.transfer:
         rows = {**{f"ADV2->{n}": m for n, m in adv_maps.items()}, "PGD": maps_pgd}
-        metrics["transfer"] = {"l1_vs_benign": transfer_matrix(rows, s.benign, s.post),
-                               "l1_vs_target": transfer_matrix(rows, s.targets, s.post)}
+        metrics["transfer"] = {"l1_vs_benign": transfer_matrix(rows, s.benign, s.posts),
+                               "l1_vs_target": transfer_matrix(rows, s.targets, s.posts)}
     return s.adv
 
 
@@ -82,24 +81,25 @@ def stadv_stage(s: Adv2Setup, metrics: dict) -> None:
     """StAdv baseline and StAdv-based ADV2 (Sec. 6)."""
     cfg, st = s.cfg, s.cfg.stadv
     names = st.interpreters or cfg.interpreters
-    plain = StAdv(s.model, AttackObjective(s.model, prd=cfg.pgd.prd), tau=st.tau, lr=st.lr, steps=st.steps,
+    plain = StAdv(s.model, AttackObjective(s.model, prd=cfg.pgd.prd, label_smoothing=cfg.pgd.label_smoothing), tau=st.tau, lr=st.lr, steps=st.steps,
                   init=st.init, max_flow=st.max_flow, seed=cfg.seed)
     x_st = _run(s, "stadv", plain)
     s.adv["stadv"] = x_st
     maps_st = _all_maps(s, x_st, names)
     s.maps_cache["stadv"] = maps_st
-    metrics["stadv"] = attack_report(s.model, s.x, x_st, s.y_target, maps_st, s.benign, s.targets, s.post, cfg.iou_ks)
+    metrics["stadv"] = attack_report(s.model, s.x, x_st, s.y_target, maps_st, s.benign, s.targets, s.posts, cfg.iou_ks)
     metrics["adv2_stadv"] = {}
     for name in names:
         terms = [s.term(name)]
         attack = Adv2StAdv(s.model, terms, tau=st.tau, lr=st.lr, steps=st.steps, warmup=st.warmup,
-                           c=_c(s, terms, st.c), init=st.init, max_flow=st.max_flow, prd=cfg.pgd.prd, seed=cfg.seed)
+                           c=_c(s, terms, st.c), init=st.init, max_flow=st.max_flow, prd=cfg.pgd.prd,
+                           label_smoothing=cfg.pgd.label_smoothing, seed=cfg.seed)
         x_adv = _run(s, f"adv2_stadv-{name}", attack, {name: s.targets[name]})
         s.adv[f"adv2_stadv-{name}"] = x_adv
         maps = {name: s.maps(name, x_adv)}
         s.maps_cache[f"adv2_stadv-{name}"] = maps
         metrics["adv2_stadv"][name] = attack_report(s.model, s.x, x_adv, s.y_target, maps, s.benign, s.targets,
-                                                    s.post, cfg.iou_ks)
+                                                    s.posts, cfg.iou_ks)
 
 
 def detection_stage(s: Adv2Setup, metrics: dict) -> None:
@@ -119,13 +119,13 @@ def detection_stage(s: Adv2Setup, metrics: dict) -> None:
         s.adv[f"adv2_pgd_adaptive-{name}"] = x_adv
         rates[f"adv2_pgd_adaptive-{name}"] = calib.rates(x_adv)
         adaptive[name] = attack_report(s.model, s.x, x_adv, s.y_target, {name: s.maps(name, x_adv)}, s.benign,
-                                       s.targets, s.post, cfg.iou_ks)
+                                       s.targets, s.posts, cfg.iou_ks)
     out["feature_squeezing"] = {"squeezers": calib.names, "fpr": d.fpr, "thresholds": calib.thresholds.tolist(),
                                 "joint_threshold": calib.detector.threshold, "calibration_images": len(s.x_cal),
                                 "rates": rates, "adaptive_attack": adaptive}
     if d.ensemble:
         members = {m: s.explainers[m] for m in d.ensemble}
-        detector = InterpreterEnsembleDetector(s.model, members, s.post, d.ensemble_metric, fpr=d.fpr,
+        detector = InterpreterEnsembleDetector(s.model, members, s.posts, d.ensemble_metric, fpr=d.fpr,
                                                batch_size=cfg.batch_size).fit(s.x_cal)
         x_all = _run(s, "adv2_pgd-ensemble", adv2_pgd(s, [s.term(m) for m in d.ensemble]),
                      {m: s.targets[m] for m in d.ensemble})
@@ -135,7 +135,7 @@ def detection_stage(s: Adv2Setup, metrics: dict) -> None:
         out["ensemble"] = {"members": list(d.ensemble), "metric": d.ensemble_metric, "threshold": detector.threshold,
                            "rates": {k: detector.detect(v).double().mean().item() for k, v in flagged.items()},
                            "joint_attack": attack_report(s.model, s.x, x_all, s.y_target, _all_maps(s, x_all, d.ensemble),
-                                                         s.benign, s.targets, s.post, cfg.iou_ks)}
+                                                         s.benign, s.targets, s.posts, cfg.iou_ks)}
     metrics["detection"] = out
 
 
@@ -158,11 +158,11 @@ def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
     s.maps_cache["adv2_pgd-rts_adv"] = maps_adv
     out = {"rts": metrics["adv2_pgd"]["rts"],
            "rts_adv": attack_report(s.model, s.x, x_adv, s.y_target, maps_adv, {"rts": benign_adv},
-                                    {"rts": targets_adv}, s.post, cfg.iou_ks)}
+                                    {"rts": targets_adv}, s.posts, cfg.iou_ks)}
     x_plain = s.adv["adv2_pgd-rts"]  # crafted against plain RTS, read by RTS^A
     out["rts_adv_on_inputs_crafted_against_rts"] = attack_report(
         s.model, s.x, x_plain, s.y_target, {"rts": s.maps("rts", x_plain, None, e_adv)}, {"rts": benign_adv},
-        {"rts": targets_adv}, s.post, cfg.iou_ks)["maps"]["rts"]
+        {"rts": targets_adv}, s.posts, cfg.iou_ks)["maps"]["rts"]
     sensitivity = {}
     for kind in ("normal", "uniform"):
         for level in cfg.rts.noise_levels:
@@ -170,7 +170,7 @@ def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
             row = {}
             for label, e, ref in (("rts", s.explainers["rts"], s.benign["rts"]), ("rts_adv", e_adv, benign_adv)):
                 row[label] = attack_report(s.model, s.x, noisy, s.y, {"rts": s.maps("rts", noisy, s.y, e)},
-                                           {"rts": ref}, {"rts": ref}, s.post, cfg.iou_ks)["maps"]["rts"]["vs_benign"]["l1"]
+                                           {"rts": ref}, {"rts": ref}, s.posts, cfg.iou_ks)["maps"]["rts"]["vs_benign"]["l1"]
             sensitivity[f"{kind}_{level:g}"] = row
     out["noise_sensitivity_l1"] = sensitivity
     s.rts_adv_maps = {"benign": benign_adv, "target": targets_adv}
@@ -178,30 +178,38 @@ def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
 
 
 def run_adv2(cfg: Adv2Config, run_dir: str | Path, resume: bool = False) -> Path:
-    """Run the whole experiment into ``run_dir`` (created); ``resume`` reuses cached models and attacks."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
-    atomic_write_json(run_dir / "environment.json", {"python": platform.python_version(), "torch": torch.__version__,
-                                                     "platform": platform.platform(), "seed": cfg.seed,
-                                                     "threads": torch.get_num_threads()})
-    s = Adv2Setup(cfg, run_dir, resume)
-    metrics: dict = {"setup": {"dataset": cfg.dataset, "arch": cfg.classifier.arch, "test_accuracy": s.test_accuracy,
-                               "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
-                               "map_postprocess": s.post.describe(), "interpreters": list(cfg.interpreters)}}
-    pgd_stage(s, metrics)
-    if cfg.stadv.enabled:
-        stadv_stage(s, metrics)
-    if cfg.detection.enabled:
-        detection_stage(s, metrics)
-    if "rts" in cfg.interpreters and cfg.rts.adversarial:
-        rts_defense_stage(s, metrics)
-    metrics["timing_s"] = dict(s.timing)
-    metrics["images_per_second"] = {k: len(s.x) / v for k, v in s.timing.items() if not k.startswith("train_") and v > 0}
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(s, metrics)
-    log.info("adv2 run written to %s", run_dir)
-    return run_dir
+    """Run the whole experiment into ``run_dir``; ``resume`` reuses the cached models and adversarial batches."""
+    rd = RunDir(run_dir)
+    if not resume:
+        rd.create(dump_config(cfg), cfg.seed)
+    try:
+        rd.set_status("running", stage="setup")
+        s = Adv2Setup(cfg, rd.path, resume)
+        metrics: dict = {"setup": {"dataset": cfg.dataset, "arch": cfg.classifier.arch, "test_accuracy": s.test_accuracy,
+                                   "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
+                                   "map_postprocess": {n: p.describe() for n, p in s.posts.items()},
+                                   "interpreters": list(cfg.interpreters)}}
+        stages = [("pgd", pgd_stage, True), ("stadv", stadv_stage, cfg.stadv.enabled),
+                  ("detection", detection_stage, cfg.detection.enabled),
+                  ("rts_adversarial", rts_defense_stage, "rts" in cfg.interpreters and cfg.rts.adversarial)]
+        for stage, fn, enabled in stages:
+            if enabled:
+                rd.set_status("running", stage=stage)
+                fn(s, metrics)
+        metrics["timing_s"] = dict(s.timing)
+        metrics["images_per_second"] = {k: len(s.x) / v for k, v in s.timing.items()
+                                        if not k.startswith("train_") and v > 0}
+        atomic_write_json(rd / "metrics.json", metrics)
+        rd.set_status("running", stage="report")
+        make_figures(s, metrics)
+        report = build_report(rd.path)
+        rd.set_status("finished", stage="done", report=report.name)
+    except BaseException as exc:
+        rd.set_status("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                      error=f"{type(exc).__name__}: {exc}")
+        raise
+    log.info("adv2 run written to %s", rd.path)
+    return rd.path
 
 
-EXPERIMENTS.register("adv2")(ExperimentKind(Adv2Config, run_adv2))
+EXPERIMENTS.register("adv2")(ExperimentKind(Adv2Config, run_adv2, report=build_report))

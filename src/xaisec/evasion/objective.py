@@ -60,10 +60,14 @@ class InterpreterTerm:
 class MaskTerm(InterpreterTerm):
     """MASK inside the attack, as ADV2's Algorithm 1: the masks persist across attack steps; each step takes
     ``inner_steps`` detached mask updates on the current input, then a differentiable look-ahead of
-    ``explainer.unroll`` steps whose map enters the loss. The first call runs the full ``explainer.steps``."""
+    ``explainer.unroll`` steps whose map enters the loss. The first call runs the full ``explainer.steps``, and so
+    does every ``refresh``-th call (0: never), which keeps the warm-started masks close to what a fresh MASK run
+    on the current input finds (the interpreter the attack must fool starts from scratch)."""
 
     inner_steps: int = 5
+    refresh: int = 0
     state: MaskState | None = field(default=None, repr=False)
+    calls: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,11 +75,13 @@ class MaskTerm(InterpreterTerm):
             raise ConfigError(f"MaskTerm needs the 'mask' explainer, got {self.explainer.name!r}")
 
     def reset(self) -> None:
-        self.state = None
+        self.state, self.calls = None, 0
 
     def maps(self, x: torch.Tensor, y_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e: MeaningfulPerturbation = self.explainer  # type: ignore[assignment]
-        fresh = self.state is None or len(self.state.keep) != len(x)
+        fresh = (self.state is None or len(self.state.keep) != len(x)
+                 or (self.refresh > 0 and self.calls % self.refresh == 0))
+        self.calls += 1
         state = e.init_state(x) if fresh else self.state
         state = e.optimise(x, y_target, state, e.steps if fresh else self.inner_steps)
         self.state = state

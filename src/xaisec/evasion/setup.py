@@ -39,7 +39,7 @@ class Adv2Setup:
     def __init__(self, cfg: Adv2Config, run_dir: Path, resume: bool):
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
         self.timing: dict[str, float] = {}
-        self.post = MapPostprocess(pool=cfg.map_pool, norm="minmax")
+        self.posts = {n: MapPostprocess(pool=cfg.map_pool, norm=cfg.settings(n).norm) for n in cfg.interpreters}
         self.data: ImageDataset = load_dataset(cfg.dataset, **cfg.dataset_options)
         self.model = self._classifier()
         self.test_accuracy = accuracy(self.model, self.data.x_test, self.data.y_test)
@@ -109,8 +109,8 @@ class Adv2Setup:
         s = self.cfg.settings(name)
         e = explainer or self.explainers[name]
         if name == "mask":
-            return MaskTerm(e, s.weight, self.post, None, name, inner_steps=s.inner_steps)
-        return InterpreterTerm(e, s.weight, self.post, s.smooth_beta, name)
+            return MaskTerm(e, s.weight, self.posts[name], None, name, inner_steps=s.inner_steps)
+        return InterpreterTerm(e, s.weight, self.posts[name], s.smooth_beta, name)
 
     # ---- images and maps ---------------------------------------------------------------------------------------
     def _select_images(self) -> None:

@@ -22,11 +22,14 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class SaliencyNet(nn.Module):
-    """Encoder (3 stages, /4) -> class selector (a learned per-class scale and shift of the bottleneck features,
-    FiLM-style, so a wrong class can switch the mask off) -> decoder with
-    skip connections -> sigmoid mask at H/2, bilinearly upsampled to (B,1,H,W) in [0,1].
+    """Encoder (3 stages, /4) -> class selector (a learned per-class scale and shift, FiLM-style, of the bottleneck
+    and of the skip features) -> decoder -> sigmoid mask at H/2, bilinearly upsampled to (B,1,H,W), times the
+    probability that a linear head on the pooled encoder features gives the asked class. That head learns the
+    classifier's predictions (an auxiliary loss), so the saver tells classes apart from the start, as Dabkowski
+    & Gal's pretrained encoder does, and the mask of a class absent from the image vanishes. Masks in [0,1].
 
-    ``forward(x (B,C,H,W) in [0,1], target (B,) long) -> masks (B,1,H,W)``.
+    ``forward(x (B,C,H,W) in [0,1], target (B,) long) -> masks (B,1,H,W)``; ``with_logits=True`` also returns the
+    auxiliary class logits (B,K).
     """
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, mean: float = 0.5, std: float = 0.5):
@@ -37,22 +40,32 @@ class SaliencyNet(nn.Module):
         self.in_channels, self.num_classes, self.width = in_channels, num_classes, width
         self.normalize = Normalize([mean] * in_channels, [std] * in_channels)
         self.enc1, self.enc2, self.enc3 = _block(in_channels, width), _block(width, 2 * width), _block(2 * width, 4 * width)
-        self.selector = nn.Embedding(num_classes, 8 * width)
+        self.selector = nn.Embedding(num_classes, 8 * width)  # scale and shift of the bottleneck (4w channels)
+        self.skip_selector = nn.Embedding(num_classes, 4 * width)  # ... and of the skip features (2w channels)
         nn.init.zeros_(self.selector.weight)
+        nn.init.zeros_(self.skip_selector.weight)
         self.dec2 = _block(4 * width + 2 * width, 2 * width)
         self.out = nn.Conv2d(2 * width, 1, 1)
+        self.classify = nn.Linear(4 * width, num_classes)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, target: torch.Tensor, with_logits: bool = False):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ModelError(f"the RTS saver takes (B,{self.in_channels},H,W) images, got {tuple(x.shape)}")
         e1 = self.enc1(self.normalize(x))
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
+        class_logits = self.classify(e3.mean((2, 3)))
         scale, shift = self.selector(target)[:, :, None, None].chunk(2, dim=1)
         e3 = F.relu(e3 * (1 + scale) + shift)  # class selector at the bottleneck
+        skip_scale, skip_shift = self.skip_selector(target)[:, :, None, None].chunk(2, dim=1)
+        skip = F.relu(e2 * (1 + skip_scale) + skip_shift)
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
-        d2 = self.dec2(torch.cat([up, e2], 1))
-        return torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        d2 = self.dec2(torch.cat([up, skip], 1))
+        masks = torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
+        gate = F.softmax(class_logits, 1).gather(1, target[:, None])[:, :, None, None]
+        # while training, the head learns only from its own loss (else the area penalty would shut the gate)
+        masks = masks * (gate.detach() if self.training else gate)
+        return (masks, class_logits) if with_logits else masks
 
 
 class RealTimeSaliency(Explainer):

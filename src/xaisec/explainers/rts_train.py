@@ -1,12 +1,15 @@
 """Training the RTS saver (Dabkowski & Gal 2017, https://arxiv.org/abs/1705.07857), plain or adversarially.
 
-Objective per image, for the class ``c`` it is asked about, with ``alt`` the blurred image:
+Objective per image, for the class ``c`` it is asked about, with ``alt`` an alternative image (the blurred
+image; ``alternatives="mix"`` draws per image the blur, a constant random colour or uniform noise, as the paper):
 
     preserve * -log p_c(blend(x, alt, m)) + destroy * p_c(blend(x, alt, 1 - m))
     + area * (mean m)^area_power + smooth * TV(m)
 
 For a fraction ``fake_fraction`` of the images the saver is asked about a wrong class and only the area and
-smoothness terms apply, so the class selector matters (the mask must vanish). The classifier is frozen.
+smoothness terms apply, so the class selector matters (the mask must vanish); ``aux`` weighs the saver's
+auxiliary loss (cross-entropy of its encoder's class logits against the classifier's predictions). The
+classifier is frozen.
 
 Adversarial training (the defense of Zhang et al. 2020, Sec. 7, "RTS^A"): each batch is also perturbed by a
 few PGD steps inside an L-inf ball that *maximise* the change of the saver's maps; ``adv_weight * L1`` between
@@ -34,13 +37,17 @@ from .rts import SaliencyNet
 class RTSObjective:
     """Weights of the saver's training objective; ``adv_*`` switch on adversarial training (``adv_weight`` > 0)."""
 
-    preserve: float = 0.5
+    preserve: float = 1.0
     destroy: float = 1.0
-    area: float = 4.0
-    area_power: float = 0.3
+    area: float = 2.0
+    #: the paper's 0.3 made masks collapse to empty ones on small images (the gradient of mean^0.3 explodes
+    #: near 0); a linear area penalty trains stably
+    area_power: float = 1.0
     smooth: float = 0.5
     blur_sigma: float = 3.0
+    alternatives: str = "blur"
     fake_fraction: float = 0.5
+    aux: float = 1.0
     adv_weight: float = 0.0
     adv_eps: float = 0.1
     adv_steps: int = 3
@@ -48,8 +55,10 @@ class RTSObjective:
     def __post_init__(self) -> None:
         if not 0 <= self.fake_fraction < 1:
             raise ConfigError(f"rts fake_fraction must be in [0, 1), got {self.fake_fraction}")
-        if min(self.preserve, self.destroy, self.area, self.smooth, self.adv_weight, self.adv_eps) < 0:
+        if min(self.preserve, self.destroy, self.area, self.smooth, self.aux, self.adv_weight, self.adv_eps) < 0:
             raise ConfigError("rts objective weights must be non-negative")
+        if self.alternatives not in ("mix", "blur"):
+            raise ConfigError(f"rts alternatives must be 'mix' or 'blur', got {self.alternatives!r}")
         if self.blur_sigma <= 0 or self.area_power <= 0 or self.adv_steps < 0:
             raise ConfigError("rts needs blur_sigma > 0, area_power > 0 and adv_steps >= 0")
 
@@ -80,6 +89,19 @@ def _map_attack(saver: SaliencyNet, x: torch.Tensor, t: torch.Tensor, clean: tor
     return x_adv.detach()
 
 
+def alternative_images(x: torch.Tensor, weights: RTSObjective, gen: torch.Generator) -> torch.Tensor:
+    """What masked-out pixels are replaced with: blurred ``x``, or (``mix``) per image at random the blur, a
+    constant random colour or uniform noise (Dabkowski & Gal, Sec. 4)."""
+    blurred = gaussian_blur(x, weights.blur_sigma)
+    if weights.alternatives == "blur":
+        return blurred
+    b, c = x.shape[:2]
+    kind = torch.randint(0, 3, (b, 1, 1, 1), generator=gen).to(x.device)
+    colour = torch.rand((b, c, 1, 1), generator=gen, dtype=x.dtype).to(x.device).expand_as(x)
+    noise = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    return torch.where(kind == 0, blurred, torch.where(kind == 1, colour, noise))
+
+
 def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: RTSObjective,
              generator: torch.Generator | None = None) -> LossOutput:
     """The saver's objective on a batch ``x`` (B,C,H,W) in [0,1] with true labels ``y`` (B,)."""
@@ -88,8 +110,11 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     shift = torch.randint(1, saver.num_classes, (len(y),), generator=gen)
     t = torch.where(fake, (y.cpu() + shift) % saver.num_classes, y.cpu()).to(y.device)
     fake = fake.to(x.device)
-    masks = saver(x, t)
-    alt = gaussian_blur(x, weights.blur_sigma)
+    masks, class_logits = saver(x, t, with_logits=True)
+    alt = alternative_images(x, weights, gen)
+    with torch.no_grad():
+        predicted = classifier(x).argmax(1)
+    aux = F.cross_entropy(class_logits, predicted)
     log_keep = F.log_softmax(classifier(blend(x, alt, masks)), 1).gather(1, t[:, None])[:, 0]
     p_destroyed = F.softmax(classifier(blend(x, alt, 1 - masks)), 1).gather(1, t[:, None])[:, 0]
     area = (masks.flatten(1).mean(1) + 1e-4).pow(weights.area_power)
@@ -99,7 +124,8 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     parts = {"preserve": (-log_keep[~fake]).mean().item() if (~fake).any() else 0.0,
              "destroy": p_destroyed[~fake].mean().item() if (~fake).any() else 0.0,
              "area": masks.mean().item()}
-    total = per_image.mean()
+    total = per_image.mean() + weights.aux * aux
+    parts["aux"] = aux.item()
     if weights.adv_weight > 0 and weights.adv_steps > 0:
         x_adv = _map_attack(saver, x, t, masks.detach(), weights.adv_eps, weights.adv_steps, gen)
         stability = (saver(x_adv, t) - masks.detach()).abs().flatten(1).mean(1).mean()

@@ -1,0 +1,70 @@
+"""Throughput of ADV2 attacks: a whole batch at once against the same images attacked one at a time.
+
+Run: ``python benchmarks/adv2.py [--interpreters cam,simplegrad,rts,mask] [--batch 64] [--steps 40]``.
+Uses a small_cnn on mnist-sized inputs (untrained weights: speed does not depend on them) and prints images per
+second for both ways and their ratio (target: >= 10x). Not a test: timings depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from xaisec.evasion import PGD, Adv2PGD, Adv2StAdv, InterpreterTerm, MaskTerm, patch_maps
+from xaisec.explainers import SaliencyNet, build
+from xaisec.maps import MapPostprocess
+from xaisec.models import build_model
+
+
+def make_attack(kind: str, model, name: str, steps: int):
+    post = MapPostprocess(pool=2)
+    if name == "pgd":
+        return PGD(model, eps=0.2, step=0.01, steps=steps)
+    if name == "rts":
+        e = build("rts", model, saver=SaliencyNet(1, 10, width=16).eval())
+    elif name == "mask":
+        e = build("mask", model, steps=50)
+    else:
+        e = build(name, model)
+    term = (MaskTerm(e, post=post, inner_steps=2) if name == "mask"
+            else InterpreterTerm(e, post=post, smooth_beta=10.0 if name == "simplegrad" else None))
+    cls = Adv2PGD if kind == "pgd" else Adv2StAdv
+    return cls(model, [term], steps=steps, warmup=steps // 4, c=10.0)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--interpreters", default="pgd,cam,gradcam,simplegrad,rts,mask")
+    parser.add_argument("--family", default="pgd", choices=["pgd", "stadv"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--single", type=int, default=8, help="images attacked one at a time (time scaled up)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 28, 28), 10).eval()
+    x = torch.rand(args.batch, 1, 28, 28)
+    y = torch.randint(0, 10, (args.batch,))
+    maps = patch_maps(args.batch, (28, 28), 0.15, torch.Generator().manual_seed(0))
+    print(f"{args.family}-based ADV2, small_cnn 28x28, batch {args.batch}, {args.steps} steps, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'interpreter':<12}{'batched img/s':>15}{'one-by-one img/s':>18}{'ratio':>8}")
+    for name in args.interpreters.split(","):
+        attack = make_attack(args.family, model, name, args.steps)
+        kw = lambda sl: {} if name == "pgd" else {"target_maps": {name: maps[sl]}}  # noqa: E731
+        attack(x[:2], y[:2], **kw(slice(0, 2)))  # warm-up
+        batched = timed(lambda: attack(x, y, **kw(slice(None))))
+        n = min(args.single, args.batch)
+        single = timed(lambda: [attack(x[i:i + 1], y[i:i + 1], **kw(slice(i, i + 1))) for i in range(n)]) / n
+        rate_b, rate_s = args.batch / batched, 1 / single
+        print(f"{name:<12}{rate_b:>15.1f}{rate_s:>18.1f}{rate_b / rate_s:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
