@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..models import get_layer
+from ..train import eval_mode
 
 SEPARABLE_BELOW = 0.05
 FULL_OVERLAP_ABOVE = 0.30
@@ -43,14 +44,12 @@ def collect_activations(model: nn.Module, layer: str | nn.Module, x: torch.Tenso
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1)))
-    was_training = model.training
-    model.eval()
     try:
-        for xb in x.split(batch_size):
-            model(xb)
+        with eval_mode(model), torch.no_grad():
+            for xb in x.split(batch_size):
+                model(xb)
     finally:
         handle.remove()
-        model.train(was_training)
     return torch.cat(captured)
 
 
