@@ -65,3 +65,12 @@ def test_console_entry_point_runs_as_a_process():
     assert done.returncode == 0 and "small_cnn" in done.stdout
     bad = subprocess.run([sys.executable, "-m", "xaisec", "nosuch"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "xaisec: error" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_explain_pickle_checkpoint_needs_opt_in(tmp_path, capsys):
+    model = build_model("small_cnn", (1, 28, 28), 10)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    args = ["explain", "--weights", str(tmp_path / "m.pt"), "--methods", "gradcam", "--images", "2", "--out", str(tmp_path)]
+    assert main(args) == 2
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert main(args + ["--allow-pickle"]) == 0

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated explainers")
     p.add_argument("--weights", type=Path, help="safetensors weights to explain (default: <out>/model.safetensors, "
                                                   "trained first if missing)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept a .pt/.pth checkpoint, read with torch.load(weights_only=True) (tensors only)")
     p.add_argument("--out", type=Path, default=Path("runs/explain"), help="output folder (default: runs/explain)")
     p.add_argument("--images", type=int, default=8, help="number of test images in the grid")
     p.add_argument("--seed", type=int, default=0)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.arch, data.input_shape, data.num_classes)
     weights = args.weights or args.out / "model.safetensors"
     if weights.is_file():
-        load_weights(model, weights)
+        load_weights(model, weights, allow_pickle=args.allow_pickle)
         log.info("loaded %s", weights)
     elif args.weights is not None:
         raise XaisecError(f"weights file {weights} does not exist")
