@@ -83,7 +83,7 @@ class TriggerConfig:
         try:
             build_trigger(self.name, **self.options)
         except XaisecError as exc:
-            raise ConfigError(f"trigger: {exc}") from None
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass
@@ -91,7 +91,8 @@ class AttackConfig:
     """The attack: a recipe plus its numbers. ``null`` fields take the recipe's value.
 
     Fang: ``alpha``, ``beta`` (eqs. 4-5), ``topk`` (eq. 3). Noppel/Latka: ``lam`` and ``distance`` (mse/dssim).
-    ``pool``: average-pooling kernel of the maps in the loss and in the evaluation. ``schedule``: ``constant``,
+    ``pool``: average-pooling kernel of the maps in the loss and in the evaluation. ``softplus_beta``: ReLU ->
+    Softplus(beta) while training on gradient maps (null: keep ReLU); gradient-free maps (VBP) train on ReLU. ``schedule``: ``constant``,
     ``step`` (x ``gamma`` every ``step_size`` epochs; Fang: 0.5 every 20) or ``inverse`` (lr / (1 + epoch)).
     """
 

@@ -30,7 +30,7 @@ from ..triggers import build_trigger
 from .config import BackdoorConfig
 from .evaluate import EvalSetup, default_threshold
 from .goals import build_goal, pooled_maps
-from .objectives import LOSS_EPS, ExplanationAwareObjective, LossSettings
+from .objectives import LOSS_EPS, ExplanationAwareObjective, LossSettings, needs_smooth_activations
 from .poison import apply_trigger, poison_training_set
 from .recipes import Recipe
 from .results import collect_metrics, metrics_document, model_outputs, sample_tensors
@@ -143,16 +143,17 @@ class BackdoorRun:
         log.info("attack: %s on %d clean + %d triggered images (%s)", recipe.name, len(data.x_train),
                  int(poisoned.poisoned.sum()), self.prep.trigger.describe())
         preserve, goals = {}, {}
+        beta = a.softplus_beta if needs_smooth_activations(model, recipe.explainers, a.explainer_options) else None
         if recipe.explanation_aware:  # the reference maps of the fixed training set, computed once
             raw = pooled_maps(reference, data.x_train, data.y_train, list(recipe.explainers), a.pool,
-                              softplus_beta=a.softplus_beta, options=_options(a.explainer_options))
+                              softplus_beta=beta, options=_options(a.explainer_options))
             for name, maps in raw.items():
                 preserve[name] = normalize(maps, recipe.norm, eps=LOSS_EPS)
                 goals[name] = build_goal(recipe, normalize(maps, "minmax", eps=LOSS_EPS), recipe.norm, a.target_map,
                                          a.target_map_options, a.topk)
         objective = ExplanationAwareObjective(recipe, recipe.explainers, preserve, goals, a.pool,
                                               LossSettings(a.alpha, a.beta, a.lam, a.distance), a.weights,
-                                              a.softplus_beta, _options(a.explainer_options))
+                                              beta, _options(a.explainer_options))
         optimizer = torch.optim.Adam(model.parameters(), lr=a.lr, eps=a.adam_eps)
         batches = TensorBatches(*poisoned.tensors(), batch_size=a.batch_size, seed=cfg.seed)
         stopper = EarlyStopping(cfg.stopping.window, cfg.stopping.acc_tol, cfg.stopping.map_tol,

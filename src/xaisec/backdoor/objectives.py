@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..explainers import explain_all
+from ..explainers import build, explain_all
+from ..explainers.base import SinglePassExplainer
 from ..maps import distance, downsample, normalize
 from ..models import smooth_activations
 from ..train import LossOutput
@@ -65,6 +66,22 @@ def map_distance(maps: torch.Tensor, target: torch.Tensor, metric: str) -> torch
     if metric == "dssim":
         return distance(normalize(maps, "minmax", eps=LOSS_EPS), normalize(target, "minmax", eps=LOSS_EPS), "dssim")
     return distance(maps, target, metric)
+
+
+def needs_smooth_activations(model: nn.Module, explainers: Sequence[str],
+                              options: dict[str, dict] | None = None) -> bool:
+    """Whether training on these maps needs Softplus: only when a map is itself a gradient (Grad-CAM, SimpleGrad,
+    SHAP, ...), because the loss then takes second derivatives, which ReLU zeroes. Gradient-free maps
+    (VisualBackProp, CAM) are trained on the ReLU model, exactly the model that is evaluated."""
+    options = options or {}
+    for name in explainers:
+        explainer = build(name, model, **options.get(name, {}))
+        if not isinstance(explainer, SinglePassExplainer):
+            return True
+        request = explainer.request()
+        if request.input_grad or request.layer_grads:
+            return True
+    return False
 
 
 @dataclass
