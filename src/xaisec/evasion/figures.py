@@ -12,16 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from ..maps import normalize  # noqa: E402
-from ..report.figures import to_display  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from ..report.figures import save_figure, to_display  # noqa: E402
 
 
 def comparison_figure(images: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Tensor], path: str | Path,
@@ -55,7 +46,7 @@ def comparison_figure(images: Mapping[str, torch.Tensor], maps: Mapping[str, tor
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def iou_figure(curves: Mapping[str, Mapping[str, Mapping[float, float]]], path: str | Path, title: str) -> Path:
@@ -74,7 +65,7 @@ def iou_figure(curves: Mapping[str, Mapping[str, Mapping[float, float]]], path: 
     axes[0, -1].legend(fontsize=6)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def l1_figure(bars: Mapping[str, Mapping[str, float]], path: str | Path, title: str) -> Path:
@@ -91,4 +82,4 @@ def l1_figure(bars: Mapping[str, Mapping[str, float]], path: str | Path, title: 
     ax.legend(fontsize=6)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -12,17 +12,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ..maps import normalize  # noqa: E402
-from .figures import to_display  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from .figures import save_figure, to_display  # noqa: E402
 
 
 def _clear(ax) -> None:
@@ -50,7 +40,7 @@ def image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, col_l
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _resized(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -81,7 +71,7 @@ def map_grid(columns: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]], p
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: Sequence[dict], path: str | Path) -> Path | None:
@@ -112,4 +102,4 @@ def training_curves(history: Sequence[dict], path: str | Path) -> Path | None:
     else:
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
