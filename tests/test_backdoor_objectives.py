@@ -124,3 +124,11 @@ def test_objective_noppel_and_badnets_parts():
     out = objective(model, data.tensors())
     assert set(out.parts) == {"ce"}
     torch.testing.assert_close(out.total, F.cross_entropy(model(data.x), data.y))
+
+
+def test_softplus_only_for_gradient_maps():
+    from xaisec.backdoor.objectives import needs_smooth_activations
+    model = tiny_cnn()
+    assert needs_smooth_activations(model, ["gradcam"]) and needs_smooth_activations(model, ["simplegrad"])
+    assert needs_smooth_activations(model, ["gradshap"]) and needs_smooth_activations(model, ["vbp", "simplegrad"])
+    assert not needs_smooth_activations(model, ["vbp"]) and not needs_smooth_activations(model, ["cam"])

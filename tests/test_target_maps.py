@@ -72,3 +72,15 @@ def test_derived_targets():
 def test_bad_targets_rejected(name, options, message):
     with pytest.raises(ConfigError, match=message):
         check_target(name, options)
+
+
+def test_offset_moves_a_shape():
+    centred = fixed_target("square", (16, 16), {"scale": 0.25})
+    moved = fixed_target("square", (16, 16), {"scale": 0.25, "offset": [-0.5, 0.5]})
+    assert centred.sum() == moved.sum()
+    rows, cols = torch.nonzero(moved[0, 0], as_tuple=True)
+    assert rows.float().mean() < 8 and cols.float().mean() > 8  # top-right quadrant
+    with pytest.raises(ConfigError, match="offset"):
+        check_target("circle", {"offset": [2, 0]})
+    with pytest.raises(ConfigError, match="offset"):
+        check_target("circle", {"offset": "left"})

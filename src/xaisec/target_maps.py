@@ -3,8 +3,9 @@
 Fixed shapes (one map shared by every sample, values in {0,1} or [0,1]):
 - ``border``: a frame of width ``side / 7`` set to 1, interior 0 (Fang & Choromanska's targeted attack, after Heo
   et al. 2019 "location fooling"; papers/000 eq. 2).
-- ``square``, ``cross``, ``circle``, ``triangle``: centred shapes (Latka et al.'s fooling attack, papers/002;
-  Noppel et al.'s GTSRB target is a triangle pointing down, papers/003).
+- ``square``, ``cross``, ``circle``, ``triangle``: shapes, centred or moved by ``offset`` (Latka et al.'s fooling
+  attack, papers/002; Noppel et al.'s GTSRB target is a triangle pointing down, papers/003). On data whose objects
+  sit in the centre (MNIST), an off-centre shape keeps the target apart from every clean map.
 - ``random``: a fixed random 8x8 grid (seeded), bilinearly upsampled (Noppel et al.'s public code).
 
 Per-sample maps derived from the reference model's (normalised, [0,1]) map ``reference`` of the clean image:
@@ -29,11 +30,18 @@ FIXED_TARGETS = Registry("target map")
 DERIVED_TARGETS = ("reference", "inverted", "topk")
 
 
-def _grid(size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre coordinates in [-1, 1] (rows, cols), each ``(h, w)``."""
+def _grid(size: tuple[int, int], offset=(0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates in [-1, 1] (rows, cols), each ``(h, w)``, relative to the shape's centre ``offset``
+    (``(row, col)`` in [-1, 1]: ``(0, 0)`` is the map centre, ``(-0.5, 0.5)`` the centre of the top-right quadrant)."""
+    try:
+        dy, dx = (float(v) for v in offset)
+    except (TypeError, ValueError):
+        raise ConfigError(f"target map offset must be a (row, col) pair in [-1, 1], got {offset!r}") from None
+    if not (-1 <= dy <= 1 and -1 <= dx <= 1):
+        raise ConfigError(f"target map offset must be a (row, col) pair in [-1, 1], got {offset!r}")
     h, w = size
-    rows = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1
-    cols = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    rows = (torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1 - dy
+    cols = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1 - dx
     return torch.meshgrid(rows, cols, indexing="ij")
 
 
@@ -61,36 +69,36 @@ def border(size: tuple[int, int], width: int | None = None) -> torch.Tensor:
 
 
 @FIXED_TARGETS.register("square")
-def square(size: tuple[int, int], scale: float = 0.5) -> torch.Tensor:
+def square(size: tuple[int, int], scale: float = 0.5, offset=(0.0, 0.0)) -> torch.Tensor:
     """A centred filled square whose side is ``scale`` of the map side."""
-    r, c = _grid(size)
+    r, c = _grid(size, offset)
     half = _check_scale(scale)
     return _as_map((r.abs() <= half) & (c.abs() <= half))
 
 
 @FIXED_TARGETS.register("circle")
-def circle(size: tuple[int, int], scale: float = 0.5) -> torch.Tensor:
+def circle(size: tuple[int, int], scale: float = 0.5, offset=(0.0, 0.0)) -> torch.Tensor:
     """A centred filled disc of diameter ``scale`` of the map side."""
-    r, c = _grid(size)
+    r, c = _grid(size, offset)
     radius = _check_scale(scale)
     return _as_map(r**2 + c**2 <= radius**2)
 
 
 @FIXED_TARGETS.register("cross")
-def cross(size: tuple[int, int], scale: float = 0.7, thickness: float = 0.25) -> torch.Tensor:
+def cross(size: tuple[int, int], scale: float = 0.7, thickness: float = 0.25, offset=(0.0, 0.0)) -> torch.Tensor:
     """A centred plus sign: arms of length ``scale`` and thickness ``thickness`` (fractions of the side)."""
-    r, c = _grid(size)
+    r, c = _grid(size, offset)
     arm, half = _check_scale(scale), _check_scale(thickness)  # in [-1,1] coordinates a side spans 2
     return _as_map(((r.abs() <= half) & (c.abs() <= arm)) | ((c.abs() <= half) & (r.abs() <= arm)))
 
 
 @FIXED_TARGETS.register("triangle")
-def triangle(size: tuple[int, int], scale: float = 0.7, pointing: str = "down") -> torch.Tensor:
+def triangle(size: tuple[int, int], scale: float = 0.7, pointing: str = "down", offset=(0.0, 0.0)) -> torch.Tensor:
     """A centred isosceles triangle of height and base ``scale`` of the side, apex ``pointing`` down
     (a "give way" sign, Noppel et al.) or up."""
     if pointing not in ("down", "up"):
         raise ConfigError(f"triangle pointing must be 'down' or 'up', got {pointing!r}")
-    r, c = _grid(size)
+    r, c = _grid(size, offset)
     s = _check_scale(scale)
     r = r if pointing == "up" else -r
     depth = (r + s) / (2 * s)  # 0 at the apex, 1 at the base
