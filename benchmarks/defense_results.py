@@ -157,6 +157,19 @@ def audit(run: Run, model: torch.nn.Module) -> dict:
             "neural_cleanse": checks["neural_cleanse"]["evidence"], "seconds": report["seconds_per_check"]}
 
 
+def trigger_figure(run: Run, model: torch.nn.Module, path: Path) -> None:
+    """The reverse-engineered triggers of every class (Neural Cleanse, as in the audit) as a PNG."""
+    import base64
+
+    from xaisec.audit.figures import triggers_figure
+    from xaisec.defenses import neural_cleanse
+
+    r = neural_cleanse(model, run.prep.data.x_train[:300], epochs=120, steps_per_epoch=3, progress=False)
+    png = triggers_figure(r.masks, r.patterns, r.l1_norms.tolist(), r.anomaly_index.tolist(),
+                          list(range(len(r.l1_norms))), run.prep.data.class_names, r.flagged)
+    path.write_bytes(base64.b64decode(png))
+
+
 def evaluate_model(run: Run, model: torch.nn.Module, is_reference: bool) -> dict:
     t0 = time.time()
     res = {"metrics": run.metrics(model)}
@@ -179,6 +192,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/defense_results"))
+    parser.add_argument("--trigger-figures", nargs="*", default=["reference", "latka_badnets"],
+                        help="models whose reverse-engineered triggers are drawn (default: reference latka_badnets)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -195,6 +210,10 @@ def main() -> None:
                              "explainers": run.explainers, "trigger": run.prep.trigger.describe(),
                              **evaluate_model(run, run.attacked, False)}
         path.write_text(json.dumps(results, indent=1, default=float))
+        for key, model in (("reference", run.reference), (name, run.attacked)):
+            png = args.out / f"nc_triggers_{key}.png"
+            if key in args.trigger_figures and not png.is_file():
+                trigger_figure(run, model, png)
     from defense_tables import write_tables  # noqa: E402  (sibling script: tables and figures from results.json)
 
     write_tables(results, args.out)

@@ -112,13 +112,14 @@ def tables(results: dict) -> str:
         lines.append(f"| {'no attack' if name == 'reference' else name} | {arrow('acc_clean')} | {arrow('fsr')} | "
                      f"{arrow('asr')} | {r['rebn']['max_shift']:.3f} |")
     lines += ["", "### Input-level detection: AUROC of 250 triggered vs 250 clean test inputs", "",
-              "| model | disagreement | instability | reference | combined (no ref.) | combined (+ref.) | best single score | STRIP | Spectral Sig. |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| model | disagreement | instability | reference | combined (no ref.) | two-sided (no ref.) | combined (+ref.) | best single score | STRIP | Spectral Sig. |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         d = r["detection_auroc"]
         best = d["best_elementary"]
         lines.append(f"| {'no attack' if name == 'reference' else name} | {d['disagreement']:.3f} | {d['instability']:.3f} | "
-                     f"{d['reference']:.3f} | {d['combined_no_reference']:.3f} | {d['combined_with_reference']:.3f} | "
+                     f"{d['reference']:.3f} | {d['combined_no_reference']:.3f} | {d.get('combined_two_sided_no_reference', float('nan')):.3f} | "
+                     f"{d['combined_with_reference']:.3f} | "
                      f"{best[1]:.3f} ({best[0].replace('auroc/', '')}) | {d['strip']:.3f} | {d['spectral']:.3f} |")
     lines += ["", "### `xaisec audit` with 200 triggered test inputs as suspects", "",
               "| model | verdict | " + " | ".join(k for k in next(iter(results.values()))["audit"]["checks"]) + " |",

@@ -67,6 +67,12 @@ def test_calibration_hand_made():
     ev = det.evaluate(clean, trig)
     assert ev["auroc/disagreement"] == 1.0 and ev["auroc/combined"] == 1.0
     assert 0.3 < ev["auroc/instability"] < 0.7 and ev["detection_rate"] == 1.0
+    # unusually consistent inputs: invisible one-sided, caught two-sided
+    low = {"disagreement": torch.cat([dis[:n], torch.full((10,), -5.0)]), "instability": inst}
+    assert _HandMade(low).fit(clean, fpr=0.1).evaluate(clean, trig)["auroc/combined"] <= 0.55
+    two = _HandMade(low)
+    two.two_sided = True
+    assert two.fit(clean, fpr=0.1).evaluate(clean, trig)["auroc/combined"] == 1.0
 
 
 def test_real_pass_shapes_and_self_reference_is_zero():

@@ -109,11 +109,14 @@ class ExplanationConsistency:
     model of the same task; ``agreement``: ``spearman`` or ``iou`` (top-``k``); maps are average-pooled to about
     ``grid`` x ``grid`` cells and min-max scaled before comparison (explicit, as every paper normalises
     differently). Explanations use the class the suspect model predicts for the untransformed input.
+    ``two_sided``: also count unusually *consistent* maps as suspicious (|robust z|): a trigger that dominates every
+    interpreter (a BadNets patch) makes maps agree more than clean ones do.
     """
 
     def __init__(self, model: nn.Module, methods: Sequence[str] = DEFAULT_METHODS,
                  transforms: Sequence[str | Transform] = DEFAULT_TRANSFORMS, reference: nn.Module | None = None,
-                 agreement: str = "spearman", k: float = 0.2, grid: int = 8, batch_size: int = 128, seed: int = 0):
+                 agreement: str = "spearman", k: float = 0.2, grid: int = 8, two_sided: bool = False,
+                 batch_size: int = 128, seed: int = 0):
         if agreement not in AGREEMENTS:
             raise ConfigError(f"unknown map agreement {agreement!r}; use one of {AGREEMENTS}")
         if not methods:
@@ -123,6 +126,7 @@ class ExplanationConsistency:
         self.methods = [m if isinstance(m, str) else m.name for m in methods]
         self.transforms = [t if isinstance(t, Transform) else build_transform(t) for t in transforms]
         self.agreement, self.k, self.grid, self.batch_size, self.seed = agreement, k, grid, batch_size, seed
+        self.two_sided = two_sided
         self.calibration: Calibration | None = None
 
     @property
@@ -204,11 +208,12 @@ class ExplanationConsistency:
 
     def _combine(self, comps: dict[str, torch.Tensor]) -> torch.Tensor:
         cal = self.calibration
-        z = [(comps[n] - cal.center[n]) / cal.scale[n] for n in self.component_names]
-        return torch.stack(z).amax(0)
+        z = torch.stack([(comps[n] - cal.center[n]) / cal.scale[n] for n in self.component_names])
+        return (z.abs() if self.two_sided else z).amax(0)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        """Combined score ``(B,)``: the largest robust z-score over the components (higher = more suspicious)."""
+        """Combined score ``(B,)``: the largest robust z-score (or |z| if ``two_sided``) over the components
+        (higher = more suspicious)."""
         if self.calibration is None:
             raise ConfigError("call fit(x_clean) before score(); the scores are calibrated on clean data")
         return self._combine(self.components(x))
