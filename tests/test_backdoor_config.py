@@ -111,3 +111,29 @@ def test_explainer_options_checked_before_training():
     cfg = load_config(BackdoorConfig, overrides=["eval.explainer_options={gradcam: {colour: red}}", "data.train_size=10"])
     with pytest.raises(ConfigError, match="no option"):
         prepare(cfg)
+
+
+KEYS = ["seed", "name", "attack.recipe", "attack.epochs", "attack.lr", "attack.explainers", "attack.target_map",
+        "attack.target_map_options", "attack.poison_rate", "attack.weights", "attack.pool", "attack.topk",
+        "trigger.name", "trigger.options", "data.name", "data.train_size", "model.arch", "eval.thresholds",
+        "stopping.window", "attack.nonsense", "nonsense"]
+
+
+def test_fuzzed_overrides_load_or_fail_cleanly():
+    """Any override either loads or raises the tool's own error (never TypeError/KeyError/... from inside)."""
+    from hypothesis import given, settings, strategies as st
+
+    values = st.one_of(st.integers(-5, 50), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                       st.sampled_from(["[gradcam]", "[]", "{}", "{a: 1}", "null", "true", "[1, 2]", "border", "1e-3",
+                                        "{size: 99}", "gradcam", "fang_joint", "[vbp, vbp]", "{gradcam: -1}"]))
+
+    @settings(max_examples=80, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from(KEYS), values), max_size=3))
+    def check(pairs):
+        overrides = [f"{k}={v}" for k, v in pairs]
+        try:
+            load_config(BackdoorConfig, overrides=overrides)
+        except XaisecError:
+            pass
+
+    check()

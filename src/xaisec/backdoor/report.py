@@ -137,7 +137,7 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
                     "held-out split and explains the predicted class.", "note"),
         H.section("Metrics", H.paragraph(metrics["directions"], "note"),
                   H.table(["metric", "reference model", "attacked model", "better", "what"], _metric_rows(metrics),
-                          numeric=(1, 2))),
+                          numeric=(1, 2), nowrap=(0, 3))),
         H.section("Inputs", H.image(figs["triggers"], "Clean test images, their triggered versions and the "
                                                       "trigger's region (where a map pointing at the trigger would be).")),
     ]

@@ -17,7 +17,8 @@ h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28
 .sub { color: #555; margin-top: 0; } .note { color: #555; font-size: 13px; }
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f3f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.nowrap { white-space: nowrap; }
 .badge { display: inline-block; padding: 2px 8px; border-radius: 10px; font-size: 12px; color: white; }
 .ok { background: #2e7d32; } .bad { background: #c62828; } .warn { background: #ef6c00; }
 figure { margin: 10px 0 18px 0; } figcaption { font-size: 13px; color: #444; }
@@ -40,12 +41,13 @@ def image(path: str | Path, caption: str | None = None, alt: str = "figure") -> 
     return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = ()) -> str:
-    """An HTML table; cells are escaped, columns listed in ``numeric`` are right-aligned."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], numeric: Sequence[int] = (),
+          nowrap: Sequence[int] = ()) -> str:
+    """An HTML table; cells are escaped, columns in ``numeric`` are right-aligned, those in ``nowrap`` not wrapped."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for row in rows:
-        cells = "".join(f'<td class="num">{esc(v)}</td>' if i in numeric else f"<td>{esc(v)}</td>"
+        cells = "".join(f'<td class="{"num" if i in numeric else "nowrap" if i in nowrap else ""}">{esc(v)}</td>'
                         for i, v in enumerate(row))
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
