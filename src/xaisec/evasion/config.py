@@ -41,7 +41,7 @@ class RTSSettings:
     batch_size: int = 64
     objective: RTSObjective = field(default_factory=RTSObjective)
     adversarial: bool = True
-    adversarial_weight: float = 2.0
+    adversarial_weight: float = 1.0
     noise_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
 
     def __post_init__(self) -> None:

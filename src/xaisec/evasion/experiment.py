@@ -169,8 +169,10 @@ def rts_defense_stage(s: Adv2Setup, metrics: dict) -> None:
             noisy = _noise(s.x, kind, level, cfg.seed)
             row = {}
             for label, e, ref in (("rts", s.explainers["rts"], s.benign["rts"]), ("rts_adv", e_adv, benign_adv)):
-                row[label] = attack_report(s.model, s.x, noisy, s.y, {"rts": s.maps("rts", noisy, s.y, e)},
-                                           {"rts": ref}, {"rts": ref}, s.posts, cfg.iou_ks)["maps"]["rts"]["vs_benign"]["l1"]
+                l1 = attack_report(s.model, s.x, noisy, s.y, {"rts": s.maps("rts", noisy, s.y, e)}, {"rts": ref},
+                                   {"rts": ref}, s.posts, cfg.iou_ks)["maps"]["rts"]["vs_benign"]["l1"]
+                mass = s.posts["rts"](ref).mean().item()  # RTS^A masks may be larger: also report the change
+                row[label], row[f"{label}_relative"] = l1, l1 / max(mass, 1e-8)  # relative to the map's mass
             sensitivity[f"{kind}_{level:g}"] = row
     out["noise_sensitivity_l1"] = sensitivity
     s.rts_adv_maps = {"benign": benign_adv, "target": targets_adv}

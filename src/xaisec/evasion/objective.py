@@ -46,7 +46,14 @@ class InterpreterTerm:
     def reset(self) -> None:
         """Forget per-attack state (none here; see :class:`MaskTerm`)."""
 
-    def maps(self, x: torch.Tensor, y_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y_target: torch.Tensor, target_maps: torch.Tensor
+             ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(classifier logits or None, per-image loss (B,))``: mean squared difference between the
+        post-processed map of ``x`` for ``y_target`` and the (post-processed) ``target_maps``."""
+        logits, maps = self.maps(x, y_target)
+        return logits, (maps - target_maps).pow(2).flatten(1).mean(1)
+
+    def maps(self, x: torch.Tensor, y_target: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``(logits, post-processed maps)`` of ``x`` for ``y_target``, differentiable w.r.t. ``x``."""
         if self.smooth_beta is None:
             out = self.explainer(x, y_target, create_graph=True)
@@ -145,9 +152,9 @@ class AttackObjective:
         if c > 0 and self.interpreters:
             interp = torch.zeros(len(x), dtype=x.dtype, device=x.device)
             for term in self.interpreters:
-                term_logits, maps = term.maps(x, y_target)
+                term_logits, loss = term.loss(x, y_target, self.target_maps[term.name])
                 logits = term_logits if logits is None else logits
-                interp = interp + term.weight * (maps - self.target_maps[term.name]).pow(2).flatten(1).mean(1)
+                interp = interp + term.weight * loss
         if logits is None:
             logits = self.model(x)
         prd = self.classifier_loss(logits, y_target)

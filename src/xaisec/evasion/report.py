@@ -127,10 +127,12 @@ def build_report(run_dir: str | Path) -> Path:
         r = metrics["rts_adversarial"]
         rows = [[k, _f(r[k]["asr"]), _f(r[k]["maps"]["rts"]["vs_target"]["l1"]), _f(r[k]["maps"]["rts"]["vs_benign"]["l1"])]
                 for k in ("rts", "rts_adv")]
-        noise = [[k, _f(v["rts"]), _f(v["rts_adv"])] for k, v in r["noise_sensitivity_l1"].items()]
+        noise = [[k, _f(v["rts"]), _f(v["rts_adv"]), _f(v.get("rts_relative", "")), _f(v.get("rts_adv_relative", ""))]
+                 for k, v in r["noise_sensitivity_l1"].items()]
         body.append(section("Adversarially trained RTS (RTS^A)",
                             table(["ADV2 against", "ASR", "L1 tgt", "L1 ben"], rows, numeric=(1, 2, 3)),
-                            table(["noise", "RTS map change (L1)", "RTS^A map change (L1)"], noise, numeric=(1, 2)),
+                            table(["noise", "RTS map change (L1)", "RTS^A map change (L1)", "RTS relative",
+                                   "RTS^A relative"], noise, numeric=(1, 2, 3, 4)),
                             image(run_dir / "figures" / "rts_vs_rts_adv.png", "ADV2 against RTS and RTS^A")))
     figures = sorted((run_dir / "figures").glob("adv2_*.png"))
     body.append(section("Benign, plain and ADV2 inputs with their maps (Figure 4)",

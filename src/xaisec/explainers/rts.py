@@ -1,9 +1,11 @@
 """RTS: real-time saliency (Dabkowski & Gal 2017, https://arxiv.org/abs/1705.07857).
 
 A small class-conditioned encoder-decoder (:class:`SaliencyNet`, the "saver") predicts in one forward pass a
-mask (B,1,H,W) in [0,1] of the evidence for a class. It is trained once per classifier (:mod:`xaisec.explainers.rts_train`)
-and then used as the explainer ``rts``: ``build("rts", model, saver=saver)``. Its maps are differentiable
-w.r.t. the input by construction, which is what ADV2 exploits.
+mask (B,1,H,W) in [0,1] of where the evidence for a class lies; the RTS map is that mask times the classifier's
+softmax probability of the class (:func:`rts_maps`). The gate plays the part of Dabkowski & Gal's encoder, which
+is the explained classifier's own pretrained network: a class the classifier does not see gets an empty map.
+The saver is trained once per classifier (:mod:`xaisec.explainers.rts_train`) and used as the explainer
+``rts``: ``build("rts", model, saver=saver)``. Maps are differentiable w.r.t. the input, which ADV2 exploits.
 """
 from __future__ import annotations
 
@@ -23,13 +25,9 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 class SaliencyNet(nn.Module):
     """Encoder (3 stages, /4) -> class selector (a learned per-class scale and shift, FiLM-style, of the bottleneck
-    and of the skip features) -> decoder -> sigmoid mask at H/2, bilinearly upsampled to (B,1,H,W), times the
-    probability that a linear head on the pooled encoder features gives the asked class. That head learns the
-    classifier's predictions (an auxiliary loss), so the saver tells classes apart from the start, as Dabkowski
-    & Gal's pretrained encoder does, and the mask of a class absent from the image vanishes. Masks in [0,1].
+    and of the skip features) -> decoder -> sigmoid mask at H/2, bilinearly upsampled to (B,1,H,W) in [0,1].
 
-    ``forward(x (B,C,H,W) in [0,1], target (B,) long) -> masks (B,1,H,W)``; ``with_logits=True`` also returns the
-    auxiliary class logits (B,K).
+    ``forward(x (B,C,H,W) in [0,1], target (B,) long) -> masks (B,1,H,W)`` (not yet gated, see :func:`rts_maps`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 16, mean: float = 0.5, std: float = 0.5):
@@ -46,35 +44,37 @@ class SaliencyNet(nn.Module):
         nn.init.zeros_(self.skip_selector.weight)
         self.dec2 = _block(4 * width + 2 * width, 2 * width)
         self.out = nn.Conv2d(2 * width, 1, 1)
-        self.classify = nn.Linear(4 * width, num_classes)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor, with_logits: bool = False):
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ModelError(f"the RTS saver takes (B,{self.in_channels},H,W) images, got {tuple(x.shape)}")
         e1 = self.enc1(self.normalize(x))
         e2 = self.enc2(F.max_pool2d(e1, 2))
         e3 = self.enc3(F.max_pool2d(e2, 2))
-        class_logits = self.classify(e3.mean((2, 3)))
         scale, shift = self.selector(target)[:, :, None, None].chunk(2, dim=1)
-        e3 = F.relu(e3 * (1 + scale) + shift)  # class selector at the bottleneck
+        e3 = F.relu(e3 * (1 + scale) + shift)  # class selector at the bottleneck ...
         skip_scale, skip_shift = self.skip_selector(target)[:, :, None, None].chunk(2, dim=1)
-        skip = F.relu(e2 * (1 + skip_scale) + skip_shift)
+        skip = F.relu(e2 * (1 + skip_scale) + skip_shift)  # ... and on the skip path, so nothing bypasses it
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
         d2 = self.dec2(torch.cat([up, skip], 1))
-        masks = torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
-        gate = F.softmax(class_logits, 1).gather(1, target[:, None])[:, :, None, None]
-        # while training, the head learns only from its own loss (else the area penalty would shut the gate)
-        masks = masks * (gate.detach() if self.training else gate)
-        return (masks, class_logits) if with_logits else masks
+        return torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
+
+
+def rts_maps(saver: SaliencyNet, logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RTS maps (B,1,H,W) in [0,1]: the saver's mask for ``target`` times the classifier's softmax of ``target``
+    (``logits`` (B,K) of the classifier on ``x``)."""
+    gate = F.softmax(logits, 1).gather(1, target[:, None])[:, :, None, None]
+    return saver(x, target) * gate
 
 
 class RealTimeSaliency(Explainer):
     """RTS explainer: the trained ``saver`` (:class:`SaliencyNet`) asked about the target class (default: the
-    classifier's prediction). Maps (B,1,H,W) in [0,1]. The saver's train/eval mode is left as found (eval inside)."""
+    classifier's prediction), gated by the classifier (:func:`rts_maps`). Maps (B,1,H,W) in [0,1]. The saver's
+    train/eval mode is left as found (eval inside)."""
 
     name = "rts"
     needs_images = True
-    #: maps depend on the input and the saver's weights, not on the classifier's parameters
+    #: the parameter-gradient check of the test suite builds explainers without a saver
     differentiable = False
 
     def __init__(self, model: nn.Module, saver: SaliencyNet | None = None):
@@ -92,5 +92,5 @@ class RealTimeSaliency(Explainer):
             logits = self.model(x)
         t = resolve_target(target, logits)
         with eval_mode(self.saver), torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
-            maps = self.saver(x, t)
+            maps = rts_maps(self.saver, logits, x, t)
         return Explanation(logits, maps)

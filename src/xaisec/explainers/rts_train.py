@@ -6,10 +6,10 @@ image; ``alternatives="mix"`` draws per image the blur, a constant random colour
     preserve * -log p_c(blend(x, alt, m)) + destroy * p_c(blend(x, alt, 1 - m))
     + area * (mean m)^area_power + smooth * TV(m)
 
-For a fraction ``fake_fraction`` of the images the saver is asked about a wrong class and only the area and
-smoothness terms apply, so the class selector matters (the mask must vanish); ``aux`` weighs the saver's
-auxiliary loss (cross-entropy of its encoder's class logits against the classifier's predictions). The
-classifier is frozen.
+where ``m`` is the RTS map (the saver's mask gated by the classifier's probability of ``c``, see
+:func:`~xaisec.explainers.rts.rts_maps`). For a fraction ``fake_fraction`` of the images the saver is asked
+about a wrong class and only the area and smoothness terms apply (the paper's fake labels). The classifier is
+frozen.
 
 Adversarial training (the defense of Zhang et al. 2020, Sec. 7, "RTS^A"): each batch is also perturbed by a
 few PGD steps inside an L-inf ball that *maximise* the change of the saver's maps; ``adv_weight * L1`` between
@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..io import load_weights, save_weights
 from ..train import LossOutput, TensorBatches, eval_mode, fit
 from .ops import blend, gaussian_blur, total_variation
-from .rts import SaliencyNet
+from .rts import SaliencyNet, rts_maps
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,14 @@ class RTSObjective:
 
     preserve: float = 1.0
     destroy: float = 1.0
-    area: float = 2.0
+    area: float = 4.0
     #: the paper's 0.3 made masks collapse to empty ones on small images (the gradient of mean^0.3 explodes
     #: near 0); a linear area penalty trains stably
     area_power: float = 1.0
     smooth: float = 0.5
     blur_sigma: float = 3.0
     alternatives: str = "blur"
-    fake_fraction: float = 0.5
-    aux: float = 1.0
+    fake_fraction: float = 0.3
     adv_weight: float = 0.0
     adv_eps: float = 0.1
     adv_steps: int = 3
@@ -55,7 +54,7 @@ class RTSObjective:
     def __post_init__(self) -> None:
         if not 0 <= self.fake_fraction < 1:
             raise ConfigError(f"rts fake_fraction must be in [0, 1), got {self.fake_fraction}")
-        if min(self.preserve, self.destroy, self.area, self.smooth, self.aux, self.adv_weight, self.adv_eps) < 0:
+        if min(self.preserve, self.destroy, self.area, self.smooth, self.adv_weight, self.adv_eps) < 0:
             raise ConfigError("rts objective weights must be non-negative")
         if self.alternatives not in ("mix", "blur"):
             raise ConfigError(f"rts alternatives must be 'mix' or 'blur', got {self.alternatives!r}")
@@ -77,13 +76,13 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(flag)
 
 
-def _map_attack(saver: SaliencyNet, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
+def _map_attack(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
                 eps: float, steps: int, gen: torch.Generator) -> torch.Tensor:
     """PGD (random start, sign steps of eps/2) maximising the L1 change of the saver's maps; detached result."""
     x_adv = (x + eps * (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1).to(x.device)).clamp(0, 1)
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
-        gap = (saver(x_adv, t) - clean).abs().sum()
+        gap = (rts_maps(saver, classifier(x_adv), x_adv, t) - clean).abs().sum()
         (g,) = torch.autograd.grad(gap, x_adv)
         x_adv = torch.min(torch.max(x_adv + 0.5 * eps * g.sign(), x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()
@@ -110,11 +109,8 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     shift = torch.randint(1, saver.num_classes, (len(y),), generator=gen)
     t = torch.where(fake, (y.cpu() + shift) % saver.num_classes, y.cpu()).to(y.device)
     fake = fake.to(x.device)
-    masks, class_logits = saver(x, t, with_logits=True)
+    masks = rts_maps(saver, classifier(x), x, t)
     alt = alternative_images(x, weights, gen)
-    with torch.no_grad():
-        predicted = classifier(x).argmax(1)
-    aux = F.cross_entropy(class_logits, predicted)
     log_keep = F.log_softmax(classifier(blend(x, alt, masks)), 1).gather(1, t[:, None])[:, 0]
     p_destroyed = F.softmax(classifier(blend(x, alt, 1 - masks)), 1).gather(1, t[:, None])[:, 0]
     area = (masks.flatten(1).mean(1) + 1e-4).pow(weights.area_power)
@@ -124,11 +120,10 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     parts = {"preserve": (-log_keep[~fake]).mean().item() if (~fake).any() else 0.0,
              "destroy": p_destroyed[~fake].mean().item() if (~fake).any() else 0.0,
              "area": masks.mean().item()}
-    total = per_image.mean() + weights.aux * aux
-    parts["aux"] = aux.item()
+    total = per_image.mean()
     if weights.adv_weight > 0 and weights.adv_steps > 0:
-        x_adv = _map_attack(saver, x, t, masks.detach(), weights.adv_eps, weights.adv_steps, gen)
-        stability = (saver(x_adv, t) - masks.detach()).abs().flatten(1).mean(1).mean()
+        x_adv = _map_attack(saver, classifier, x, t, masks.detach(), weights.adv_eps, weights.adv_steps, gen)
+        stability = (rts_maps(saver, classifier(x_adv), x_adv, t) - masks.detach()).abs().flatten(1).mean(1).mean()
         total = total + weights.adv_weight * stability
         parts["stability"] = stability.item()
     return LossOutput(total, parts)
