@@ -11,6 +11,9 @@ REGISTRIES = {
     "datasets": ("xaisec.data", "DATASETS"),
     "models": ("xaisec.models", "MODELS"),
     "explainers": ("xaisec.explainers", "EXPLAINERS"),
+    "triggers": ("xaisec.triggers", "TRIGGERS"),
+    "recipes": ("xaisec.backdoor.recipes", "RECIPES"),
+    "targets": ("xaisec.target_maps", "FIXED_TARGETS"),
 }
 
 
