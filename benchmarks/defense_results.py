@@ -170,6 +170,18 @@ def trigger_figure(run: Run, model: torch.nn.Module, path: Path) -> None:
     path.write_bytes(base64.b64decode(png))
 
 
+def nc_repeats(run: Run, model: torch.nn.Module, repeats: int) -> list[list]:
+    """Neural Cleanse's anomaly index and flagged classes on ``repeats`` disjoint sets of 300 training images."""
+    from xaisec.defenses import neural_cleanse
+
+    x = run.prep.data.x_train
+    out = []
+    for i in range(repeats):
+        r = neural_cleanse(model, x[300 * i:300 * (i + 1)], epochs=120, steps_per_epoch=3, seed=i, progress=False)
+        out.append([r.model_anomaly_index, r.flagged])
+    return out
+
+
 def evaluate_model(run: Run, model: torch.nn.Module, is_reference: bool) -> dict:
     t0 = time.time()
     res = {"metrics": run.metrics(model)}
@@ -192,6 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/defense_results"))
+    parser.add_argument("--nc-repeats", type=int, default=3, help="Neural Cleanse runs for the stability table")
+    parser.add_argument("--nc-models", nargs="*", default=["reference", "latka_badnets", "fang_targeted"],
+                        help="models whose Neural Cleanse stability is measured")
     parser.add_argument("--trigger-figures", nargs="*", default=["reference", "latka_badnets"],
                         help="models whose reverse-engineered triggers are drawn (default: reference latka_badnets)")
     args = parser.parse_args()
@@ -214,6 +229,9 @@ def main() -> None:
             png = args.out / f"nc_triggers_{key}.png"
             if key in args.trigger_figures and not png.is_file():
                 trigger_figure(run, model, png)
+            if key in args.nc_models and "nc_repeats" not in results[key]:
+                results[key]["nc_repeats"] = nc_repeats(run, model, args.nc_repeats)
+                path.write_text(json.dumps(results, indent=1, default=float))
     from defense_tables import write_tables  # noqa: E402  (sibling script: tables and figures from results.json)
 
     write_tables(results, args.out)

@@ -51,8 +51,8 @@ def fig4b(results: dict, out: Path) -> None:
         ax.plot(ref["fractions"], ref["accuracy"], color="seagreen", label="accuracy (no attack)")
         ax.plot(fp["fractions"], fp["accuracy"], color="steelblue", label="accuracy (attacked)")
         if fp["values"]:
-            ax.plot(fp["fractions"], fp["values"], color="crimson", label=f"{fp['metric'].upper()} (attacked)")
-        ax.set_title(name, fontsize=9)
+            ax.plot(fp["fractions"], fp["values"], color="crimson", label="ASR / FSR (attacked)")
+        ax.set_title(f"{name} ({fp['metric'].upper()})", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(attacked):]:
@@ -76,6 +76,13 @@ def tables(results: dict) -> str:
                      f"{key} {_pct(val)} | {r['neural_cleanse']['model_anomaly_index']:.2f} | "
                      f"{r['neural_cleanse']['flagged_classes']} | {r['rebn']['max_shift']:.3f} | "
                      f"{r['audit']['model_level_verdict']} | {', '.join(sus) or '–'} |")
+    stab = {n: r["nc_repeats"] for n, r in results.items() if r.get("nc_repeats")}
+    if stab:
+        lines += ["", "### Neural Cleanse stability: anomaly index on disjoint sets of 300 clean training images", "",
+                  "| model | anomaly index per set | flagged classes per set |", "|---|---|---|"]
+        for name, reps in stab.items():
+            lines.append(f"| {'no attack' if name == 'reference' else name} | "
+                         f"{', '.join(f'{x[0]:.2f}' for x in reps)} | {'; '.join(str(x[1]) for x in reps)} |")
     lines += ["", "### Activation Clustering (Table 2): 320 clean + 320 triggered test pairs, PCA-2, 2-means", "",
               "| model | misclustering rate | verdict |", "|---|---|---|"]
     for name, r in results.items():
