@@ -205,10 +205,10 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("docs/defense_results"))
     parser.add_argument("--nc-repeats", type=int, default=3, help="Neural Cleanse runs for the stability table")
-    parser.add_argument("--nc-models", nargs="*", default=["reference", "latka_badnets", "fang_targeted"],
+    parser.add_argument("--nc-models", nargs="*", default=["reference/small_cnn", "reference/vgg_small", "latka_badnets", "fang_targeted"],
                         help="models whose Neural Cleanse stability is measured")
-    parser.add_argument("--trigger-figures", nargs="*", default=["reference", "latka_badnets"],
-                        help="models whose reverse-engineered triggers are drawn (default: reference latka_badnets)")
+    parser.add_argument("--trigger-figures", nargs="*", default=["reference/vgg_small", "latka_badnets"],
+                        help="models whose reverse-engineered triggers are drawn")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -216,17 +216,18 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.is_file() else {}
     for run_dir in args.runs:
         run = Run(run_dir)
-        name = run.recipe.name
-        if "reference" not in results:
-            results["reference"] = {"recipe": "none (clean reference)", "run": str(run_dir),
-                                    **evaluate_model(run, run.reference, True)}
+        name, arch = run_dir.name, run.cfg.model.arch  # the run directory names the model
+        ref_key = f"reference/{arch}"  # one clean reference per architecture, measured with its first run's trigger
+        if ref_key not in results:
+            results[ref_key] = {"recipe": "none (clean reference)", "run": str(run_dir), "arch": arch,
+                                "trigger": run.prep.trigger.describe(), **evaluate_model(run, run.reference, True)}
         if name not in results:
-            results[name] = {"recipe": name, "run": str(run_dir), "summary": run.recipe.summary,
-                             "explainers": run.explainers, "trigger": run.prep.trigger.describe(),
-                             **evaluate_model(run, run.attacked, False)}
+            results[name] = {"recipe": run.recipe.name, "run": str(run_dir), "arch": arch,
+                             "summary": run.recipe.summary, "explainers": run.explainers,
+                             "trigger": run.prep.trigger.describe(), **evaluate_model(run, run.attacked, False)}
         path.write_text(json.dumps(results, indent=1, default=float))
-        for key, model in (("reference", run.reference), (name, run.attacked)):
-            png = args.out / f"nc_triggers_{key}.png"
+        for key, model in ((ref_key, run.reference), (name, run.attacked)):
+            png = args.out / f"nc_triggers_{key.replace('/', '_')}.png"
             if key in args.trigger_figures and not png.is_file():
                 trigger_figure(run, model, png)
             if key in args.nc_models and "nc_repeats" not in results[key]:

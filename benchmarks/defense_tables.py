@@ -21,6 +21,22 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
+def is_reference(name: str) -> bool:
+    """Clean reference models are stored as ``reference/<arch>`` (one per architecture)."""
+    return name.startswith("reference")
+
+
+def label(name: str) -> str:
+    return f"no attack ({name.split('/', 1)[1]})" if "/" in name and is_reference(name) else (
+        "no attack" if is_reference(name) else name)
+
+
+def reference_of(results: dict, name: str) -> dict:
+    """The clean reference result of the same architecture as ``name``."""
+    arch = results[name].get("arch")
+    return results.get(f"reference/{arch}") or next(r for n, r in results.items() if is_reference(n))
+
+
 def _metric(res: dict) -> tuple[str, float | None]:
     m = res["metrics"]
     return ("FSR", m["fsr"]) if "fsr" in m else (("ASR", m["asr"]) if "asr" in m else ("–", None))
@@ -30,10 +46,10 @@ def fig4a(results: dict, out: Path) -> None:
     names = list(results)
     vals = [results[n]["neural_cleanse"]["model_anomaly_index"] for n in names]
     fig, ax = plt.subplots(figsize=(0.7 * len(names) + 2, 3))
-    ax.bar(range(len(names)), vals, color=["seagreen" if n == "reference" else "steelblue" for n in names])
+    ax.bar(range(len(names)), vals, color=["seagreen" if is_reference(n) else "steelblue" for n in names])
     ax.axhline(2, color="crimson", ls="--", lw=1, label="detection threshold (index 2)")
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(["no attack" if n == "reference" else n for n in names], rotation=45, ha="right", fontsize=8)
+    ax.set_xticklabels([label(n) for n in names], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("Neural Cleanse anomaly index")
     ax.legend(fontsize=8)
     fig.savefig(out / "fig4a_neural_cleanse.png", dpi=110, bbox_inches="tight")
@@ -41,13 +57,12 @@ def fig4a(results: dict, out: Path) -> None:
 
 
 def fig4b(results: dict, out: Path) -> None:
-    ref = results["reference"]["fine_pruning"]
-    attacked = [n for n in results if n != "reference"]
+    attacked = [n for n in results if not is_reference(n)]
     cols = min(4, len(attacked))
     rows = -(-len(attacked) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, attacked):
-        fp = results[name]["fine_pruning"]
+        fp, ref = results[name]["fine_pruning"], reference_of(results, name)["fine_pruning"]
         ax.plot(ref["fractions"], ref["accuracy"], color="seagreen", label="accuracy (no attack)")
         ax.plot(fp["fractions"], fp["accuracy"], color="steelblue", label="accuracy (attacked)")
         if fp["values"]:
@@ -65,14 +80,13 @@ def fig4b(results: dict, out: Path) -> None:
 
 
 def tables(results: dict) -> str:
-    ref_acc = results["reference"]["metrics"]["acc_clean"]
     lines = ["### Neural Cleanse (Figure 4a) and model-level checks", "",
              "| model | clean acc | attack metric | NC anomaly index | NC flagged | Re-BN max shift | model-level audit verdict | suspicious model-level checks |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         key, val = _metric(r)
         sus = r["audit"]["model_level_suspicious"]
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {_pct(r['metrics']['acc_clean'])} | "
+        lines.append(f"| {label(name)} | {_pct(r['metrics']['acc_clean'])} | "
                      f"{key} {_pct(val)} | {r['neural_cleanse']['model_anomaly_index']:.2f} | "
                      f"{r['neural_cleanse']['flagged_classes']} | {r['rebn']['max_shift']:.3f} | "
                      f"{r['audit']['model_level_verdict']} | {', '.join(sus) or '–'} |")
@@ -81,13 +95,13 @@ def tables(results: dict) -> str:
         lines += ["", "### Neural Cleanse stability: anomaly index on disjoint sets of 300 clean training images", "",
                   "| model | anomaly index per set | flagged classes per set |", "|---|---|---|"]
         for name, reps in stab.items():
-            lines.append(f"| {'no attack' if name == 'reference' else name} | "
+            lines.append(f"| {label(name)} | "
                          f"{', '.join(f'{x[0]:.2f}' for x in reps)} | {'; '.join(str(x[1]) for x in reps)} |")
     lines += ["", "### Activation Clustering (Table 2): 320 clean + 320 triggered test pairs, PCA-2, 2-means", "",
               "| model | misclustering rate | verdict |", "|---|---|---|"]
     for name, r in results.items():
         ac = r["activation_clustering"]
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {_pct(ac['misclustering'])}% | "
+        lines.append(f"| {label(name)} | {_pct(ac['misclustering'])}% | "
                      f"{SYMBOL[ac['verdict']]} |")
     lines += ["", "### Fine-pruning (Figure 4b): attack metric at the largest pruned fraction that keeps clean "
               "accuracy within 5 points", "",
@@ -97,18 +111,18 @@ def tables(results: dict) -> str:
         if not fp["values"]:
             continue
         i = fp["fractions"].index(fp["fraction_accuracy_kept"])
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {fp['metric'].upper()} | "
+        lines.append(f"| {label(name)} | {fp['metric'].upper()} | "
                      f"{_pct(fp['values'][0])} | {_pct(fp['values'][i])} | {fp['fraction_accuracy_kept']:.2f} |")
-    lines += ["", f"### TV denoising (Table 3): strongest Chambolle weight keeping clean accuracy >= "
-              f"{100 * (ref_acc - ACC_FLOOR_DROP):.1f}% (reference {100 * ref_acc:.1f}% - 5 points)", "",
+    lines += ["", "### TV denoising (Table 3): strongest Chambolle weight keeping clean accuracy within 5 points "
+              "of the clean reference model of the same architecture", "",
               "| model | TV weight | CR | FSR | ASR | acc clean images | acc poisoned images | FSR/ASR undenoised |",
               "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        sweep = r["tv_denoising"]
+        sweep, ref_acc = r["tv_denoising"], reference_of(results, name)["metrics"]["acc_clean"]
         ok = [row for row in sweep if row["acc_clean"] >= ref_acc - ACC_FLOOR_DROP] or sweep[:1]
         row = ok[-1]
         base = sweep[0].get("fsr", sweep[0].get("asr"))
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {row['weight']} | {_pct(row.get('cr'))} | "
+        lines.append(f"| {label(name)} | {row['weight']} | {_pct(row.get('cr'))} | "
                      f"{_pct(row.get('fsr'))} | {_pct(row.get('asr'))} | {_pct(row['acc_clean'])} | "
                      f"{_pct(row['acc_trig'])} | {_pct(base)} |")
     lines += ["", "### Re-BN: before -> after re-estimating BatchNorm statistics on 1000 clean training images", "",
@@ -116,15 +130,15 @@ def tables(results: dict) -> str:
     for name, r in results.items():
         b, a = r["rebn"]["before"], r["rebn"]["after"]
         arrow = lambda k: "–" if k not in b else f"{_pct(b[k])} -> {_pct(a[k])}"  # noqa: E731
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {arrow('acc_clean')} | {arrow('fsr')} | "
+        lines.append(f"| {label(name)} | {arrow('acc_clean')} | {arrow('fsr')} | "
                      f"{arrow('asr')} | {r['rebn']['max_shift']:.3f} |")
-    lines += ["", "### Input-level detection: AUROC of 250 triggered vs 250 clean test inputs", "",
+    lines += ["", "### Input-level detection: AUROC of 200 triggered vs 200 clean test inputs", "",
               "| model | disagreement | instability | reference | combined (no ref.) | two-sided (no ref.) | combined (+ref.) | best single score | STRIP | Spectral Sig. |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         d = r["detection_auroc"]
         best = d["best_elementary"]
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {d['disagreement']:.3f} | {d['instability']:.3f} | "
+        lines.append(f"| {label(name)} | {d['disagreement']:.3f} | {d['instability']:.3f} | "
                      f"{d['reference']:.3f} | {d['combined_no_reference']:.3f} | {d.get('combined_two_sided_no_reference', float('nan')):.3f} | "
                      f"{d['combined_with_reference']:.3f} | "
                      f"{best[1]:.3f} ({best[0].replace('auroc/', '')}) | {d['strip']:.3f} | {d['spectral']:.3f} |")
@@ -133,7 +147,7 @@ def tables(results: dict) -> str:
               "|---|---|" + "---|" * len(next(iter(results.values()))["audit"]["checks"])]
     for name, r in results.items():
         checks = r["audit"]["checks"]
-        lines.append(f"| {'no attack' if name == 'reference' else name} | {r['audit']['verdict']} | "
+        lines.append(f"| {label(name)} | {r['audit']['verdict']} | "
                      + " | ".join(checks.values()) + " |")
     return "\n".join(lines) + "\n"
 
