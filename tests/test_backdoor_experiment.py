@@ -11,11 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from xaisec.backdoor import stages
 from xaisec.cli import main
+from xaisec.errors import XaisecError
+from xaisec.report.screenshot import find_browser, screenshot
 
 TINY = """\
 name: tiny
@@ -143,3 +147,29 @@ def test_other_recipes_run(recipe, tmp_path):
     doc = metrics(out)
     assert doc["recipe"] == recipe
     assert ("attacked/asr" in doc["metrics"]) == (recipe != "fang_nontargeted")
+
+
+@pytest.mark.skipif(find_browser() is None, reason="no Chromium-family browser installed")
+def test_report_renders_in_headless_chromium(finished_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    assert main(["report", str(run), "--screenshot"]) == 0
+    assert "report.png" in capsys.readouterr().out
+    shot = np.asarray(Image.open(run / "report.png").convert("L"), dtype=np.float32)
+    blank = tmp_path / "blank.html"
+    blank.write_text("<html><body></body></html>")
+    empty = np.asarray(Image.open(screenshot(blank, tmp_path / "blank.png")).convert("L"), dtype=np.float32)
+    assert shot.shape == empty.shape == (3000, 1280)
+    assert empty.std() < 1.0  # a blank page renders uniformly white
+    # the report's images (dark MNIST digits and heat maps) and tables cover a sizeable part of the page
+    assert (shot < 128).mean() > 0.02 and shot[:1500].std() > 20
+
+
+def test_screenshot_without_a_browser_says_what_to_install(monkeypatch, tmp_path):
+    import xaisec.report.screenshot as shots
+
+    monkeypatch.setattr(shots, "find_browser", lambda: None)
+    page = tmp_path / "r.html"
+    page.write_text("<html></html>")
+    with pytest.raises(XaisecError, match="install"):
+        shots.screenshot(page, tmp_path / "r.png")

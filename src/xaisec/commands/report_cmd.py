@@ -7,12 +7,15 @@ from pathlib import Path
 from ..config import read_yaml
 from ..errors import ConfigError
 from ..experiments import DEFAULT_KIND, load_kinds
+from ..report.screenshot import screenshot
 from ..rundir import RunDir
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.html of a run directory from its artifacts")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--screenshot", nargs="?", const="report.png", metavar="PNG",
+                   help="also render the report in headless Chromium to PNG (default: RUN_DIR/report.png)")
     p.set_defaults(func=run)
 
 
@@ -23,5 +26,9 @@ def run(args: argparse.Namespace) -> int:
     kind = load_kinds().get(str(kind_name))
     if kind.report is None:
         raise ConfigError(f"experiment kind {kind_name!r} has no report builder")
-    print(f"report: {kind.report(rd.path)}")
+    html = kind.report(rd.path)
+    print(f"report: {html}")
+    if args.screenshot:
+        png = Path(args.screenshot)
+        print(f"screenshot: {screenshot(html, png if png.is_absolute() or png.parent != Path('.') else rd.path / png)}")
     return 0
