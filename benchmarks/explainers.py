@@ -6,6 +6,7 @@ Prints median wall times and ratios (> 1 means xaisec is faster). Not a test: ti
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 import warnings
@@ -19,12 +20,16 @@ warnings.filterwarnings("ignore", message="Input Tensor 0 did not already requir
 
 
 def median_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function; calls are interleaved so background load hits all alike."""
+    """Median wall time of each function; calls are interleaved, in a fresh random order every round, so that
+    background load and the position in the round (caches, allocator state) hit all alike."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()  # warm-up
+    order, rng = list(fns), random.Random(0)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -35,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="resnet20")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--ig-steps", type=int, default=32)
     args = parser.parse_args()
     from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam, Saliency

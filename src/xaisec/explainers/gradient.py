@@ -58,9 +58,11 @@ def _batched_gradients(model: nn.Module, points: torch.Tensor, target: torch.Ten
     return torch.cat([p.input_grad for p in parts]), torch.cat([p.logits for p in parts])
 
 
-def _target_for(model: nn.Module, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of ``x`` (kept in the graph) and the resolved targets (B,)."""
-    logits = model(x)
+def _target_for(model: nn.Module, x: torch.Tensor, target, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``x`` and the resolved targets (B,). The logits stay in the graph only with ``create_graph``;
+    otherwise this forward records nothing for autograd (path methods need the logits, never their gradient)."""
+    with torch.set_grad_enabled(create_graph):
+        logits = model(x)
     return logits, resolve_target(target, logits)
 
 
@@ -98,8 +100,7 @@ class IntegratedGradients(Explainer):
         self.baseline, self.reduce, self.internal_batch_size = baseline, reduce, internal_batch_size
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
-        with torch.enable_grad():
-            logits, t = _target_for(self.model, x, target)
+        logits, t = _target_for(self.model, x, target, create_graph)
         base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
         alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
         points = (base + alphas * (x - base)).reshape(-1, *x.shape[1:])  # (S*B, ...), step-major
@@ -138,8 +139,7 @@ class SmoothGrad(Explainer):
         self.n_samples, self.noise, self.seed = n_samples, noise, seed
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
-        with torch.enable_grad():
-            logits, t = _target_for(self.model, x, target)
+        logits, t = _target_for(self.model, x, target, create_graph)
         dims = tuple(range(1, x.dim()))
         sigma = self.noise * (x.detach().amax(dims, keepdim=True) - x.detach().amin(dims, keepdim=True))
         eps = _sample_noise((self.n_samples, 1, *x.shape[1:]), self.seed, x.dtype, x.device)
@@ -170,8 +170,7 @@ class GradientShap(Explainer):
         base = torch.zeros_like(x[:1]) if self.baselines is None else self.baselines.to(x)
         if base.shape[1:] != x.shape[1:]:
             raise DataError(f"gradshap baselines have shape {tuple(base.shape[1:])} per image, inputs {tuple(x.shape[1:])}")
-        with torch.enable_grad():
-            logits, t = _target_for(self.model, x, target)
+        logits, t = _target_for(self.model, x, target, create_graph)
         gen = torch.Generator().manual_seed(self.seed)
         which = torch.randint(len(base), (self.n_samples,), generator=gen)
         alphas = torch.rand(self.n_samples, generator=gen, dtype=torch.float64).to(x).view(-1, *([1] * x.dim()))
