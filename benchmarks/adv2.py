@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/adv2.py [--interpreters cam,simplegrad,rts,mask] [--batch 64] [--steps 40]``.
 Uses a small_cnn on mnist-sized inputs (untrained weights: speed does not depend on them) and prints images per
-second for both ways and their ratio (target: >= 10x). Not a test: timings depend on the machine.
+second for both ways and their ratio (target: >= 10x), and the ratio of a bare forward+backward pass of the batch to
+one of a single image (what batching can gain at most on this machine). Not a test: timings depend on the machine.
 """
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def make_attack(kind: str, model, name: str, steps: int):
     return cls(model, [term], steps=steps, warmup=steps // 4, c=10.0)
 
 
+def compute_ceiling(model, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> float:
+    """How much faster one forward+backward of the whole batch is, per image, than of one image: the most that
+    batching can gain on this machine when the attack adds no overhead of its own."""
+    def step(xb, yb):
+        xb = xb.clone().requires_grad_(True)
+        torch.autograd.grad(torch.nn.functional.cross_entropy(model(xb), yb, reduction="sum"), xb)
+
+    step(x, y), step(x[:1], y[:1])
+    batched = timed(lambda: [step(x, y) for _ in range(steps)]) / len(x)
+    single = timed(lambda: [step(x[i:i + 1], y[i:i + 1]) for _ in range(steps) for i in range(8)]) / 8
+    return single / batched
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -54,6 +68,8 @@ def main() -> None:
     maps = patch_maps(args.batch, (28, 28), 0.15, torch.Generator().manual_seed(0))
     print(f"{args.family}-based ADV2, small_cnn 28x28, batch {args.batch}, {args.steps} steps, "
           f"{torch.get_num_threads()} threads")
+    print(f"plain forward+backward, batch {args.batch} vs one image, per image: "
+          f"{compute_ceiling(model, x, y):.1f}x (the ceiling of batching on this machine)")
     print(f"{'interpreter':<12}{'batched img/s':>15}{'one-by-one img/s':>18}{'ratio':>8}")
     for name in args.interpreters.split(","):
         attack = make_attack(args.family, model, name, args.steps)
