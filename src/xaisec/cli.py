@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except XaisecError as exc:
+        logging.getLogger("xaisec").debug("where the error was raised:", exc_info=True)  # shown with --verbose
         print(f"xaisec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ def check_images(x: torch.Tensor, name: str = "x", *, allow_flat: bool = False) 
         raise DataError(f"{name} contains NaN or inf values; clean the data before explaining or attacking it")
     if x.dim() == 4 and (lo < 0 or hi > 1):
         raise DataError(
-            f"{name} has values in [{lo:.3g}, {hi:.3g}]; xaisec works on pixels in [0,1] "
+            f"{name} has values in [{lo:.9g}, {hi:.9g}]; xaisec works on pixels in [0,1] "
             "and models carry their own normalisation as their first layer (see xaisec.models.Normalize)"
         )
     return x

@@ -3,7 +3,7 @@ StAdv-based ADV2 (Zhang et al. 2020, Sec. 6).
 
 A per-pixel flow field ``f`` (B,2,H,W), in pixels, moves every output pixel's sampling point; the image is
 resampled bilinearly (``grid_sample``, border padding), so the result is a convex combination of input pixels
-and stays in [0,1]. The flow is optimised with Adam on ``total + tau * L_flow(f)``, where ``L_flow`` is the
+and stays in [0,1] (clamped against float rounding). The flow is optimised with Adam on ``total + tau * L_flow(f)``, where ``L_flow`` is the
 smoothness loss ``sum_p sum_q in N(p) sqrt(||f_p - f_q||^2 + 1e-8)``. ``max_flow`` (pixels) optionally bounds it.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
                             torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
     gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
     gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
-    return F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+    out = F.grid_sample(x, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
+    # a convex combination of pixels in [0,1], up to float rounding (1 + 1 ulp happens): clamp only that away
+    return out.clamp(0.0, 1.0)
 
 
 def flow_loss(flow: torch.Tensor) -> torch.Tensor:
