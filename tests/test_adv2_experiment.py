@@ -95,3 +95,19 @@ def test_tiny_run_end_to_end_and_its_inputs_respect_their_constraints(tmp_path):
     resumed = EXPERIMENTS.get("adv2").runner(cfg, run_dir, resume=True)  # everything cached: fast, same numbers
     again = json.loads((resumed / "metrics.json").read_text())
     assert again["adv2_pgd"]["cam"]["asr"] == metrics["adv2_pgd"]["cam"]["asr"]
+
+
+@pytest.mark.parametrize("init", ["rts", "scratch"])
+def test_adversarial_rts_can_start_from_the_plain_rts(init, tmp_path, monkeypatch):
+    import xaisec.evasion.setup as setup_module
+
+    cfg = load_config(Adv2Config, overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+                      + ["interpreters=[cam, rts]", "stadv.enabled=false", "detection.enabled=false",
+                         "detection.adaptive=[rts]", "detection.ensemble=[cam, rts]", f"rts.adversarial_init={init}"])
+    setup = setup_module.Adv2Setup(cfg, tmp_path, resume=False)
+    monkeypatch.setattr(setup_module, "train_rts", lambda saver, *a, **k: [])  # look at the starting weights only
+    start, plain = setup.adversarial_saver().state_dict(), setup.savers["rts"].state_dict()
+    same = all(torch.equal(start[k], plain[k]) for k in plain)
+    assert same == (init == "rts")
+    with pytest.raises(ConfigError, match="adversarial_init"):
+        load_config(Adv2Config, overrides=["rts.adversarial_init=warm"])

@@ -42,6 +42,9 @@ class RTSSettings:
     objective: RTSObjective = field(default_factory=RTSObjective)
     adversarial: bool = True
     adversarial_weight: float = 1.0
+    #: RTS^A starts from random weights (``scratch``) or fine-tunes the trained plain RTS (``rts``); a warm start
+    #: keeps the stability term from being met by the trivial empty mask early in training
+    adversarial_init: Literal["scratch", "rts"] = "scratch"
     noise_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
 
     def __post_init__(self) -> None:

@@ -79,14 +79,17 @@ class Adv2Setup:
             save_weights(model, path)
         return model.eval()
 
-    def saver(self, key: str, objective) -> SaliencyNet:
-        """The RTS saver ``key`` (``rts`` or ``rts_adv``), trained on the training set or reloaded."""
+    def saver(self, key: str, objective, init: SaliencyNet | None = None) -> SaliencyNet:
+        """The RTS saver ``key`` (``rts`` or ``rts_adv``), trained on the training set (from ``init``'s weights if
+        given) or reloaded."""
         r = self.cfg.rts
         path = self.run_dir / f"{key}.safetensors"
         if self.resume and path.is_file():
             return load_saver(path)
         torch.manual_seed(self.cfg.seed)
         saver = SaliencyNet(self.data.in_channels, self.data.num_classes, width=r.width)
+        if init is not None:
+            saver.load_state_dict(init.state_dict())
         start = time.perf_counter()
         train_rts(saver, self.model, self.data.x_train, self.data.y_train, epochs=r.epochs, lr=r.lr,
                   batch_size=r.batch_size, weights=objective, seed=self.cfg.seed, progress=False)
@@ -96,7 +99,8 @@ class Adv2Setup:
 
     def adversarial_saver(self) -> SaliencyNet:
         r = self.cfg.rts
-        return self.saver("rts_adv", replace(r.objective, adv_weight=r.adversarial_weight))
+        init = self.savers["rts"] if r.adversarial_init == "rts" else None
+        return self.saver("rts_adv", replace(r.objective, adv_weight=r.adversarial_weight), init)
 
     def explainer(self, name: str, saver: SaliencyNet | None = None) -> Explainer:
         options = dict(self.cfg.settings(name).options)
