@@ -34,16 +34,17 @@ def make_attack(kind: str, model, name: str, steps: int):
     return cls(model, [term], steps=steps, warmup=steps // 4, c=10.0)
 
 
-def compute_ceiling(model, x: torch.Tensor, y: torch.Tensor, steps: int = 20) -> float:
+def compute_ceiling(model, x: torch.Tensor, y: torch.Tensor, steps: int = 20, n_single: int = 8) -> float:
     """How much faster one forward+backward of the whole batch is, per image, than of one image: the most that
     batching can gain on this machine when the attack adds no overhead of its own."""
     def step(xb, yb):
         xb = xb.clone().requires_grad_(True)
         torch.autograd.grad(torch.nn.functional.cross_entropy(model(xb), yb, reduction="sum"), xb)
 
-    step(x, y), step(x[:1], y[:1])
+    step(x, y)  # warm-up of both shapes
+    step(x[:1], y[:1])
     batched = timed(lambda: [step(x, y) for _ in range(steps)]) / len(x)
-    single = timed(lambda: [step(x[i:i + 1], y[i:i + 1]) for _ in range(steps) for i in range(8)]) / 8
+    single = timed(lambda: [step(x[i:i + 1], y[i:i + 1]) for _ in range(steps) for i in range(n_single)]) / n_single
     return single / batched
 
 

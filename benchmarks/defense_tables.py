@@ -22,13 +22,15 @@ def _pct(v) -> str:
 
 
 def is_reference(name: str) -> bool:
-    """Clean reference models are stored as ``reference/<arch>`` (one per architecture)."""
-    return name.startswith("reference")
+    """Clean reference models are stored as ``reference/<arch>`` (one per architecture; older files: ``reference``)."""
+    return name == "reference" or name.startswith("reference/")
 
 
 def label(name: str) -> str:
-    return f"no attack ({name.split('/', 1)[1]})" if "/" in name and is_reference(name) else (
-        "no attack" if is_reference(name) else name)
+    if not is_reference(name):
+        return name
+    arch = name.partition("/")[2]
+    return f"no attack ({arch})" if arch else "no attack"
 
 
 def reference_of(results: dict, name: str) -> dict:

@@ -105,7 +105,7 @@ def test_sigkill_then_resume(finished_run, tmp_path):
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "xaisec", "run", str(tiny_config(tmp_path)), "--out", str(run)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = run / "checkpoints" / "attack.safetensors"
+    checkpoint = run / "checkpoints" / "reference.safetensors"  # the earliest one: the widest window to kill in
     deadline = time.time() + 60
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

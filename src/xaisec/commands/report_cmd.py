@@ -14,7 +14,7 @@ from ..rundir import RunDir
 def add_parser(sub) -> None:
     p = sub.add_parser("report", help="rebuild report.html of a run directory from its artifacts")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--screenshot", nargs="?", const="report.png", metavar="PNG",
+    p.add_argument("--screenshot", nargs="?", const=True, metavar="PNG",
                    help="also render the report in headless Chromium to PNG (default: RUN_DIR/report.png)")
     p.set_defaults(func=run)
 
@@ -29,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     html = kind.report(rd.path)
     print(f"report: {html}")
     if args.screenshot:
-        png = Path(args.screenshot)
-        print(f"screenshot: {screenshot(html, png if png.is_absolute() or png.parent != Path('.') else rd.path / png)}")
+        png = rd.path / "report.png" if args.screenshot is True else Path(args.screenshot)
+        print(f"screenshot: {screenshot(html, png)}")
     return 0

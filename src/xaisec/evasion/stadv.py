@@ -3,8 +3,9 @@ StAdv-based ADV2 (Zhang et al. 2020, Sec. 6).
 
 A per-pixel flow field ``f`` (B,2,H,W), in pixels, moves every output pixel's sampling point; the image is
 resampled bilinearly (``grid_sample``, border padding), so the result is a convex combination of input pixels
-and stays in [0,1] (clamped against float rounding). The flow is optimised with Adam on ``total + tau * L_flow(f)``, where ``L_flow`` is the
-smoothness loss ``sum_p sum_q in N(p) sqrt(||f_p - f_q||^2 + 1e-8)``. ``max_flow`` (pixels) optionally bounds it.
+and stays in [0,1] (clamped against float rounding). The flow is optimised with Adam on
+``total + tau * L_flow(f)``, where ``L_flow`` is the smoothness loss
+``sum_p sum_q in N(p) sqrt(||f_p - f_q||^2 + 1e-8)``. ``max_flow`` (pixels) optionally bounds it.
 """
 from __future__ import annotations
 
