@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from xaisec.errors import ModelError, XaisecError
-from xaisec.models import MODELS, Normalize, build_model, default_cam_layer, get_layer, smooth_activations
+from xaisec.models import (MODELS, Normalize, build_model, default_cam_layer, fold_batchnorm, get_layer,
+                           smooth_activations)
 
 
 @pytest.mark.parametrize("name,shape", [("small_cnn", (1, 28, 28)), ("vgg_small", (3, 32, 32)),
@@ -47,6 +48,68 @@ def test_smooth_activations_swaps_and_restores():
         with smooth_activations(model):
             raise RuntimeError("restored even on error")
     assert [m for m in model.modules() if isinstance(m, nn.ReLU)] == relus
+
+
+def _with_random_bn_statistics(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    return model.double().eval()
+
+
+def _input_gradient_loss(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Parameter gradients of a loss on the input gradient (a double backward, as simplegrad training does)."""
+    x = x.clone().requires_grad_(True)
+    logits = model(x)
+    (g,) = torch.autograd.grad(logits[:, 0].sum(), x, create_graph=True)
+    loss = g.pow(2).sum() + logits.logsumexp(1).sum()
+    return [logits.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
+
+
+@pytest.mark.parametrize("name,shape", [("small_cnn", (1, 12, 12)), ("resnet20", (3, 16, 16)),
+                                        ("vgg_small", (3, 16, 16))])
+def test_fold_batchnorm_keeps_outputs_and_second_order_gradients(name, shape):
+    options = {"blocks_per_stage": 1, "width": 4} if name == "resnet20" else {}
+    model = _with_random_bn_statistics(build_model(name, shape, 3, **options))
+    x = torch.rand(4, *shape, dtype=torch.float64)
+    expected = _input_gradient_loss(model, x)
+    bn_calls = []
+    handles = [m.register_forward_hook(lambda m, i, o: bn_calls.append(m)) for m in model.modules()
+               if isinstance(m, nn.BatchNorm2d)]
+    with fold_batchnorm(model):
+        folded = [m for m in model.modules() if "forward" in vars(m)]
+        assert len(folded) == 2 * sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        got = _input_gradient_loss(model, x)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert not any("forward" in vars(m) for m in model.modules())  # restored
+    bn_calls.clear()
+    model(x)
+    assert bn_calls and all(isinstance(m, nn.BatchNorm2d) for m in bn_calls)
+    for h in handles:
+        h.remove()
+
+
+def test_fold_batchnorm_leaves_train_mode_and_kept_convs_alone():
+    model = _with_random_bn_statistics(build_model("small_cnn", (1, 12, 12), 3))
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    model.features[1].train()  # batch statistics are not a per-channel affine map: never folded
+    with fold_batchnorm(model, keep=["features.4"]):
+        patched = {n for n, m in model.named_modules() if "forward" in vars(m)}
+    assert patched == {"features.7", "features.8"}
+    seen = []
+    handle = model.features[4].register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model.eval()
+        reference = model.features[4](model.features[:4](model.normalize(x)))
+        with fold_batchnorm(model, keep=["features.4"]):
+            model(x)
+    handle.remove()
+    torch.testing.assert_close(seen[0], reference)  # a hooked conv keeps its own (pre-BatchNorm) output
 
 
 def test_layers_and_errors():

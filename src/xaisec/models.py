@@ -107,6 +107,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
+        self.conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # for fold_batchnorm
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
         self.relu2 = nn.ReLU()
@@ -216,6 +217,63 @@ def smooth_activations(model: nn.Module, beta: float = 8.0) -> Iterator[nn.Modul
     finally:
         for parent, child_name, original in swapped:
             parent._modules[child_name] = original
+
+
+def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
+    """``(conv name, conv, bn)`` for every Conv2d whose output goes only into the BatchNorm2d after it: consecutive
+    children of an ``nn.Sequential``, or pairs a module declares in ``conv_bn_pairs`` (as :class:`BasicBlock`)."""
+    for prefix, parent in model.named_modules():
+        if isinstance(parent, nn.Sequential):
+            names = list(parent._modules)
+            pairs = zip(names, names[1:])
+        else:
+            pairs = getattr(parent, "conv_bn_pairs", ())
+        for conv_name, bn_name in pairs:
+            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:
+                yield (f"{prefix}.{conv_name}" if prefix else conv_name), conv, bn
+
+
+def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = bn.weight * scale
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        if conv.bias is not None:
+            shift = shift + conv.bias * scale
+        return conv._conv_forward(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
+    return forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@contextlib.contextmanager
+def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Module]:
+    """Inside the block, every eval-mode BatchNorm2d that directly follows a Conv2d is folded into the conv.
+
+    The conv computes ``conv(x, W·s) + (b - μ)·s + β`` with ``s = γ/sqrt(σ² + eps)`` and the BatchNorm passes its
+    input through: the same outputs and the same gradients for ``W``, ``γ``, ``β`` (the folding is differentiable),
+    without a BatchNorm pass over the activations. That halves the double backward of explanation-aware
+    training, where eval-mode BatchNorm's second derivative costs as much as a convolution. BatchNorm in train
+    mode is left alone (its batch statistics are not a per-channel affine map), and so is every conv named in
+    ``keep``: a hook on a folded conv would see the normalised output. Modules are restored on exit.
+    """
+    patched = []
+    for name, conv, bn in _conv_bn_pairs(model):
+        if bn.training or bn.running_mean is None or name in keep or "forward" in vars(conv) or "forward" in vars(bn):
+            continue
+        conv.forward, bn.forward = _folded_forward(conv, bn), _identity
+        patched += [conv, bn]
+    try:
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -6,7 +6,6 @@ for the gain over sample-by-sample), and :func:`build_goal` derives each explain
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 import torch
@@ -14,10 +13,9 @@ from torch import nn
 
 from ..explainers import explain_all
 from ..maps import downsample, normalize, topk_mask
-from ..models import smooth_activations
 from ..target_maps import target_maps
 from ..train import eval_mode
-from .objectives import LOSS_EPS, MapGoal
+from .objectives import LOSS_EPS, MapGoal, training_surrogate
 from .recipes import Recipe
 
 
@@ -25,11 +23,10 @@ def pooled_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None, 
                 *, batch_size: int = 250, softplus_beta: float | None = None,
                 options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """Raw maps ``{name: (N,1,H/pool,W/pool)}`` of ``x`` (N,C,H,W) for ``target`` classes (None: predicted),
-    average-pooled and detached; the model in eval mode, with Softplus(``softplus_beta``) if given."""
+    average-pooled and detached; the model in eval mode (BatchNorm folded), with Softplus(``softplus_beta``) if given."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
-    smooth = smooth_activations(model, softplus_beta) if softplus_beta else contextlib.nullcontext(model)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
-    with eval_mode(model), smooth:
+    with eval_mode(model), training_surrogate(model, softplus_beta, options):
         for start in range(0, len(x), batch_size):
             t = None if target is None else target[start:start + batch_size]
             out = explain_all(model, x[start:start + batch_size], t, list(explainers), options=options)
