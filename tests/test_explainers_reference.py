@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_cnn
-from xaisec.explainers import EXPLAINERS, build
+from xaisec.explainers import EXPLAINERS, build, explain_all
 from xaisec.models import build_model, smooth_activations
 
 captum = pytest.importorskip("captum.attr")
@@ -33,6 +33,15 @@ def test_against_captum(case):
                                                                grad_kwargs={"create_graph": True})
     cap = captum.LayerAttribution.interpolate(cap, tuple(x.shape[-2:]), "bilinear")
     torch.testing.assert_close(build("gradcam", model)(x, y, create_graph=True).maps, cap, rtol=1e-9, atol=1e-12)
+    # without a graph the layers before the recorded one run without autograd: same maps, also on inner layers
+    torch.testing.assert_close(build("gradcam", model)(x, y).maps, cap, rtol=1e-9, atol=1e-12)
+    inner = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][1]
+    cap_inner = captum.LayerGradCam(model, model.get_submodule(inner)).attribute(x, y, relu_attributions=True)
+    cap_inner = captum.LayerAttribution.interpolate(cap_inner, tuple(x.shape[-2:]), "bilinear")
+    joint = explain_all(model, x, y, ["gradcam", "gradcampp"], options={"gradcam": {"layer": inner}})
+    torch.testing.assert_close(joint.maps["gradcam"], cap_inner, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(joint.maps["gradcampp"], build("gradcampp", model)(x, y, create_graph=True).maps.detach(),
+                               rtol=1e-9, atol=1e-12)
 
     sal = captum.Saliency(model).attribute(x, y, abs=True).amax(1, keepdim=True)
     torch.testing.assert_close(build("simplegrad", model)(x, y).maps, sal, rtol=1e-9, atol=1e-12)

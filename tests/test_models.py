@@ -50,6 +50,23 @@ def test_smooth_activations_swaps_and_restores():
     assert [m for m in model.modules() if isinstance(m, nn.ReLU)] == relus
 
 
+def test_maxpool_fast_path_equals_max_pool2d():
+    from xaisec.models import MaxPool2d
+    torch.manual_seed(0)
+    for shape in [(3, 4, 8, 8), (2, 3, 7, 9), (1, 1, 2, 3)]:
+        x = torch.randn(shape)
+        x[0, 0, 0, :2] = 5.0  # ties
+        with torch.no_grad():
+            assert torch.equal(MaxPool2d(2)(x), nn.functional.max_pool2d(x, 2))
+    x = torch.randn(2, 3, 7, 7)  # other kernels: nn.MaxPool2d itself
+    torch.testing.assert_close(MaxPool2d(3, 2)(x), nn.functional.max_pool2d(x, 3, 2))
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)  # with autograd: nn.MaxPool2d itself (same gradients)
+    (g,) = torch.autograd.grad(MaxPool2d(2)(x).sum(), x)
+    (g_ref,) = torch.autograd.grad(nn.functional.max_pool2d(x, 2).sum(), x)
+    assert torch.equal(g, g_ref)
+    assert isinstance(build_model("small_cnn", (1, 28, 28), 10).features[3], nn.MaxPool2d)
+
+
 def _with_random_bn_statistics(model: nn.Module) -> nn.Module:
     torch.manual_seed(1)
     for m in model.modules():

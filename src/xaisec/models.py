@@ -63,6 +63,21 @@ class ConvNet(nn.Module):
         return self.head(self.pool(self.features(self.normalize(x))).flatten(1))
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose 2x2/stride-2 case, when no gradient is recorded, is the element-wise maximum of the
+    four strided sub-grids: the same values, 5-10x faster than this CPU build's ``max_pool2d`` (which computes
+    argmax indices even under ``no_grad``). With autograd on it is exactly ``nn.MaxPool2d`` (same gradients)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2)) and self.padding in (0, (0, 0))
+                 and self.dilation in (1, (1, 1)) and not self.ceil_mode and not self.return_indices)
+        if not plain or (torch.is_grad_enabled() and x.requires_grad):
+            return super().forward(x)
+        x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+        return torch.maximum(torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2]),
+                             torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2]))
+
+
 def _conv_relu(c_in: int, c_out: int, batchnorm: bool, stride: int = 1) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batchnorm)]
     if batchnorm:
@@ -75,7 +90,7 @@ def _conv_relu(c_in: int, c_out: int, batchnorm: bool, stride: int = 1) -> list[
 def small_cnn(in_channels: int = 1, num_classes: int = 10, mean=None, std=None, width: int = 32,
               batchnorm: bool = True) -> ConvNet:
     """Three 3x3 conv(+BN)+ReLU layers, one 2x2 max-pool, for 28x28 digits; CAM maps at half resolution (~25k parameters)."""
-    layers = [*_conv_relu(in_channels, width // 2, batchnorm), nn.MaxPool2d(2),
+    layers = [*_conv_relu(in_channels, width // 2, batchnorm), MaxPool2d(2),
               *_conv_relu(width // 2, width, batchnorm), *_conv_relu(width, 2 * width, batchnorm)]
     return ConvNet(Normalize(_stats(mean, in_channels, 0.5), _stats(std, in_channels, 0.5)),
                    nn.Sequential(*layers), 2 * width, num_classes)
@@ -90,7 +105,7 @@ def vgg_small(in_channels: int = 3, num_classes: int = 10, mean=None, std=None,
     for i, w in enumerate(widths):
         layers += _conv_relu(c_in, w, batchnorm) + _conv_relu(w, w, batchnorm)
         if i < len(widths) - 1:
-            layers.append(nn.MaxPool2d(2))
+            layers.append(MaxPool2d(2))
         c_in = w
     return ConvNet(Normalize(_stats(mean, in_channels, 0.5), _stats(std, in_channels, 0.5)),
                    nn.Sequential(*layers), c_in, num_classes)

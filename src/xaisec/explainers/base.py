@@ -108,11 +108,14 @@ def _hw(t) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False) -> Iterator[tuple[dict, list]]:
+def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False,
+              grad_from_layers: bool = False) -> Iterator[tuple[dict, list]]:
     """Record outputs of the named layers (and, with ``trace``, every activation/spatial op in order).
 
     In-place activations are switched off inside the block (a recorded output must not be overwritten)
-    and every hook is removed on exit, also when the forward pass raises.
+    and every hook is removed on exit, also when the forward pass raises. With ``grad_from_layers`` the forward
+    is meant to start without autograd: the first recorded layer hands on a leaf copy of its output that requires
+    grad and switches autograd on, so only the graph from the layers to the logits is recorded.
     """
     outputs: dict[str, torch.Tensor] = {}
     events: list[TraceEvent] = []
@@ -125,7 +128,11 @@ def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False)
             def keep(module, inputs, output, name=name):
                 if not isinstance(output, torch.Tensor):
                     raise ModelError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
+                if grad_from_layers and not output.requires_grad:
+                    output = output.detach().requires_grad_(True)
+                    torch.set_grad_enabled(True)  # the caller's no_grad block restores the mode on exit
                 outputs[name] = output
+                return output
             handles.append(get_layer(model, name).register_forward_hook(keep))
         if trace:
             for m in model.modules():
@@ -144,10 +151,16 @@ def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False)
 
 def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, create_graph: bool) -> PassResult:
     """One forward pass recording what ``request`` asks for, then one ``autograd.grad`` of the summed
-    target logits w.r.t. the input and/or the recorded layers (samples are independent in eval mode)."""
-    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    target logits w.r.t. the input and/or the recorded layers (samples are independent in eval mode).
+
+    When only layer gradients are needed and no graph is kept (Grad-CAM maps for evaluation), the layers before
+    the first recorded one run without autograd: same maps, about a third less time for the forward pass."""
     names = sorted(request.layers)
-    with torch.enable_grad(), recording(model, names, request.trace) as (outputs, events):
+    from_layers = bool(names) and request.layer_grads and not request.input_grad and not create_graph
+    if not from_layers:
+        x = x if x.requires_grad else x.detach().requires_grad_(True)
+    grad_mode = torch.no_grad() if from_layers else torch.enable_grad()
+    with grad_mode, recording(model, names, request.trace, from_layers) as (outputs, events):
         logits = model(x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ModelError(f"the model must return logits of shape (B, classes), got {getattr(logits, 'shape', type(logits))}")
