@@ -7,7 +7,7 @@ from torch import nn
 
 from conftest import tiny_cnn
 from xaisec.errors import DataError, ModelError, XaisecError
-from xaisec.explainers import EXPLAINERS, SaliencyNet, build, explain, explain_all
+from xaisec.explainers import EXPLAINERS, FeatureSaliencyNet, build, explain, explain_all
 from xaisec.models import build_model
 
 FAST = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samples": 6},
@@ -17,7 +17,7 @@ FAST = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samp
 def untrained_saver(model):
     """An (untrained) RTS saliency model that fits ``model``: the rts explainer needs one."""
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    return SaliencyNet(conv.in_channels, model.head.out_features, width=4)
+    return FeatureSaliencyNet.for_classifier(model, (conv.in_channels, 16, 16), model.head.out_features, width=4)
 
 
 def make(name, model, **kw):

@@ -6,10 +6,11 @@ import torch
 
 from conftest import tiny_cnn
 from xaisec.errors import ConfigError, ModelError
-from xaisec.explainers import MeaningfulPerturbation, SaliencyNet, build
+from xaisec.explainers import FeatureSaliencyNet, MeaningfulPerturbation, SaliencyNet, build
+from xaisec.explainers.rts import rts_maps
 from xaisec.explainers.ops import gaussian_blur, total_variation
 from xaisec.explainers.rts_train import RTSObjective, load_saver, rts_loss, save_saver, train_rts
-from xaisec.models import smooth_activations
+from xaisec.models import build_model, smooth_activations
 
 
 def test_mask_maps_shape_range_and_batching(quadrant_model):
@@ -137,3 +138,54 @@ def test_adversarial_rts_objective_adds_the_stability_term(quadrant_model):
     assert "stability" in out.parts and "stability" not in plain.parts
     with pytest.raises(ConfigError):
         RTSObjective(fake_fraction=1.0)
+
+
+def test_feature_saver_reads_the_classifiers_own_features(resnet):
+    cnn = tiny_cnn(num_classes=4)
+    saver = FeatureSaliencyNet.for_classifier(cnn, (1, 12, 12), 4, width=4)
+    assert saver.layers == ("features", "features.1")  # CAM layer + last activation at full resolution
+    assert saver.channels == (16, 4) and not any(p is q for p in saver.parameters() for q in cnn.parameters())
+    res_saver = FeatureSaliencyNet.for_classifier(resnet, (3, 16, 16), 5, width=4)
+    assert res_saver.layers[0] == "features" and res_saver.channels[0] == 16
+    x = torch.rand(3, 1, 12, 12, requires_grad=True)
+    calls = []
+    handle = cnn.register_forward_hook(lambda *a: calls.append(1))
+    logits, t, maps = rts_maps(saver, cnn, x)
+    handle.remove()
+    assert len(calls) == 1 and torch.equal(t, logits.argmax(1))  # one classifier pass gives logits and features
+    assert maps.shape == (3, 1, 12, 12) and 0 <= maps.min() and maps.max() <= 1
+    with torch.no_grad():
+        saver.selector.weight[1].uniform_(-1, 1)
+    assert not torch.allclose(saver.explain(cnn, x, 0)[2], saver.explain(cnn, x, 1)[2])
+    (g,) = torch.autograd.grad(maps.sum(), x)
+    assert g.abs().sum() > 0
+    # the mask moves with the classifier's features (the encoder is the classifier, not a copy)
+    before = saver.explain(cnn, x, 1)[2].detach()
+    with torch.no_grad():
+        cnn.features[0].weight.mul_(-1)
+    assert not torch.allclose(saver.explain(cnn, x, 1)[2], before)
+    wider = build_model("small_cnn", (1, 12, 12), 4, width=16, batchnorm=False).eval()
+    with pytest.raises(ModelError, match="another classifier"):
+        rts_maps(saver, wider, torch.rand(2, 1, 12, 12))
+    with pytest.raises(ModelError, match="no Conv2d"):
+        FeatureSaliencyNet.for_classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), (1, 2, 2), 2)
+    flat = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU())
+    with pytest.raises(ModelError, match="higher resolution"):
+        FeatureSaliencyNet.for_classifier(flat, (1, 6, 6), 2)
+
+
+def test_feature_saver_trains_and_roundtrips_through_safetensors(quadrant_model, tmp_path):
+    model, x, y = quadrant_model
+    torch.manual_seed(0)
+    saver = FeatureSaliencyNet.for_classifier(model, tuple(x.shape[1:]), 4, width=4)
+    weights = RTSObjective(blur_sigma=2.0)
+    before = rts_loss(saver, model, x, y, weights, torch.Generator().manual_seed(0)).total.item()
+    train_rts(saver, model, x, y, epochs=6, lr=5e-3, batch_size=16, weights=weights, progress=False)
+    assert rts_loss(saver, model, x, y, weights, torch.Generator().manual_seed(0)).total.item() < before
+    loaded = load_saver(save_saver(saver, tmp_path / "rts.safetensors"))
+    assert isinstance(loaded, FeatureSaliencyNet) and loaded.layers == saver.layers
+    saver.eval()
+    torch.testing.assert_close(build("rts", model, saver=loaded)(x[:4], y[:4]).maps,
+                               build("rts", model, saver=saver)(x[:4], y[:4]).maps)
+    adv = rts_loss(saver, model, x[:8], y[:8], RTSObjective(adv_weight=1.0, adv_eps=0.1, adv_steps=2))
+    assert "stability" in adv.parts

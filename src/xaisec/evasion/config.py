@@ -35,6 +35,11 @@ class ClassifierSettings:
 class RTSSettings:
     """The RTS saver and its adversarially trained variant RTS^A (``adversarial``), with their objective."""
 
+    #: ``classifier``: the saver decodes the classifier's own features (the paper's RTS, :class:`FeatureSaliencyNet`);
+    #: ``own``: a separately trained encoder (:class:`SaliencyNet`)
+    encoder: Literal["classifier", "own"] = "classifier"
+    #: the classifier layers (deep, shallow) the ``classifier`` encoder reads; empty: chosen automatically
+    layers: list[str] = field(default_factory=list)
     width: int = 16
     epochs: int = 15
     lr: float = 2e-3
@@ -50,6 +55,7 @@ class RTSSettings:
     def __post_init__(self) -> None:
         require(self.width >= 1 and self.epochs >= 1 and self.lr > 0, "rts needs width >= 1, epochs >= 1, lr > 0")
         require(self.adversarial_weight > 0, "rts.adversarial_weight must be > 0")
+        require(len(self.layers) in (0, 2), f"rts.layers names two classifier layers (deep, shallow), got {self.layers}")
 
 
 @dataclass

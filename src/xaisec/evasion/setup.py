@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 from .. import explainers as xexplainers
 from ..data import ImageDataset, load_dataset
 from ..explainers import Explainer
-from ..explainers.rts import SaliencyNet
+from ..explainers.rts import FeatureSaliencyNet, SaliencyNet, Saver
 from ..explainers.rts_train import load_saver, save_saver, train_rts
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, load_weights, save_weights
@@ -44,7 +44,7 @@ class Adv2Setup:
         self.model = self._classifier()
         self.test_accuracy = accuracy(self.model, self.data.x_test, self.data.y_test)
         log.info("classifier %s on %s: test accuracy %.3f", cfg.classifier.arch, cfg.dataset, self.test_accuracy)
-        self.savers: dict[str, SaliencyNet] = {}
+        self.savers: dict[str, Saver] = {}
         if "rts" in cfg.interpreters:
             self.savers["rts"] = self.saver("rts", cfg.rts.objective)
         self.explainers = {n: self.explainer(n) for n in cfg.interpreters}
@@ -79,7 +79,7 @@ class Adv2Setup:
             save_weights(model, path)
         return model.eval()
 
-    def saver(self, key: str, objective, init: SaliencyNet | None = None) -> SaliencyNet:
+    def saver(self, key: str, objective, init: Saver | None = None) -> Saver:
         """The RTS saver ``key`` (``rts`` or ``rts_adv``), trained on the training set (from ``init``'s weights if
         given) or reloaded."""
         r = self.cfg.rts
@@ -87,7 +87,11 @@ class Adv2Setup:
         if self.resume and path.is_file():
             return load_saver(path)
         torch.manual_seed(self.cfg.seed)
-        saver = SaliencyNet(self.data.in_channels, self.data.num_classes, width=r.width)
+        if r.encoder == "classifier":
+            saver: Saver = FeatureSaliencyNet.for_classifier(self.model, self.data.input_shape, self.data.num_classes,
+                                                             r.width, tuple(r.layers) or None)
+        else:
+            saver = SaliencyNet(self.data.in_channels, self.data.num_classes, width=r.width)
         if init is not None:
             saver.load_state_dict(init.state_dict())
         start = time.perf_counter()
@@ -97,12 +101,12 @@ class Adv2Setup:
         save_saver(saver, path)
         return saver.eval()
 
-    def adversarial_saver(self) -> SaliencyNet:
+    def adversarial_saver(self) -> Saver:
         r = self.cfg.rts
         init = self.savers["rts"] if r.adversarial_init == "rts" else None
         return self.saver("rts_adv", replace(r.objective, adv_weight=r.adversarial_weight), init)
 
-    def explainer(self, name: str, saver: SaliencyNet | None = None) -> Explainer:
+    def explainer(self, name: str, saver: Saver | None = None) -> Explainer:
         options = dict(self.cfg.settings(name).options)
         if name == "rts":
             options["saver"] = saver or self.savers["rts"]

@@ -19,7 +19,7 @@ from .base import Explainer, Explanation, PassRequest, SinglePassExplainer, reco
 from .cam import CAM, GradCAM, GradCAMPlusPlus
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad
 from .mask import MaskState, MeaningfulPerturbation
-from .rts import RealTimeSaliency, SaliencyNet
+from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet
 from .vbp import VisualBackProp
 
 EXPLAINERS = Registry("explainer")
@@ -102,5 +102,5 @@ def list_explainers() -> list[str]:
 
 __all__ = ["CAM", "EXPLAINERS", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus", "GradientShap",
            "InputXGradient", "IntegratedGradients", "JointExplanation", "MaskState", "MeaningfulPerturbation",
-           "RealTimeSaliency", "SaliencyNet", "SimpleGrad", "SmoothGrad", "VisualBackProp",
+           "FeatureSaliencyNet", "RealTimeSaliency", "SaliencyNet", "SimpleGrad", "SmoothGrad", "VisualBackProp",
            "build", "explain", "explain_all", "list_explainers", "recording", "run_pass"]

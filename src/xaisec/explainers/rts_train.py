@@ -30,7 +30,7 @@ from ..errors import ConfigError, ModelError
 from ..io import load_weights, save_weights
 from ..train import LossOutput, TensorBatches, eval_mode, fit
 from .ops import blend, gaussian_blur, total_variation
-from .rts import SaliencyNet, rts_maps
+from .rts import FeatureSaliencyNet, SaliencyNet, Saver, rts_maps
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,13 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
                 p.requires_grad_(flag)
 
 
-def _map_attack(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
+def _map_attack(saver: Saver, classifier: nn.Module, x: torch.Tensor, t: torch.Tensor, clean: torch.Tensor,
                 eps: float, steps: int, gen: torch.Generator) -> torch.Tensor:
     """PGD (random start, sign steps of eps/2) maximising the L1 change of the saver's maps; detached result."""
     x_adv = (x + eps * (2 * torch.rand(x.shape, generator=gen, dtype=x.dtype) - 1).to(x.device)).clamp(0, 1)
     for _ in range(steps):
         x_adv = x_adv.detach().requires_grad_(True)
-        gap = (rts_maps(saver, classifier(x_adv), x_adv, t) - clean).abs().sum()
+        gap = (rts_maps(saver, classifier, x_adv, t)[2] - clean).abs().sum()
         (g,) = torch.autograd.grad(gap, x_adv)
         x_adv = torch.min(torch.max(x_adv + 0.5 * eps * g.sign(), x - eps), x + eps).clamp(0, 1)
     return x_adv.detach()
@@ -101,7 +101,7 @@ def alternative_images(x: torch.Tensor, weights: RTSObjective, gen: torch.Genera
     return torch.where(kind == 0, blurred, torch.where(kind == 1, colour, noise))
 
 
-def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: RTSObjective,
+def rts_loss(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, weights: RTSObjective,
              generator: torch.Generator | None = None) -> LossOutput:
     """The saver's objective on a batch ``x`` (B,C,H,W) in [0,1] with true labels ``y`` (B,)."""
     gen = generator or torch.Generator().manual_seed(0)
@@ -109,7 +109,7 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     shift = torch.randint(1, saver.num_classes, (len(y),), generator=gen)
     t = torch.where(fake, (y.cpu() + shift) % saver.num_classes, y.cpu()).to(y.device)
     fake = fake.to(x.device)
-    masks = rts_maps(saver, classifier(x), x, t)
+    masks = rts_maps(saver, classifier, x, t)[2]
     alt = alternative_images(x, weights, gen)
     log_keep = F.log_softmax(classifier(blend(x, alt, masks)), 1).gather(1, t[:, None])[:, 0]
     p_destroyed = F.softmax(classifier(blend(x, alt, 1 - masks)), 1).gather(1, t[:, None])[:, 0]
@@ -123,13 +123,13 @@ def rts_loss(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torc
     total = per_image.mean()
     if weights.adv_weight > 0 and weights.adv_steps > 0:
         x_adv = _map_attack(saver, classifier, x, t, masks.detach(), weights.adv_eps, weights.adv_steps, gen)
-        stability = (rts_maps(saver, classifier(x_adv), x_adv, t) - masks.detach()).abs().flatten(1).mean(1).mean()
+        stability = (rts_maps(saver, classifier, x_adv, t)[2] - masks.detach()).abs().flatten(1).mean(1).mean()
         total = total + weights.adv_weight * stability
         parts["stability"] = stability.item()
     return LossOutput(total, parts)
 
 
-def train_rts(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
+def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
               lr: float = 1e-3, batch_size: int = 64, weights: RTSObjective = RTSObjective(), seed: int = 0,
               progress: bool = True) -> list[dict[str, float]]:
     """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,)."""
@@ -145,13 +145,17 @@ def train_rts(saver: SaliencyNet, classifier: nn.Module, x: torch.Tensor, y: tor
                    opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts")
 
 
-def save_saver(saver: SaliencyNet, path: str | Path) -> Path:
+def save_saver(saver: Saver, path: str | Path) -> Path:
     """Save the saver as safetensors with its architecture in the metadata (see :func:`load_saver`)."""
-    meta = {"in_channels": str(saver.in_channels), "num_classes": str(saver.num_classes), "width": str(saver.width)}
+    meta = {"num_classes": str(saver.num_classes), "width": str(saver.width)}
+    if isinstance(saver, FeatureSaliencyNet):
+        meta.update(encoder="classifier", layers=",".join(saver.layers), channels=",".join(map(str, saver.channels)))
+    else:
+        meta.update(encoder="own", in_channels=str(saver.in_channels))
     return save_weights(saver, path, metadata=meta)
 
 
-def load_saver(path: str | Path) -> SaliencyNet:
+def load_saver(path: str | Path) -> Saver:
     """Rebuild a saver saved by :func:`save_saver` (safetensors only); returned in eval mode."""
     from safetensors import safe_open
 
@@ -161,7 +165,12 @@ def load_saver(path: str | Path) -> SaliencyNet:
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
     try:
-        saver = SaliencyNet(int(meta["in_channels"]), int(meta["num_classes"]), int(meta["width"]))
-    except KeyError as exc:
-        raise ModelError(f"{path} has no saver metadata ({exc}); save it with save_saver") from exc
+        if meta.get("encoder") == "classifier":
+            layers = tuple(meta["layers"].split(","))
+            channels = tuple(int(c) for c in meta["channels"].split(","))
+            saver: Saver = FeatureSaliencyNet(layers, channels, int(meta["num_classes"]), int(meta["width"]))
+        else:
+            saver = SaliencyNet(int(meta["in_channels"]), int(meta["num_classes"]), int(meta["width"]))
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{path} has no valid saver metadata ({exc}); save it with save_saver") from exc
     return load_weights(saver, path).eval()
