@@ -13,7 +13,7 @@ import time
 import torch
 
 from xaisec.evasion import PGD, Adv2PGD, Adv2StAdv, InterpreterTerm, MaskTerm, patch_maps
-from xaisec.explainers import SaliencyNet, build
+from xaisec.explainers import FeatureSaliencyNet, build
 from xaisec.maps import MapPostprocess
 from xaisec.models import build_model
 
@@ -23,7 +23,7 @@ def make_attack(kind: str, model, name: str, steps: int):
     if name == "pgd":
         return PGD(model, eps=0.2, step=0.01, steps=steps)
     if name == "rts":
-        e = build("rts", model, saver=SaliencyNet(1, 10, width=16).eval())
+        e = build("rts", model, saver=FeatureSaliencyNet.for_classifier(model, (1, 28, 28), 10).eval())
     elif name == "mask":
         e = build("mask", model, steps=50)
     else:
