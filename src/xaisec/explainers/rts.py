@@ -164,9 +164,9 @@ def rts_maps(saver: Saver, classifier: nn.Module, x: torch.Tensor, target: torch
 
 
 class RealTimeSaliency(Explainer):
-    """RTS explainer: the trained ``saver`` (:class:`FeatureSaliencyNet` or :class:`SaliencyNet`) asked about the target class (default: the
-    classifier's prediction), gated by the classifier (:func:`rts_maps`). Maps (B,1,H,W) in [0,1]. The saver's
-    train/eval mode is left as found (eval inside)."""
+    """RTS explainer: the trained ``saver`` (:class:`FeatureSaliencyNet` or :class:`SaliencyNet`) asked about the
+    target class (default: the classifier's prediction), gated by the classifier (:func:`rts_maps`).
+    Maps (B,1,H,W) in [0,1]. The saver's train/eval mode is left as found (eval inside)."""
 
     name = "rts"
     needs_images = True
