@@ -72,6 +72,7 @@ def test_tiny_run_end_to_end_and_its_inputs_respect_their_constraints(tmp_path):
     for key in ("setup", "pgd", "adv2_pgd", "stadv", "adv2_stadv", "transfer", "detection", "rts_adversarial"):
         assert key in metrics, key
     assert set(metrics["adv2_pgd"]) == set(cfg.interpreters)
+    assert metrics["setup"]["rts_saver"].startswith("decoder on the classifier's features: features")
     assert set(metrics["transfer"]["l1_vs_target"]["PGD"]) == set(cfg.interpreters)
     fs = metrics["detection"]["feature_squeezing"]
     assert fs["squeezers"] == ["bit_depth_2", "median_2x2"] and "adv2_pgd_adaptive-cam" in fs["rates"]

@@ -273,8 +273,9 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Mo
 
     The conv computes ``conv(x, W·s) + (b - μ)·s + β`` with ``s = γ/sqrt(σ² + eps)`` and the BatchNorm passes its
     input through: the same outputs and the same gradients for ``W``, ``γ``, ``β`` (the folding is differentiable),
-    without a BatchNorm pass over the activations. That halves the double backward of explanation-aware
-    training, where eval-mode BatchNorm's second derivative costs as much as a convolution. BatchNorm in train
+    without a BatchNorm pass over the activations. In explanation-aware training, where eval-mode BatchNorm's
+    second derivative costs as much as a convolution, that saves about a quarter of a simplegrad step
+    (``benchmarks/training.py``). BatchNorm in train
     mode is left alone (its batch statistics are not a per-channel affine map), and so is every conv named in
     ``keep``: a hook on a folded conv would see the normalised output. Modules are restored on exit.
     """

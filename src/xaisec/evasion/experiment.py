@@ -191,6 +191,8 @@ def run_adv2(cfg: Adv2Config, run_dir: str | Path, resume: bool = False) -> Path
                                    "n_images": len(s.x), "target": cfg.target, "eps": cfg.pgd.eps,
                                    "map_postprocess": {n: p.describe() for n, p in s.posts.items()},
                                    "interpreters": list(cfg.interpreters)}}
+        if "rts" in s.savers:
+            metrics["setup"]["rts_saver"] = s.savers["rts"].describe()
         stages = [("pgd", pgd_stage, True), ("stadv", stadv_stage, cfg.stadv.enabled),
                   ("detection", detection_stage, cfg.detection.enabled),
                   ("rts_adversarial", rts_defense_stage, "rts" in cfg.interpreters and cfg.rts.adversarial)]

@@ -67,6 +67,9 @@ class SaliencyNet(nn.Module):
         d2 = self.dec2(torch.cat([up, skip], 1))
         return torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
 
+    def describe(self) -> str:
+        return f"own encoder trained on the images (width {self.width})"
+
     def explain(self, classifier: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(classifier logits (B,K), target (B,), masks (B,1,H,W))``; ``target`` None: the prediction."""
@@ -125,6 +128,10 @@ class FeatureSaliencyNet(nn.Module):
         if any(out[n].dim() != 4 for n in layers):
             raise ModelError(f"the saver's layers {layers} must output (B,C,h,w) feature maps")
         return cls(layers, (out[layers[0]].shape[1], out[layers[1]].shape[1]), num_classes, width)
+
+    def describe(self) -> str:
+        return (f"decoder on the classifier's features: {self.layers[0]} ({self.channels[0]} channels) and "
+                f"{self.layers[1]} ({self.channels[1]} channels), width {self.width}")
 
     def forward(self, deep: torch.Tensor, shallow: torch.Tensor, target: torch.Tensor,
                 size: tuple[int, int]) -> torch.Tensor:
