@@ -275,9 +275,9 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Mo
     input through: the same outputs and the same gradients for ``W``, ``γ``, ``β`` (the folding is differentiable),
     without a BatchNorm pass over the activations. In explanation-aware training, where eval-mode BatchNorm's
     second derivative costs as much as a convolution, that saves about a quarter of a simplegrad step
-    (``benchmarks/training.py``). BatchNorm in train
-    mode is left alone (its batch statistics are not a per-channel affine map), and so is every conv named in
-    ``keep``: a hook on a folded conv would see the normalised output. Modules are restored on exit.
+    (``benchmarks/training.py``). BatchNorm in train mode is left alone (its batch statistics are not a
+    per-channel affine map), and so is every conv named in ``keep``: a hook on a folded conv would see the
+    normalised output. Modules are restored on exit.
     """
     patched = []
     for name, conv, bn in _conv_bn_pairs(model):
