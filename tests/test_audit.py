@@ -61,6 +61,29 @@ def test_budget_runs_out_and_says_so(npz_files, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
+def test_a_users_own_check_returns_a_finding_and_the_runner_names_and_times_it():
+    from xaisec.audit import Finding, register_check, skipped
+
+    @register_check("test_mean_pixel", "Mean pixel of the held-out images", what_it_tests="nothing, a test")
+    def mean_pixel(ctx, deadline):
+        if ctx.suspects is None:
+            return skipped("needs suspects")
+        return Finding("info", "mean pixel", {"mean": float(ctx.x_eval.mean())})
+
+    try:
+        x, y, xt, yt = small_mnist()
+        data = ImageDataset("tiny", x[:50], y[:50], xt[:50], yt[:50], num_classes=10)
+        report = run_audit(tiny_model(False), data, checks=["test_mean_pixel"], progress=False)
+        check = report["checks"]["test_mean_pixel"]
+        assert check["title"] == "Mean pixel of the held-out images" and check["verdict"] == "skipped"
+        report = run_audit(tiny_model(False), data, checks=["test_mean_pixel"], progress=False, suspects=xt[:5])
+        check = report["checks"]["test_mean_pixel"]
+        assert check["verdict"] == "info" and check["evidence"]["mean"] == pytest.approx(float(xt[:50].mean()))
+        assert check["seconds"] >= 0
+    finally:
+        AUDIT_CHECKS._entries.pop("test_mean_pixel", None)
+
+
 def test_reconcile_annotates_neural_cleanse_without_changing_verdicts():
     nc = CheckResult("neural_cleanse", "NC", "suspicious", "flag.", {"flagged_classes": [3]})
     fp = CheckResult("fine_pruning", "FP", "info", "", {"candidates": [3, 8], "removed_classes": []})

@@ -18,7 +18,7 @@ from ..defenses.spectral_signatures import spectral_signatures
 from ..defenses.strip import STRIPDetector
 from ..errors import ModelError
 from ..train import eval_mode, predict
-from .context import INFO, NO_EVIDENCE, SUSPICIOUS, AuditContext, CheckResult, Figure, register_check, skipped
+from .context import INFO, NO_EVIDENCE, SUSPICIOUS, AuditContext, Figure, Finding, register_check, skipped
 from .figures import histograms_figure, scatter_figure
 
 #: a suspect set is flagged when this share of it is detected and it is at least 3x the clean false-positive rate
@@ -39,8 +39,7 @@ def explainers_for(model: nn.Module) -> list[str]:
 @register_check("explanation_consistency", "Explanation consistency (interpreters, perturbations, reference)",
                 budget_share=0.5, what_it_tests="maps that disagree across interpreters, flip under small "
                 "trigger-agnostic transformations, or differ from a trusted model: what explanation backdoors change")
-def check_explanation_consistency(ctx: AuditContext, deadline: float) -> CheckResult:
-    title = "Explanation consistency (interpreters, perturbations, reference)"
+def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding:
     det = ExplanationConsistency(ctx.model, explainers_for(ctx.model), reference=ctx.reference, seed=ctx.seed)
     det.fit(ctx.x_fit[:N_CALIBRATION], fpr=0.05)
     clean = det.details(ctx.x_eval[:N_CALIBRATION])
@@ -54,10 +53,10 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> CheckRe
     if ctx.suspects is None:
         fig = Figure("Explanation-consistency scores of held-out clean inputs (higher = less consistent)",
                      histograms_figure(groups))
-        return CheckResult("explanation_consistency", title, INFO,
-                           f"Calibrated on {len(ctx.x_fit[:N_CALIBRATION])} clean inputs ({', '.join(det.component_names)}; "
-                           f"{fpr:.1%} of held-out clean inputs exceed the threshold). Give --suspects to screen inputs: "
-                           "this check looks at inputs, it cannot tell from the model alone.", evidence, [fig])
+        return Finding(INFO,
+                       f"Calibrated on {len(ctx.x_fit[:N_CALIBRATION])} clean inputs ({', '.join(det.component_names)}; "
+                       f"{fpr:.1%} of held-out clean inputs exceed the threshold). Give --suspects to screen inputs: "
+                       "this check looks at inputs, it cannot tell from the model alone.", evidence, [fig])
     sus = det.details(ctx.suspects)
     s_sus = det._combine({n: sus[n] for n in det.component_names})
     detected = float((s_sus > cal.threshold).float().mean())
@@ -73,16 +72,15 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> CheckRe
             f"for {best}.")
     verdict = SUSPICIOUS if _flagged_share(detected, fpr) else NO_EVIDENCE
     prefix = "The suspects' explanations are inconsistent where clean ones are not: " if verdict == SUSPICIOUS else ""
-    return CheckResult("explanation_consistency", title, verdict, prefix + text, evidence, [fig])
+    return Finding(verdict, prefix + text, evidence, [fig])
 
 
 @register_check("strip", "STRIP (prediction entropy under superimposition)", budget_share=0.3,
                 what_it_tests="suspect inputs whose prediction survives blending with other images (trigger-carrying "
                               "inputs of prediction backdoors)")
-def check_strip(ctx: AuditContext, deadline: float) -> CheckResult:
-    title = "STRIP (prediction entropy under superimposition)"
+def check_strip(ctx: AuditContext, deadline: float) -> Finding:
     if ctx.suspects is None:
-        return skipped("strip", title, "STRIP screens inputs; give --suspects to run it.")
+        return skipped("STRIP screens inputs; give --suspects to run it.")
     # additive superimposition as in the public STRIP code: it keeps a bright patch trigger at full strength
     det = STRIPDetector(ctx.model, n=32, frr=0.05, blend="add", seed=ctx.seed).fit(ctx.x_fit[:N_CALIBRATION], ctx.x_eval[:N_CALIBRATION])
     clean, sus = det.score(ctx.x_eval[:N_CALIBRATION]), det.score(ctx.suspects)
@@ -94,9 +92,9 @@ def check_strip(ctx: AuditContext, deadline: float) -> CheckResult:
                  histograms_figure({"STRIP score": {"clean": clean.numpy(), "suspects": sus.numpy()}},
                                    {"STRIP score": det.threshold}))
     verdict = SUSPICIOUS if _flagged_share(detected, fpr) else NO_EVIDENCE
-    return CheckResult("strip", title, verdict,
-                       f"{detected:.1%} of the suspects keep their prediction under superimposition more than 95% "
-                       f"of clean inputs do (AUROC {evidence['auroc_suspects_vs_clean']:.3f}).", evidence, [fig])
+    return Finding(verdict,
+                   f"{detected:.1%} of the suspects keep their prediction under superimposition more than 95% "
+                   f"of clean inputs do (AUROC {evidence['auroc_suspects_vs_clean']:.3f}).", evidence, [fig])
 
 
 @torch.no_grad()
@@ -120,25 +118,27 @@ def head_inputs(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> tor
 
 
 def _population(ctx: AuditContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Clean held-out images + suspects, their predicted labels and the is-suspect flags."""
-    clean = ctx.x_eval[:N_CALIBRATION]
-    x = torch.cat([clean, ctx.suspects])
-    is_suspect = torch.cat([torch.zeros(len(clean), dtype=torch.bool), torch.ones(len(ctx.suspects), dtype=torch.bool)])
-    return x, predict(ctx.model, x).argmax(1), is_suspect
+    """Clean held-out images + suspects: last-hidden-layer activations (N,D), predicted labels (N,) and is-suspect
+    flags (N,); computed once per audit (Activation Clustering and Spectral Signatures share them)."""
+    if "population" not in ctx.shared:
+        clean = ctx.x_eval[:N_CALIBRATION]
+        x = torch.cat([clean, ctx.suspects])
+        is_suspect = torch.cat([torch.zeros(len(clean), dtype=torch.bool),
+                                torch.ones(len(ctx.suspects), dtype=torch.bool)])
+        ctx.shared["population"] = (head_inputs(ctx.model, x), predict(ctx.model, x).argmax(1), is_suspect)
+    return ctx.shared["population"]
 
 
 @register_check("activation_clustering", "Activation Clustering (clean vs suspects)", budget_share=0.3,
                 what_it_tests="suspect inputs that form their own cluster in the last hidden layer (Fang, Table 2)")
-def check_activation_clustering(ctx: AuditContext, deadline: float) -> CheckResult:
-    title = "Activation Clustering (clean vs suspects)"
+def check_activation_clustering(ctx: AuditContext, deadline: float) -> Finding:
     if ctx.suspects is None:
-        return skipped("activation_clustering", title, "Activation Clustering needs a mix of clean and suspect "
-                       "inputs; give --suspects to run it.")
-    x, labels, is_suspect = _population(ctx)
+        return skipped("Activation Clustering needs a mix of clean and suspect inputs; give --suspects to run it.")
+    acts, labels, is_suspect = _population(ctx)
     # the classes the suspects are predicted as (a poisoned cluster can only hide there), with enough samples
     counts, sus_counts = torch.bincount(labels), torch.bincount(labels[is_suspect], minlength=len(torch.bincount(labels)))
     keep = torch.isin(labels, torch.nonzero((counts > 2) & (sus_counts > 0)).flatten())
-    act = head_inputs(ctx.model, x[keep])
+    act = acts[keep]
     with warnings.catch_warnings():  # FastICA's convergence chatter on small classes; the clustering is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = activation_clustering(act, labels[keep], random_state=ctx.seed)
@@ -154,22 +154,20 @@ def check_activation_clustering(ctx: AuditContext, deadline: float) -> CheckResu
                               "(first two reduced dimensions)",
                               scatter_figure({"clean": red[~flags, :2], "suspects": red[flags, :2]}, "activations")))
     verdict = SUSPICIOUS if mis.verdict == "separable" else NO_EVIDENCE
-    return CheckResult("activation_clustering", title, verdict,
-                       f"Suspects and clean inputs are {mis.verdict} in the model's last hidden layer (misclustering "
-                       f"rate {mis.label_agnostic_rate:.1%} over the classes the suspects are predicted as; < 5% "
-                       "separable, > 30% fully overlapping).", evidence, figures)
+    return Finding(verdict,
+                   f"Suspects and clean inputs are {mis.verdict} in the model's last hidden layer (misclustering "
+                   f"rate {mis.label_agnostic_rate:.1%} over the classes the suspects are predicted as; < 5% "
+                   "separable, > 30% fully overlapping).", evidence, figures)
 
 
 @register_check("spectral_signatures", "Spectral Signatures (clean vs suspects)", budget_share=0.2,
                 what_it_tests="suspect inputs that are outliers along the top singular direction of their class")
-def check_spectral_signatures(ctx: AuditContext, deadline: float) -> CheckResult:
-    title = "Spectral Signatures (clean vs suspects)"
+def check_spectral_signatures(ctx: AuditContext, deadline: float) -> Finding:
     if ctx.suspects is None:
-        return skipped("spectral_signatures", title, "Spectral Signatures needs a mix of clean and suspect inputs; "
-                       "give --suspects to run it.")
-    x, labels, is_suspect = _population(ctx)
+        return skipped("Spectral Signatures needs a mix of clean and suspect inputs; give --suspects to run it.")
+    acts, labels, is_suspect = _population(ctx)
     keep = torch.isin(labels, torch.nonzero(torch.bincount(labels) > 2).flatten())
-    result = spectral_signatures(head_inputs(ctx.model, x[keep]), labels[keep])
+    result = spectral_signatures(acts[keep], labels[keep])
     scores, sus = result.scores, is_suspect[keep]
     # per-class scores have per-class scales: rank within class before comparing across classes
     ranks = torch.zeros_like(scores)
@@ -181,6 +179,6 @@ def check_spectral_signatures(ctx: AuditContext, deadline: float) -> CheckResult
     evidence = {"auroc_suspects_vs_clean": a, "suspects_flagged": flagged,
                 "clean_flagged": float(result.is_poison[~sus].float().mean())}
     verdict = SUSPICIOUS if a >= 0.8 else NO_EVIDENCE
-    return CheckResult("spectral_signatures", title, verdict,
-                       f"Within-class spectral outlier rank separates suspects from clean inputs with AUROC {a:.3f} "
-                       f"({flagged:.1%} of suspects removed at ART's default cut).", evidence)
+    return Finding(verdict,
+                   f"Within-class spectral outlier rank separates suspects from clean inputs with AUROC {a:.3f} "
+                   f"({flagged:.1%} of suspects removed at ART's default cut).", evidence)

@@ -60,6 +60,17 @@ class Figure:
 
 
 @dataclass
+class Finding:
+    """What a check function returns: a verdict from :data:`VERDICTS`, a one-paragraph ``summary`` in plain words,
+    ``evidence`` numbers (JSON-ready) and figures. The runner adds the check's name, title and time."""
+
+    verdict: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
 class CheckResult:
     """One check's outcome: a verdict from :data:`VERDICTS`, a one-paragraph ``summary`` in plain words,
     ``evidence`` numbers (JSON-ready), figures, seconds taken."""
@@ -79,12 +90,12 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class Check:
-    """``run(ctx) -> CheckResult``; ``budget_share``: the fraction of the remaining time it may use;
+    """``run(ctx, deadline) -> Finding``; ``budget_share``: the fraction of the remaining time it may use;
     ``min_seconds``: below this much time left it is skipped."""
 
     name: str
     title: str
-    run: Callable[[AuditContext, float], CheckResult]
+    run: Callable[[AuditContext, float], Finding]
     budget_share: float = 0.2
     min_seconds: float = 1.0
     what_it_tests: str = ""
@@ -95,14 +106,14 @@ AUDIT_CHECKS = Registry("audit check")
 
 def register_check(name: str, title: str, *, budget_share: float = 0.2, min_seconds: float = 1.0,
                    what_it_tests: str = "") -> Callable:
-    """Decorator: ``fn(ctx, deadline) -> CheckResult`` becomes a registered :class:`Check`."""
+    """Decorator: ``fn(ctx, deadline) -> Finding`` becomes a registered :class:`Check`."""
 
-    def decorator(fn: Callable[[AuditContext, float], CheckResult]) -> Callable:
+    def decorator(fn: Callable[[AuditContext, float], Finding]) -> Callable:
         AUDIT_CHECKS.register(name)(Check(name, title, fn, budget_share, min_seconds, what_it_tests))
         return fn
 
     return decorator
 
 
-def skipped(name: str, title: str, reason: str) -> CheckResult:
-    return CheckResult(name, title, SKIPPED, reason)
+def skipped(reason: str) -> Finding:
+    return Finding(SKIPPED, reason)

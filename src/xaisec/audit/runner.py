@@ -15,7 +15,7 @@ from ..data import ImageDataset
 from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_json, atomic_write_text
 from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
-from .context import AUDIT_CHECKS, SKIPPED, SUSPICIOUS, AuditContext, CheckResult
+from .context import AUDIT_CHECKS, SUSPICIOUS, AuditContext, CheckResult, skipped
 from .report import WHAT_CLEAN_DOES_NOT_PROVE, render_report
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,15 @@ def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = 
         left = ctx.time_left()
         t0 = time.monotonic()
         if left < check.min_seconds:
-            result = CheckResult(name, check.title, SKIPPED, f"Not run: the time budget ran out ({max(left, 0):.0f} s "
-                                 f"left of {budget:.0f} s). Run again with a larger --budget.")
+            finding = skipped(f"Not run: the time budget ran out ({max(left, 0):.0f} s left of {budget:.0f} s). "
+                              "Run again with a larger --budget.")
         else:
             try:
-                result = check.run(ctx, t0 + check.budget_share * left)
+                finding = check.run(ctx, t0 + check.budget_share * left)
             except XaisecError as exc:
-                result = CheckResult(name, check.title, SKIPPED, f"Not applicable to this model or data: {exc}")
-        result.seconds = time.monotonic() - t0
+                finding = skipped(f"Not applicable to this model or data: {exc}")
+        result = CheckResult(name, check.title, finding.verdict, finding.summary, finding.evidence, finding.figures,
+                             time.monotonic() - t0)
         log.debug("audit %s: %s (%.1f s) %s", name, result.verdict, result.seconds, result.summary)
         results.append(result)
     reconcile(results)
