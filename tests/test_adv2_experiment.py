@@ -112,3 +112,21 @@ def test_adversarial_rts_can_start_from_the_plain_rts(init, tmp_path, monkeypatc
     assert same == (init == "rts")
     with pytest.raises(ConfigError, match="adversarial_init"):
         load_config(Adv2Config, overrides=["rts.adversarial_init=warm"])
+
+
+@pytest.mark.parametrize("encoder", ["classifier", "own"])
+def test_rts_encoder_option_picks_the_saver_and_survives_resume(encoder, tmp_path):
+    from xaisec.evasion.setup import Adv2Setup
+    from xaisec.explainers import FeatureSaliencyNet, SaliencyNet
+
+    cfg = load_config(Adv2Config, overrides=[f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+                      + ["interpreters=[rts]", "stadv.enabled=false", "detection.enabled=false",
+                         "stadv.interpreters=[rts]", "detection.adaptive=[]", "detection.ensemble=[]",
+                         f"rts.encoder={encoder}"])
+    saver = Adv2Setup(cfg, tmp_path, resume=False).savers["rts"]
+    assert isinstance(saver, FeatureSaliencyNet if encoder == "classifier" else SaliencyNet)
+    reloaded = Adv2Setup(cfg, tmp_path, resume=True).savers["rts"]  # from rts.safetensors, metadata says which
+    assert type(reloaded) is type(saver)
+    assert all(torch.equal(a, b) for a, b in zip(saver.state_dict().values(), reloaded.state_dict().values()))
+    with pytest.raises(ConfigError, match="rts.layers"):
+        load_config(Adv2Config, overrides=["rts.layers=[features]"])
