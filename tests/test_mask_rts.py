@@ -128,6 +128,10 @@ def test_train_rts_lowers_its_loss_and_roundtrips_through_safetensors(quadrant_m
     torch.testing.assert_close(loaded(x[:4], y[:4]), saver(x[:4], y[:4]))
     with pytest.raises(ModelError, match="do not exist"):
         load_saver(tmp_path / "missing.safetensors")
+    from xaisec.io import save_weights  # a saver saved before the encoder metadata existed still loads
+    old = load_saver(save_weights(saver, tmp_path / "old.safetensors",
+                                  metadata={"in_channels": "1", "num_classes": "4", "width": "4"}))
+    assert isinstance(old, SaliencyNet) and torch.equal(old(x[:2], y[:2]), saver(x[:2], y[:2]))
 
 
 def test_adversarial_rts_objective_adds_the_stability_term(quadrant_model):
