@@ -110,7 +110,8 @@ class FeatureSaliencyNet(nn.Module):
                        layers: tuple[str, str] | None = None) -> "FeatureSaliencyNet":
         """A saver for ``classifier`` on (C,H,W) images. Default layers: the CAM layer (deep) and the last
         activation at the highest resolution above the deep layer's (shallow)."""
-        probe = torch.zeros(1, *input_shape, dtype=next(classifier.parameters()).dtype)
+        param = next(classifier.parameters())
+        probe = torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device)
         if layers is None:
             deep = default_cam_layer(classifier)
             names = [n for n, m in classifier.named_modules() if isinstance(m, ACTIVATIONS)]
