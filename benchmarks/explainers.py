@@ -6,9 +6,6 @@ Prints median wall times and ratios (> 1 means xaisec is faster). Not a test: ti
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 import warnings
 
 import torch
@@ -16,24 +13,9 @@ import torch
 from xaisec.explainers import build, explain
 from xaisec.models import build_model
 
+from timing import median_times
+
 warnings.filterwarnings("ignore", message="Input Tensor 0 did not already require gradients")
-
-
-def median_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function; calls are interleaved, in a fresh random order every round, so that
-    background load and the position in the round (caches, allocator state) hit all alike."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    order, rng = list(fns), random.Random(0)
-    for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
-            fn = fns[name]
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:

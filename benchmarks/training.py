@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,24 +25,7 @@ from xaisec.models import build_model
 from xaisec.train import training_mode
 from xaisec.triggers import build_trigger
 
-
-def timed(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in seconds (after two warm-up calls)."""
-    return compare(fn, repeats=repeats)[0]
-
-
-def compare(*fns, repeats: int) -> list[float]:
-    """Median wall times of several functions, called in turn (so a busy machine slows them alike)."""
-    for fn in fns:
-        fn()
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            bucket.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+from timing import median_times
 
 
 def training_steps(args, data) -> None:
@@ -78,7 +59,8 @@ def training_steps(args, data) -> None:
                 out.total.backward()
                 opt.step()
 
-        t_ce, t_xai = compare(ce_step, xai_step, repeats=args.repeats)
+        t = median_times({"ce": ce_step, "xai": xai_step}, args.repeats, warmup=2)
+        t_ce, t_xai = t["ce"], t["xai"]
         target = 3.0 if name == "simplegrad" else 1.5
         verdict = "ok" if t_xai / t_ce <= target else "MISSES"
         print(f"   {name:10s}  CE step {1000 * t_ce:7.1f} ms   explanation-aware step {1000 * t_xai:7.1f} ms   "
@@ -98,11 +80,12 @@ def reference_maps(args, data) -> None:
     def one_by_one():
         return [pooled_maps(model, x[i:i + 1], y[i:i + 1], ["gradcam"], 2, softplus_beta=8.0) for i in range(len(x))]
 
-    t_batched, t_single = compare(batched, one_by_one, repeats=3)
+    t = median_times({"batched": batched, "single": one_by_one}, repeats=3, warmup=2)
+    t_batched, t_single = t["batched"], t["single"]
     print(f"   whole set:  batched once {t_batched:6.2f} s   sample by sample {t_single:6.2f} s   "
           f"ratio {t_single / t_batched:6.1f}x  (target >= 10x)")
     idx = torch.randperm(len(x))[: args.batch]
-    t_lookup = timed(lambda: cache["gradcam"][idx], args.repeats)
+    t_lookup = median_times({"lookup": lambda: cache["gradcam"][idx]}, args.repeats, warmup=2)["lookup"]
     t_step_single = t_single * args.batch / len(x)
     print(f"   per step:   cache lookup {1e6 * t_lookup:6.1f} us   sample by sample {1000 * t_step_single:6.1f} ms   "
           f"ratio {t_step_single / t_lookup:8.0f}x")

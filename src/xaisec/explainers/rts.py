@@ -112,20 +112,19 @@ class FeatureSaliencyNet(nn.Module):
         activation at the highest resolution above the deep layer's (shallow)."""
         param = next(classifier.parameters())
         probe = torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device)
+        deep = layers[0] if layers else default_cam_layer(classifier)
+        candidates = [] if layers else [n for n, m in classifier.named_modules() if isinstance(m, ACTIVATIONS)]
+        recorded = list(layers or [deep, *candidates])
+        with torch.no_grad(), eval_mode(classifier), recording(classifier, recorded) as (out, _):
+            classifier(probe)  # one probe pass: channel counts, and the resolutions the default layers are picked by
         if layers is None:
-            deep = default_cam_layer(classifier)
-            names = [n for n, m in classifier.named_modules() if isinstance(m, ACTIVATIONS)]
-            with torch.no_grad(), eval_mode(classifier), recording(classifier, [deep, *names]) as (out, _):
-                classifier(probe)
-            sizes = {n: out[n].shape[-2] * out[n].shape[-1] for n in names if n in out and out[n].dim() == 4}
-            finer = [n for n in names if sizes.get(n, 0) > out[deep].shape[-2] * out[deep].shape[-1]]
+            area = lambda n: out[n].shape[-2] * out[n].shape[-1] if n in out and out[n].dim() == 4 else 0  # noqa: E731
+            finer = [n for n in candidates if area(n) > area(deep)]
             if not finer:
                 raise ModelError(f"{type(classifier).__name__} has no activation at a higher resolution than its "
                                  f"CAM layer {deep!r}; give the saver's layers explicitly")
-            best = max(sizes[n] for n in finer)
-            layers = (deep, [n for n in finer if sizes[n] == best][-1])
-        with torch.no_grad(), eval_mode(classifier), recording(classifier, list(layers)) as (out, _):
-            classifier(probe)
+            best = max(area(n) for n in finer)
+            layers = (deep, [n for n in finer if area(n) == best][-1])
         if any(out[n].dim() != 4 for n in layers):
             raise ModelError(f"the saver's layers {layers} must output (B,C,h,w) feature maps")
         return cls(layers, (out[layers[0]].shape[1], out[layers[1]].shape[1]), num_classes, width)
