@@ -16,13 +16,14 @@ from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_json, atomic_write_text
 from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
 from .context import AUDIT_CHECKS, SUSPICIOUS, AuditContext, CheckResult, skipped
-from .report import WHAT_CLEAN_DOES_NOT_PROVE, render_report
+from .report import WHAT_CLEAN_DOES_NOT_PROVE, WHAT_FLAGGED_SUSPECTS_MEAN, render_report
 
 log = logging.getLogger(__name__)
 
-#: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them
-DEFAULT_CHECKS = ("accuracy", "neural_cleanse", "fine_pruning", "rebn", "explanation_consistency", "strip",
-                  "activation_clustering", "spectral_signatures")
+#: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them, the
+#: clean control model before the input checks that compare against it
+DEFAULT_CHECKS = ("accuracy", "neural_cleanse", "fine_pruning", "rebn", "shift_control", "explanation_consistency",
+                  "strip", "activation_clustering", "spectral_signatures")
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +83,8 @@ def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = 
     report = {**summary, "check_order": [r.name for r in results], "checks": {r.name: r.to_dict() for r in results},
               "seconds_per_check": {r.name: round(r.seconds, 2) for r in results},
               "what_a_clean_verdict_does_not_prove": [_plain(c) for c in WHAT_CLEAN_DOES_NOT_PROVE]}
+    if suspects is not None:
+        report["what_flagged_suspects_mean"] = [_plain(c) for c in WHAT_FLAGGED_SUSPECTS_MEAN]
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "audit.json", report)
