@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..audit import DEFAULT_CHECKS, load_audit_data, load_audit_model, load_suspects, run_audit
+from ..audit import DEFAULT_CHECKS, load_audit_model, load_suspects, model_input_shape, run_audit
+from ..audit.loading import is_entry_point, load_entry_point
+from ..data import load_data
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--arch", help="architecture of the weights (see `xaisec list models`)")
     p.add_argument("--data", required=True,
                    help="clean data: a dataset name (NAME or NAME:key=value,...), an .npz file with x and y, or an "
-                        "image folder")
+                        "image folder (imagefolder:root=DIR,size=H,channels=C to set its size)")
     p.add_argument("--out", type=Path, default=Path("audit"), help="output folder (default: ./audit)")
     p.add_argument("--budget", type=float, default=300.0, help="time budget in seconds (default: 300)")
     p.add_argument("--suspects", help=".npz file with an array x of inputs to screen (e.g. inputs you suspect "
@@ -44,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--checks is empty; name at least one check")
     if args.images < 10:
         raise ConfigError(f"--images must be at least 10, got {args.images}")
-    data = load_audit_data(args.data)
-    model = load_audit_model(args.model, args.arch, data)
+    # an entry point is built first: a model that declares its input shape sets an image folder's size
+    built = load_entry_point(args.model) if is_entry_point(args.model) else None
+    data = load_data(args.data, expect_shape=model_input_shape(built) if built is not None else None)
+    model = load_audit_model(args.model, args.arch, data, built=built)
     reference = load_audit_model(args.reference, args.arch, data, reference=True) if args.reference else None
     suspects = load_suspects(args.suspects, data) if args.suspects else None
     torch.manual_seed(args.seed)
