@@ -9,8 +9,8 @@ not look at the suspects and the input-level checks only report a clean calibrat
 
 For each screening check the table also shows the verdict the check would give alone, without the shift control
 (recomputed from the same evidence with the check's own rule), so the control's effect is measured on identical
-scores. Writes ``DIR/<run>/<clean|attacked>/audit.json`` and ``DIR/calibration.json``, prints Markdown tables and
-the machine load. Not a test: it trains nothing but runs full audits (minutes per model).
+scores. Writes ``DIR/<run>/<clean|attacked>/audit.json`` (an existing one is reused: the script resumes) and
+``DIR/calibration.json``, prints Markdown tables and the machine load. Not a test: it trains nothing but runs full audits (minutes per model).
 """
 from __future__ import annotations
 
@@ -19,11 +19,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import yaml
 
-from xaisec.audit import run_audit
+from xaisec.audit import DEFAULT_CHECKS, run_audit
 from xaisec.audit.checks_inputs import FLAG_SHARE
 from xaisec.data import ImageDataset, load_dataset
 from xaisec.io import load_weights
@@ -46,7 +47,8 @@ def uncontrolled_verdict(name: str, evidence: dict) -> str:
     return "suspicious" if flagged else "no evidence"
 
 
-def audit_run(run: Path, out: Path, n_suspects: int, budget: float, images: int) -> dict[str, dict]:
+def audit_run(run: Path, out: Path, n_suspects: int, budget: float, images: int,
+              checks: Sequence[str] = DEFAULT_CHECKS) -> dict[str, dict]:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     data = load_dataset(cfg["data"]["name"], **cfg["data"].get("options", {}))
     target = cfg.get("attack", {}).get("target_label")
@@ -63,8 +65,13 @@ def audit_run(run: Path, out: Path, n_suspects: int, budget: float, images: int)
     for kind, weights in (("clean", "reference.safetensors"), ("attacked", "attacked.safetensors")):
         model = build_model(cfg["model"]["arch"], data.input_shape, data.num_classes, **cfg["model"].get("options", {}))
         load_weights(model, run / weights)
+        done = out / run.name / kind / "audit.json"
+        if done.is_file():  # resume: an audited model is not audited again
+            results[kind] = summarise(json.loads(done.read_text()))
+            results[kind]["seconds"] = results[kind]["total_seconds"]
+            continue
         t0 = time.monotonic()
-        report = run_audit(model.eval(), clean, out=out / run.name / kind, budget=budget, suspects=suspects,
+        report = run_audit(model.eval(), clean, out=out / run.name / kind, budget=budget, suspects=suspects, checks=checks,
                            fit_images=images, eval_images=images, progress=False,
                            meta={"model": str(run / weights), "arch": cfg["model"]["arch"]})
         results[kind] = summarise(report)
@@ -82,7 +89,8 @@ def summarise(report: dict) -> dict:
             "overall_with_suspects": report["verdict"],
             "overall_with_suspects_without_control": "suspicious" if model_level or "suspicious" in alone.values()
             else "no evidence",
-            "control_accuracy": checks.get("shift_control", {}).get("evidence", {}).get("control_accuracy")}
+            "control_accuracy": checks.get("shift_control", {}).get("evidence", {}).get("control_accuracy"),
+            "total_seconds": report["total_seconds"]}
 
 
 def rate(rows: list[dict], key) -> str:
@@ -107,6 +115,8 @@ def tables(results: dict[str, dict[str, dict]]) -> str:
     clean = [k["clean"] for k in results.values()]
     attacked = [k["attacked"] for k in results.values()]
     for n in MODEL_LEVEL:
+        if all(r["verdicts"].get(n, "skipped") == "skipped" for r in clean + attacked):
+            continue
         lines.append(f"| {n} | {rate(clean, lambda r: r['verdicts'].get(n))} | "
                      f"{rate(attacked, lambda r: r['verdicts'].get(n))} |")
     for n in SCREENING:
@@ -127,12 +137,16 @@ def main() -> None:
     parser.add_argument("--suspects", type=int, default=200, help="triggered test images per model (default 200)")
     parser.add_argument("--budget", type=float, default=240, help="audit time budget per model (s)")
     parser.add_argument("--images", type=int, default=600, help="clean fit / evaluation images of each audit")
+    parser.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
+                        help="comma-separated checks, in order (default: all); model-level checks left out are "
+                             "shown as skipped and count as not suspicious in the 'without suspects' verdict")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = {}
     for run in args.runs:
-        results[run.name] = audit_run(run, args.out, args.suspects, args.budget, args.images)
+        results[run.name] = audit_run(run, args.out, args.suspects, args.budget, args.images,
+                                      [c.strip() for c in args.checks.split(",") if c.strip()])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "calibration.json").write_text(json.dumps(results, indent=1))
     print(tables(results))
