@@ -107,8 +107,10 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
     best = max(det.component_names, key=lambda n: evidence["auroc_suspects_vs_clean"][n])
     text = (f"{detected:.1%} of the suspects exceed the clean-calibrated threshold (clean: {fpr:.1%}); AUROC suspects "
             f"vs clean {evidence['auroc_combined']:.3f} combined, {evidence['auroc_suspects_vs_clean'][best]:.3f} "
-            f"for {best}.") + control_sentence("detected", detected, control_rate, control, ".1%")
-    verdict = SUSPICIOUS if _flagged_share(detected, fpr) and excess(detected, control_rate) else NO_EVIDENCE
+            f"for {best}.")
+    alone = _flagged_share(detected, fpr)
+    text += control_sentence("detected", detected, control_rate, control, ".1%", alone)
+    verdict = SUSPICIOUS if alone and excess(detected, control_rate) else NO_EVIDENCE
     prefix = "The suspects' explanations are inconsistent where clean ones are not: " if verdict == SUSPICIOUS else ""
     return Finding(verdict, prefix + text, evidence, [fig])
 
@@ -133,11 +135,12 @@ def check_strip(ctx: AuditContext, deadline: float) -> Finding:
     fig = Figure("STRIP score (minus entropy of blended predictions; higher = more trigger-like)",
                  histograms_figure({"STRIP score": {"clean": clean.numpy(), "suspects": sus.numpy()}},
                                    {"STRIP score": det.threshold}))
-    verdict = SUSPICIOUS if _flagged_share(detected, fpr) and excess(detected, control_rate) else NO_EVIDENCE
+    alone = _flagged_share(detected, fpr)
+    verdict = SUSPICIOUS if alone and excess(detected, control_rate) else NO_EVIDENCE
     return Finding(verdict,
                    f"{detected:.1%} of the suspects keep their prediction under superimposition more than 95% "
                    f"of clean inputs do (AUROC {evidence['auroc_suspects_vs_clean']:.3f})."
-                   + control_sentence("detected", detected, control_rate, control, ".1%"), evidence, [fig])
+                   + control_sentence("detected", detected, control_rate, control, ".1%", alone), evidence, [fig])
 
 
 def _strip(ctx: AuditContext, model: nn.Module) -> STRIPDetector:
@@ -249,7 +252,7 @@ def check_spectral_signatures(ctx: AuditContext, deadline: float) -> Finding:
     return Finding(verdict,
                    f"Within-class spectral outlier rank separates suspects from clean inputs with AUROC {a:.3f} "
                    f"({flagged:.1%} of suspects removed at ART's default cut)."
-                   + control_sentence("AUROC", a, control_auroc, control, ".3f"), evidence)
+                   + control_sentence("AUROC", a, control_auroc, control, ".3f", a >= 0.8), evidence)
 
 
 def _spectral_auroc(acts: torch.Tensor, labels: torch.Tensor, is_suspect: torch.Tensor):

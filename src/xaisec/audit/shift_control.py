@@ -110,13 +110,14 @@ def excess(model_rate: float, control_rate: float | None) -> bool:
 
 
 def control_sentence(name: str, model_rate: float, control_rate: float | None, control: ShiftControl,
-                     unit: str = "") -> str:
-    """One sentence for a check's summary: what the clean control says about the same suspects."""
+                     unit: str = "", flagged_alone: bool = True) -> str:
+    """One sentence for a check's summary: what the clean control says about the same suspects (and, when the
+    check's own rule flagged them, ``flagged_alone``, whether the control explains that)."""
     if control_rate is None:
         return f" No shift control ({control.reason}): this result may reflect unusual inputs, not the model."
     who = "the trusted reference model" if control.source == "reference" else "a clean model trained by the audit"
     text = f" On {who}, the same suspects give {control_rate:{unit}} ({name})."
-    if not excess(model_rate, control_rate):
+    if flagged_alone and not excess(model_rate, control_rate):
         text += (" The suspects are about as unusual for a clean model: this is a shift of the input distribution "
                  "(e.g. a global filter or a new domain), not evidence of a backdoor in this model.")
     return text
