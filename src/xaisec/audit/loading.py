@@ -66,7 +66,13 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
             model = build_model(arch, data.input_shape, data.num_classes)
         except XaisecError as exc:
             raise ModelError(f"architecture {arch!r} does not fit the data {data.summary()}: {exc}") from exc
-        load_weights(model, path)
+        try:
+            load_weights(model, path)
+        except ModelError as exc:  # the architecture was built for the data's shape: the data may be what is off
+            raise ModelError(f"{exc} The {what} was built for the data's input shape {data.input_shape} and "
+                             f"{data.num_classes} classes: if the weights were trained on another number of "
+                             "channels or classes, give matching data (for an image folder: imagefolder:root=DIR,"
+                             "channels=1 or 3)") from exc
     check_model_fits(model, data, what)
     return model.eval()
 
