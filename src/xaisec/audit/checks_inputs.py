@@ -24,7 +24,8 @@ from ..errors import ModelError
 from ..train import eval_mode, predict
 from .context import INFO, NO_EVIDENCE, SUSPICIOUS, AuditContext, Figure, Finding, register_check, skipped
 from .figures import histograms_figure, scatter_figure
-from .shift_control import EXCESS_OVER_CONTROL, control_sentence, excess, shift_control, usable_control
+from .shift_control import (AUROC_EXCESS, PAIRED_SHARE, beyond_control, control_sentence, paired_share, robust_z,
+                            shift_control, usable_control)
 
 #: a suspect set is flagged when this share of it is detected and it is at least 3x the clean false-positive rate
 FLAG_SHARE = 0.2
@@ -49,7 +50,7 @@ def check_shift_control(ctx: AuditContext, deadline: float) -> Finding:
         return skipped("The shift control compares the suspects on a clean model; give --suspects to run it.")
     control = shift_control(ctx, deadline)
     evidence = {"source": control.source, "control_accuracy": control.accuracy, "seconds": round(control.seconds, 2),
-                "excess_required": EXCESS_OVER_CONTROL}
+                "paired_share_required": PAIRED_SHARE, "auroc_excess_required": AUROC_EXCESS}
     if control.model is None:
         return Finding(INFO, f"No clean control model: {control.reason}. The screening checks below decide alone, "
                              "so a global change of the inputs (filter, overlay, new domain) can make them flag a "
@@ -57,9 +58,11 @@ def check_shift_control(ctx: AuditContext, deadline: float) -> Finding:
     who = ("your trusted reference model" if control.source == "reference" else
            f"a model of the same architecture trained by the audit from scratch on {len(ctx.x_fit)} clean images")
     return Finding(INFO, f"The control is {who} (clean accuracy {control.accuracy:.1%}). Each screening check below "
-                         "scores the suspects on it too and calls them suspicious only when the audited model flags "
-                         f"them at least {EXCESS_OVER_CONTROL:.0%} more often (AUROC points for Spectral Signatures; "
-                         "for Activation Clustering: separable here but not there).", evidence)
+                         "scores the suspects on it too and calls them suspicious only when the audited model reacts "
+                         f"to them clearly more: at least {PAIRED_SHARE:.0%} of the suspects more anomalous here than "
+                         "on the control, in units of each model's own clean scores (explanation consistency, STRIP); "
+                         f"{AUROC_EXCESS:.2f} more AUROC (Spectral Signatures); separable here but not there "
+                         "(Activation Clustering).", evidence)
 
 
 @register_check("explanation_consistency", "Explanation consistency (interpreters, perturbations, reference)",
@@ -91,16 +94,17 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
                      "auroc_combined": auroc(s_clean, s_sus)})
     for n in det.component_names:
         groups[n]["suspects"] = sus[n].numpy()
-    control, control_rate = usable_control(ctx), None
+    control, control_rate, share = usable_control(ctx), None, None
     if control.model is not None:
         # the same detector on the clean control: calibrated on the same clean images, scoring the same suspects
         cdet = ExplanationConsistency(control.model, explainers_for(control.model), seed=ctx.seed,
                                       reference=None if control.source == "reference" else ctx.reference)
         cdet.fit(ctx.x_fit[:N_CALIBRATION], fpr=0.05)
         c_sus = cdet.details(ctx.suspects)
-        control_rate = float((cdet._combine({n: c_sus[n] for n in cdet.component_names})
-                              > cdet.calibration.threshold).float().mean())
-        evidence["control_detection_rate"] = control_rate
+        c_score = cdet._combine({n: c_sus[n] for n in cdet.component_names})
+        control_rate = float((c_score > cdet.calibration.threshold).float().mean())
+        share = paired_share(robust_z(s_sus, cal.clean_scores), robust_z(c_score, cdet.calibration.clean_scores))
+        evidence.update(control_detection_rate=control_rate, paired_share_over_control=share)
         for n in set(det.component_names) & set(cdet.component_names):
             groups[n]["suspects on the clean control"] = c_sus[n].numpy()
     fig = Figure("Explanation-consistency scores: held-out clean inputs vs suspects", histograms_figure(groups))
@@ -109,8 +113,8 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
             f"vs clean {evidence['auroc_combined']:.3f} combined, {evidence['auroc_suspects_vs_clean'][best]:.3f} "
             f"for {best}.")
     alone = _flagged_share(detected, fpr)
-    text += control_sentence("detected", detected, control_rate, control, ".1%", alone)
-    verdict = SUSPICIOUS if alone and excess(detected, control_rate) else NO_EVIDENCE
+    text += control_sentence(control, alone, share, control_rate)
+    verdict = SUSPICIOUS if alone and beyond_control(share) else NO_EVIDENCE
     prefix = "The suspects' explanations are inconsistent where clean ones are not: " if verdict == SUSPICIOUS else ""
     return Finding(verdict, prefix + text, evidence, [fig])
 
@@ -127,20 +131,22 @@ def check_strip(ctx: AuditContext, deadline: float) -> Finding:
     detected = float((sus > det.threshold).float().mean())
     evidence = {"threshold": det.threshold, "suspect_detection_rate": detected, "clean_false_positive_rate": fpr,
                 "auroc_suspects_vs_clean": auroc(clean, sus)}
-    control, control_rate = usable_control(ctx), None
+    control, control_rate, share = usable_control(ctx), None, None
     if control.model is not None:
         cdet = _strip(ctx, control.model)
-        control_rate = float((cdet.score(ctx.suspects) > cdet.threshold).float().mean())
-        evidence["control_detection_rate"] = control_rate
+        c_sus = cdet.score(ctx.suspects)
+        control_rate = float((c_sus > cdet.threshold).float().mean())
+        share = paired_share(robust_z(sus, clean), robust_z(c_sus, cdet.score(ctx.x_eval[:N_CALIBRATION])))
+        evidence.update(control_detection_rate=control_rate, paired_share_over_control=share)
     fig = Figure("STRIP score (minus entropy of blended predictions; higher = more trigger-like)",
                  histograms_figure({"STRIP score": {"clean": clean.numpy(), "suspects": sus.numpy()}},
                                    {"STRIP score": det.threshold}))
     alone = _flagged_share(detected, fpr)
-    verdict = SUSPICIOUS if alone and excess(detected, control_rate) else NO_EVIDENCE
+    verdict = SUSPICIOUS if alone and beyond_control(share) else NO_EVIDENCE
     return Finding(verdict,
                    f"{detected:.1%} of the suspects keep their prediction under superimposition more than 95% "
                    f"of clean inputs do (AUROC {evidence['auroc_suspects_vs_clean']:.3f})."
-                   + control_sentence("detected", detected, control_rate, control, ".1%", alone), evidence, [fig])
+                   + control_sentence(control, alone, share, control_rate), evidence, [fig])
 
 
 def _strip(ctx: AuditContext, model: nn.Module) -> STRIPDetector:
@@ -213,7 +219,7 @@ def check_activation_clustering(ctx: AuditContext, deadline: float) -> Finding:
             f"rate {mis.label_agnostic_rate:.1%} over the classes the suspects are predicted as; < 5% "
             "separable, > 30% fully overlapping).")
     if control.model is None:
-        text += control_sentence("", 0.0, None, control)
+        text += control_sentence(control, separable)
     else:
         text += (f" In the clean control model they are {control_overlap} (misclustering "
                  f"{evidence['control_misclustering']:.1%}).")
@@ -248,11 +254,18 @@ def check_spectral_signatures(ctx: AuditContext, deadline: float) -> Finding:
     if control.model is not None:
         control_auroc = _spectral_auroc(*_population(ctx, control=True))[0]
         evidence["control_auroc"] = control_auroc
-    verdict = SUSPICIOUS if a >= 0.8 and excess(a, control_auroc) else NO_EVIDENCE
-    return Finding(verdict,
-                   f"Within-class spectral outlier rank separates suspects from clean inputs with AUROC {a:.3f} "
-                   f"({flagged:.1%} of suspects removed at ART's default cut)."
-                   + control_sentence("AUROC", a, control_auroc, control, ".3f", a >= 0.8), evidence)
+    beyond = control_auroc is None or a - control_auroc >= AUROC_EXCESS
+    verdict = SUSPICIOUS if a >= 0.8 and beyond else NO_EVIDENCE
+    text = (f"Within-class spectral outlier rank separates suspects from clean inputs with AUROC {a:.3f} "
+            f"({flagged:.1%} of suspects removed at ART's default cut).")
+    if control.model is None:
+        text += control_sentence(control, a >= 0.8)
+    else:
+        text += f" In the clean control model: AUROC {control_auroc:.3f}."
+        if a >= 0.8 and not beyond:
+            text += (" The suspects stand out in a clean model too: a shift of the input distribution, not evidence "
+                     "of a backdoor in this model.")
+    return Finding(verdict, text, evidence)
 
 
 def _spectral_auroc(acts: torch.Tensor, labels: torch.Tensor, is_suspect: torch.Tensor):

@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 #: the control model must reach this clean accuracy to stand for "a clean model of the task"
 MIN_CONTROL_ACCURACY = 0.5
-#: a check's suspect statistic must exceed the control's by this much (detection-rate points) to count
-EXCESS_OVER_CONTROL = 0.2
+#: share of the suspects that must score higher on the audited model than on the clean control (scores in robust
+#: z units of each model's own clean inputs); exchangeable models give about 0.5
+PAIRED_SHARE = 0.75
+#: Spectral Signatures: AUROC points the audited model must add over the clean control
+AUROC_EXCESS = 0.2
 #: optimiser steps of the shift-control model (batch 64): enough for a small network to fit a few thousand images
 SURROGATE_STEPS = 600
 
@@ -103,21 +106,40 @@ def shift_control(ctx: AuditContext, deadline: float | None = None) -> ShiftCont
     return control
 
 
-def excess(model_rate: float, control_rate: float | None) -> bool:
-    """The model's suspect statistic exceeds the clean control's by :data:`EXCESS_OVER_CONTROL` (True when there
-    is no control: the check then decides alone, and says so)."""
-    return control_rate is None or model_rate - control_rate >= EXCESS_OVER_CONTROL
+def robust_z(scores: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``scores`` (N,) in robust z units of the ``clean`` scores (M,) of the same model: (s - median) / (1.4826 MAD).
+    This puts two models' scores of the same suspects on one scale."""
+    center = clean.median()
+    scale = max(1.4826 * float((clean - center).abs().median()), 1e-6)
+    return (scores - center) / scale
 
 
-def control_sentence(name: str, model_rate: float, control_rate: float | None, control: ShiftControl,
-                     unit: str = "", flagged_alone: bool = True) -> str:
-    """One sentence for a check's summary: what the clean control says about the same suspects (and, when the
-    check's own rule flagged them, ``flagged_alone``, whether the control explains that)."""
-    if control_rate is None:
+def paired_share(model_z: torch.Tensor, control_z: torch.Tensor) -> float:
+    """Share of the suspects (paired, (N,) each) more anomalous on the audited model than on the control (ties
+    count half). About 0.5 when the two models react alike to the suspects, near 1 when the audited model alone
+    reacts to them."""
+    return float(((model_z > control_z).float() + 0.5 * (model_z == control_z).float()).mean())
+
+
+def beyond_control(share: float | None) -> bool:
+    """The audited model reacts to the suspects clearly more than the clean control (True without a control:
+    the check then decides alone, and says so)."""
+    return share is None or share >= PAIRED_SHARE
+
+
+def control_sentence(control: ShiftControl, flagged_alone: bool, share: float | None = None,
+                     control_rate: float | None = None, name: str = "detected") -> str:
+    """One or two sentences for a check's summary: what the clean control says about the same suspects and, when
+    the check's own rule flagged them (``flagged_alone``), whether the control explains that."""
+    if control.model is None:
         return f" No shift control ({control.reason}): this result may reflect unusual inputs, not the model."
     who = "the trusted reference model" if control.source == "reference" else "a clean model trained by the audit"
-    text = f" On {who}, the same suspects give {control_rate:{unit}} ({name})."
-    if flagged_alone and not excess(model_rate, control_rate):
+    text = f" On {who}, the same suspects give {control_rate:.1%} {name}" if control_rate is not None else \
+        f" Compared with {who}"
+    if share is not None:
+        text += f"; {share:.0%} of them are more anomalous on this model than there (counts from {PAIRED_SHARE:.0%})"
+    text += "."
+    if flagged_alone and not beyond_control(share):
         text += (" The suspects are about as unusual for a clean model: this is a shift of the input distribution "
                  "(e.g. a global filter or a new domain), not evidence of a backdoor in this model.")
     return text
