@@ -90,7 +90,20 @@ def summarise(report: dict) -> dict:
             "overall_with_suspects_without_control": "suspicious" if model_level or "suspicious" in alone.values()
             else "no evidence",
             "control_accuracy": checks.get("shift_control", {}).get("evidence", {}).get("control_accuracy"),
-            "total_seconds": report["total_seconds"]}
+            "total_seconds": report["total_seconds"], "numbers": _numbers(checks)}
+
+
+def _numbers(checks: dict) -> dict:
+    out = {}
+    for short, name in (("ec", "explanation_consistency"), ("strip", "strip")):
+        ev = checks.get(name, {}).get("evidence", {})
+        out.update({f"{short}_model": ev.get("suspect_detection_rate"), f"{short}_control": ev.get("control_detection_rate"),
+                    f"{short}_share": ev.get("paired_share_over_control")})
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
 
 
 def rate(rows: list[dict], key) -> str:
@@ -127,6 +140,14 @@ def tables(results: dict[str, dict[str, dict]]) -> str:
                          ("overall, with suspects, no control", "overall_with_suspects_without_control"),
                          ("overall, with suspects, controlled", "overall_with_suspects")):
         lines.append(f"| **{label}** | {rate(clean, lambda r: r[field])} | {rate(attacked, lambda r: r[field])} |")
+    lines += ["", "| run | model | control accuracy | EC detected (model / control) | EC paired share | "
+              "STRIP detected (model / control) | STRIP paired share |", "|---|---|---|---|---|---|---|"]
+    for run, kinds in results.items():
+        for kind, r in kinds.items():
+            n = r["numbers"]
+            lines.append(f"| {run} | {kind} | {_pct(r['control_accuracy'])} | {_pct(n.get('ec_model'))} / "
+                         f"{_pct(n.get('ec_control'))} | {_pct(n.get('ec_share'))} | {_pct(n.get('strip_model'))} / "
+                         f"{_pct(n.get('strip_control'))} | {_pct(n.get('strip_share'))} |")
     return "\n".join(lines)
 
 
