@@ -10,7 +10,8 @@ not look at the suspects and the input-level checks only report a clean calibrat
 For each screening check the table also shows the verdict the check would give alone, without the shift control
 (recomputed from the same evidence with the check's own rule), so the control's effect is measured on identical
 scores. Writes ``DIR/<run>/<clean|attacked>/audit.json`` (an existing one is reused: the script resumes) and
-``DIR/calibration.json``, prints Markdown tables and the machine load. Not a test: it trains nothing but runs full audits (minutes per model).
+``DIR/calibration.json``, prints Markdown tables and the machine load. Not a test: it trains nothing but runs full
+audits (minutes per model).
 """
 from __future__ import annotations
 

@@ -188,8 +188,9 @@ def shape_mismatch(spec: DataSpec, got: tuple[int, ...], expected: tuple[int, ..
             fix["channels"] = expected[0]
     if fix:
         fixed = DataSpec(spec.name, {**spec.options, **fix})
+        yaml_options = ", ".join(f"{k}: {_scalar(v)}" for k, v in fixed.options.items())
         return (text + f" Set {' and '.join(f'{k}=' for k in fix)} in the data options: {fixed} (YAML: "
-                f"{{name: {spec.name}, options: {{{', '.join(f'{k}: {_scalar(v)}' for k, v in fixed.options.items())}}}}})")
+                f"{{name: {spec.name}, options: {{{yaml_options}}}}})")
     if spec.name == "npz":
         return text + " Save the arrays at the model's input size (x of shape (N, C, H, W))."
     return text + (" This dataset has no size= or channels= option; give data of the size the model was trained on, "
