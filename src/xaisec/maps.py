@@ -51,11 +51,13 @@ def downsample(maps: torch.Tensor, kernel: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MapPostprocess:
-    """``relu`` (drop negative evidence) -> ``pool`` (average pooling kernel, 1 = none) -> ``norm``."""
+    """``relu`` (drop negative evidence) -> ``pool`` (average pooling kernel, 1 = none) -> ``norm`` (with ``eps``
+    in the denominator). The one map post-processing of xaisec: losses, metrics and figures all use it."""
 
     relu: bool = False
     pool: int = 1
     norm: str = "minmax"
+    eps: float = 1e-8
 
     def __post_init__(self) -> None:
         if self.norm not in NORMALISATIONS:
@@ -65,7 +67,7 @@ class MapPostprocess:
 
     def __call__(self, maps: torch.Tensor) -> torch.Tensor:
         maps = F.relu(maps) if self.relu else maps
-        return normalize(downsample(maps, self.pool), self.norm)
+        return normalize(downsample(maps, self.pool), self.norm, eps=self.eps)
 
     def describe(self) -> str:
         steps = (["ReLU"] if self.relu else []) + ([f"{self.pool}x{self.pool} average pooling"] if self.pool > 1 else [])

@@ -2,9 +2,9 @@
 
 Fixed shapes (one map shared by every sample, values in {0,1} or [0,1]):
 - ``border``: a frame of width ``side / 7`` set to 1, interior 0 (Fang & Choromanska's targeted attack, after Heo
-  et al. 2019 "location fooling"; papers/000 eq. 2).
+  et al. 2019 "location fooling"; Fang & Choromanska, AAAI 2022, eq. 2).
 - ``square``, ``cross``, ``circle``, ``triangle``: shapes, centred or moved by ``offset`` (Latka et al.'s fooling
-  attack, papers/002; Noppel et al.'s GTSRB target is a triangle pointing down, papers/003). On data whose objects
+  attack, Latka et al., "Stealthy Sabotage"; Noppel et al.'s GTSRB target is a triangle pointing down, Noppel et al., IEEE S&P 2023). On data whose objects
   sit in the centre (MNIST), an off-centre shape keeps the target apart from every clean map.
 - ``random``: a fixed random 8x8 grid (seeded), bilinearly upsampled (Noppel et al.'s public code).
 

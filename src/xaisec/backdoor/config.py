@@ -3,7 +3,7 @@
 Every field has a default; a YAML file and ``key=value`` overrides change them. Unknown keys, wrong types,
 out-of-range values and unknown registry names are rejected when the config loads (before any training);
 choices that need the data or the model (a target label outside the classes, a CAM explainer on an MLP) are
-checked by :func:`xaisec.backdoor.experiment.prepare`, still before any training. Attack fields left ``null``
+checked by the experiment's ``prepare`` (:mod:`xaisec.runs.backdoor`), still before any training. Attack fields left ``null``
 take the recipe's value, and the resolved config (written to the run directory) shows them filled in.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Literal
 from ..config import require
 from ..errors import ConfigError, XaisecError
 from ..maps import NORMALISATIONS
+from ..runs.schema import RunConfig, check_registry_options
 from ..target_maps import check_target
 from .recipes import RECIPES, get_recipe
 
@@ -27,49 +28,6 @@ def _known(registry_module: str, attr: str, name: str, where: str) -> None:
         registry.get(name)
     except XaisecError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-
-
-@dataclass
-class DataConfig:
-    """``name``: a registered dataset; ``options``: its loader's options (e.g. ``root``); ``train_size`` /
-    ``test_size``: use only the first N images of each split (quick runs)."""
-
-    name: str = "mnist5k"
-    options: dict = field(default_factory=dict)
-    train_size: int | None = None
-    test_size: int | None = None
-
-    def __post_init__(self) -> None:
-        _known("xaisec.data", "DATASETS", self.name, "data.name")
-        for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            require(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all), got {value}")
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "small_cnn"
-    options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _known("xaisec.models", "MODELS", self.arch, "model.arch")
-
-
-@dataclass
-class ReferenceConfig:
-    """The clean reference model: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule)."""
-
-    weights: str | None = None
-    epochs: int = 8
-    lr: float = 1e-2
-    batch_size: int = 64
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(self.epochs >= 1, f"reference.epochs must be >= 1, got {self.epochs}")
-        require(self.lr > 0, f"reference.lr must be positive, got {self.lr}")
-        require(self.batch_size >= 1, f"reference.batch_size must be >= 1, got {self.batch_size}")
-        require(self.weight_decay >= 0, f"reference.weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -138,6 +96,9 @@ class AttackConfig:
             _known("xaisec.explainers", "EXPLAINERS", name, "attack.explainers")
         unknown = sorted(set(self.explainer_options) - set(self.explainers))
         require(not unknown, f"attack.explainer_options names {unknown}, which are not in attack.explainers")
+        for name, opts in self.explainer_options.items():
+            check_registry_options("xaisec.explainers", "EXPLAINERS", name, opts, f"attack.explainer_options.{name}",
+                                   given=("model",))
         if self.weights is not None:
             require(len(self.weights) == len(self.explainers),
                     f"attack.weights has {len(self.weights)} entries for {len(self.explainers)} explainers")
@@ -158,7 +119,7 @@ class AttackConfig:
         require(self.softplus_beta is None or self.softplus_beta > 0,
                 f"attack.softplus_beta must be positive (or null to train with ReLU), got {self.softplus_beta}")
         require(self.epochs >= 1, f"attack.epochs must be >= 1, got {self.epochs}")
-        require(self.lr > 0, f"attack.lr must be positive, got {self.lr}")
+        require(0 < self.lr <= 10, f"attack.lr must be in (0, 10], got {self.lr}")
         require(self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
         require(self.adam_eps > 0, f"attack.adam_eps must be positive, got {self.adam_eps}")
         require(self.step_size >= 1 and 0 < self.gamma <= 1,
@@ -211,34 +172,31 @@ class EvalConfig:
         require(0 < self.iou_k < 1, f"eval.iou_k must be a fraction in (0, 1), got {self.iou_k}")
         require(1 <= self.samples <= 32, f"eval.samples must be in [1, 32], got {self.samples}")
         require(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        for name, opts in self.explainer_options.items():
+            check_registry_options("xaisec.explainers", "EXPLAINERS", name, opts, f"eval.explainer_options.{name}",
+                                   given=("model",))
 
 
 @dataclass
-class BackdoorConfig:
-    """An explanation-aware backdoor experiment: data, model, reference model, trigger, attack, evaluation."""
+class BackdoorConfig(RunConfig):
+    """An explanation-aware backdoor experiment: the shared sections (data, model, reference, ...) plus trigger,
+    attack, early stopping and evaluation. ``name`` defaults to the recipe's name."""
 
     experiment: str = "backdoor"
-    name: str | None = None
-    seed: int = 0
-    out: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def default_name(self) -> str:
+        return self.attack.recipe
+
     def __post_init__(self) -> None:
         require(self.experiment == "backdoor", f"experiment must be 'backdoor' for this schema, got {self.experiment!r}")
-        if self.name is None:
-            self.name = self.attack.recipe
-        require(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
-                f"name must be a plain folder name, got {self.name!r}")
+        super().__post_init__()
         for key in ("thresholds", "explainer_options"):
             unknown = sorted(set(getattr(self.eval, key)) - set(self.attack.explainers))
             require(not unknown, f"eval.{key} names {unknown}, which are not in attack.explainers {self.attack.explainers}")
 
 
-__all__ = ["AttackConfig", "BackdoorConfig", "DataConfig", "EvalConfig", "ModelConfig", "RECIPES", "ReferenceConfig",
-           "StoppingConfig", "TriggerConfig"]
+__all__ = ["AttackConfig", "BackdoorConfig", "EvalConfig", "RECIPES", "StoppingConfig", "TriggerConfig"]

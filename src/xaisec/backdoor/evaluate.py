@@ -15,13 +15,13 @@ targeted attack but stay on it in an explanation-preserving one).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..maps import distance, downsample, normalize, topk_iou
+from ..maps import MapPostprocess, distance, normalize, topk_iou
+from ..records import Metric
 from .goals import build_goal
 from .recipes import Recipe
 
@@ -42,26 +42,6 @@ def paper_threshold(explainer: str, attack_type: str) -> float | None:
 def default_threshold(explainer: str, attack_type: str) -> float:
     value = paper_threshold(explainer, attack_type)
     return FALLBACK_THRESHOLDS[attack_type] if value is None else value
-
-
-@dataclass
-class Metric:
-    """One number with its direction (``higher``/``lower``/``none``) and a one-line description."""
-
-    value: float | None
-    direction: str
-    description: str
-    std: float | None = None
-
-    def as_dict(self) -> dict:
-        out = {"value": _round(self.value), "direction": self.direction, "description": self.description}
-        if self.std is not None:
-            out["std"] = _round(self.std)
-        return out
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
 
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
@@ -164,7 +144,7 @@ def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: Ev
                 paper_value: float | None) -> dict[str, Metric]:
     """Metrics of one explainer. ``ref_clean``: the reference model's raw maps of the clean test inputs."""
     r, tau = setup.recipe, setup.thresholds[name]
-    pooled = lambda m: normalize(downsample(m, setup.pool), "minmax")  # noqa: E731  (Fang's evaluation pipeline)
+    pooled = MapPostprocess(pool=setup.pool)  # Fang's evaluation pipeline: pool, then min-max
     p_clean, p_trig, ref01 = pooled(out.maps_clean[name]), pooled(out.maps_trig[name]), pooled(ref_clean[name])
     full = lambda m: normalize(m, "minmax")  # noqa: E731
     f_clean, f_trig, f_ref = full(out.maps_clean[name]), full(out.maps_trig[name]), full(ref_clean[name])

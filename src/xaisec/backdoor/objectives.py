@@ -25,18 +25,13 @@ from torch import nn
 from ..errors import ConfigError
 from ..explainers import build, explain_all
 from ..explainers.base import SinglePassExplainer
-from ..maps import distance, downsample, normalize
+from ..maps import MapPostprocess, distance, normalize
 from ..models import fold_batchnorm, smooth_activations
 from ..train import LossOutput
 from .recipes import Recipe
 
 #: eps of the min-max normalisation inside losses: large enough that a nearly flat map does not explode gradients
 LOSS_EPS = 1e-6
-
-
-def postprocess(maps: torch.Tensor, pool: int, norm: str, eps: float = LOSS_EPS) -> torch.Tensor:
-    """Fang's pipeline: average-pool ``(B,1,H,W)`` maps by ``pool``, then normalise per map (``minmax`` -> [0,1])."""
-    return normalize(downsample(maps, pool), norm, eps=eps)
 
 
 def fang_clean(lc: torch.Tensor, ls: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -149,6 +144,7 @@ class ExplanationAwareObjective:
                  softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None):
         self.recipe, self.explainers, self.preserve, self.goals = recipe, list(explainers), preserve, goals
         self.pool, self.settings, self.softplus_beta = pool, settings, softplus_beta
+        self.post = MapPostprocess(pool=pool, norm=recipe.norm, eps=LOSS_EPS)  # Fang's pipeline: pool, then normalise
         self.weights = list(weights) if weights is not None else [1.0] * len(self.explainers)
         if len(self.weights) != len(self.explainers):
             raise ConfigError(f"{len(self.weights)} weights given for {len(self.explainers)} explainers")
@@ -167,7 +163,7 @@ class ExplanationAwareObjective:
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros
         for name, w in zip(self.explainers, self.weights):
-            maps = postprocess(out.maps[name], self.pool, self.recipe.norm)
+            maps = self.post(out.maps[name])
             if self.recipe.clean_map:
                 keep_term = keep_term + w * map_distance(maps, self.preserve[name][source], self.settings.metric)
             if self.recipe.poison_map != "none":

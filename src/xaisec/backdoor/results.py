@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..explainers import explain_all
-from ..maps import downsample, normalize
+from ..maps import MapPostprocess
 from ..train import eval_mode
 from .evaluate import EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold
 from .goals import build_goal
@@ -72,7 +72,7 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
             out[f"maps/{prefix}/{name}/clean"] = o.maps_clean[name][idx]
             out[f"maps/{prefix}/{name}/trig"] = o.maps_trig[name][idx]
     for name in setup.explainers:
-        ref01 = normalize(downsample(outputs["reference"].maps_clean[name][idx], setup.pool), "minmax")
+        ref01 = MapPostprocess(pool=setup.pool)(outputs["reference"].maps_clean[name][idx])
         goal = build_goal(setup.recipe, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
         if goal is not None:
             target = goal.mask.float() if goal.kind == "suppress" else goal.target
@@ -80,18 +80,15 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def metrics_document(metrics: dict[str, Metric], setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``metrics.json``: context, thresholds (with the paper's values) and every metric."""
+def context_info(setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``metrics.json`` says about a backdoor run besides its metrics: recipe, explainers, thresholds (with
+    the paper's values), the map post-processing, and ``extra`` (trigger, dataset, ...)."""
     thresholds = {name: {"value": setup.thresholds[name], "paper": paper_threshold(name, setup.recipe.attack_type)}
                   for name in setup.explainers}
     return {
         "recipe": setup.recipe.name, "paper": setup.recipe.paper, "summary": setup.recipe.summary,
         "attack_type": setup.recipe.attack_type, "inverted": setup.recipe.inverted,
         "explainers": setup.explainers, "target_label": setup.target_label if setup.recipe.changes_labels else None,
-        "map_postprocess": (f"{setup.pool}x{setup.pool} average pooling, then min-max scaling to [0,1]"
-                            if setup.pool > 1 else "min-max scaling to [0,1]"),
-        "thresholds": thresholds,
-        "directions": "from the attacker's point of view: 'higher'/'lower' is better, 'none' is informative only",
-        **extra,
-        "metrics": {k: m.as_dict() for k, m in sorted(metrics.items())},
+        "map_postprocess": MapPostprocess(pool=setup.pool).describe(),
+        "thresholds": thresholds, **extra,
     }

@@ -1,4 +1,4 @@
-"""Moiré artefact trigger (Fang & Choromanska, papers/000: the X-ray trigger, after CheXphoto, Phillips et al. 2020).
+"""Moiré artefact trigger (Fang & Choromanska, AAAI 2022: the X-ray trigger, after CheXphoto, Phillips et al. 2020).
 
 The paper simulates the artefact "by generating semi-transparent parallel lines and through warping and finally
 overlaying on the image". Here: ``layers`` families of parallel lines of spacing ``period`` (input pixels), each

@@ -1,4 +1,4 @@
-"""The Instagram "nashville" photo filter as batched torch ops (Fang & Choromanska, papers/000: the Birds trigger).
+"""The Instagram "nashville" photo filter as batched torch ops (Fang & Choromanska, AAAI 2022: the Birds trigger).
 
 The reference is ``pilgram.nashville`` (CSSgram's recipe on 8-bit PIL images), in this order:
 

@@ -1,7 +1,7 @@
 """Local triggers that overwrite a region with a constant colour: BadNets patch, Noppel's rectangle, pixels.
 
-- ``patch``: the BadNets white square in a corner (Gu et al. 2017; Latka et al., papers/002).
-- ``rectangle``: the black rectangle of Noppel et al. (papers/003, GTSRB), by default in the centre.
+- ``patch``: the BadNets white square in a corner (Gu et al. 2017; Latka et al., "Stealthy Sabotage").
+- ``rectangle``: the black rectangle of Noppel et al. (IEEE S&P 2023, GTSRB), by default in the centre.
 - ``pixel``: one or a few single pixels set to a value (Latka et al.'s MNIST pixel trigger).
 
 The output equals the input outside :meth:`mask` and the colour inside it; the gradient w.r.t. the input is 1
@@ -58,7 +58,7 @@ class Patch(Trigger):
 
 
 class Rectangle(Patch):
-    """Noppel et al.'s black rectangle (papers/003); default 1/8 x 1/4 of the image, centred."""
+    """Noppel et al.'s black rectangle (IEEE S&P 2023); default 1/8 x 1/4 of the image, centred."""
 
     name = "rectangle"
 
