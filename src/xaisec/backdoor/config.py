@@ -192,7 +192,6 @@ class BackdoorConfig(RunConfig):
         return self.attack.recipe
 
     def __post_init__(self) -> None:
-        require(self.experiment == "backdoor", f"experiment must be 'backdoor' for this schema, got {self.experiment!r}")
         super().__post_init__()
         for key in ("thresholds", "explainer_options"):
             unknown = sorted(set(getattr(self.eval, key)) - set(self.attack.explainers))

@@ -4,6 +4,7 @@ adds its own sections; option dictionaries are checked against the signature of 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -97,6 +98,8 @@ class RunConfig:
         return self.experiment
 
     def __post_init__(self) -> None:
+        kind = next(f.default for f in dataclasses.fields(self) if f.name == "experiment")
+        require(self.experiment == kind, f"experiment must be {kind!r} for this schema, got {self.experiment!r}")
         if self.name is None:
             self.name = self.default_name()
         check_folder_name(self.name, "name")
