@@ -26,7 +26,7 @@ from .errors import ConfigError, XaisecError
 from .maps import topk_mask
 from .registry import Registry
 
-FIXED_TARGETS = Registry("target map")
+FIXED_TARGETS = Registry("target map", "targets")
 DERIVED_TARGETS = ("reference", "inverted", "topk")
 
 

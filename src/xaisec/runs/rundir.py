@@ -80,11 +80,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_path(path: Path, what: str = "run directory") -> Path:
+    """A path the file system can hold: no NUL byte, every component at most 255 bytes."""
+    text = str(path)
+    if "\0" in text:
+        raise ConfigError(f"{what} {text!r} contains a NUL byte; give a plain path")
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if long:
+        raise ConfigError(f"{what} has a path component of {len(long[0].encode())} bytes ({long[0][:40]}...); "
+                          "the file system allows at most 255")
+    return path
+
+
 class RunDir:
     """Paths, markers and the lock of one run directory."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = check_path(Path(path))
         self._lock_fd: int | None = None
 
     def __truediv__(self, name: str) -> Path:

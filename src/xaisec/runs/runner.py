@@ -36,7 +36,7 @@ from .rundir import RunDir, unique_dir
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = Registry("experiment kind")
+EXPERIMENTS = Registry("experiment kind", "experiments")
 
 #: modules whose import registers the packaged experiment kinds
 KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor",)
