@@ -34,7 +34,7 @@ def image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, col_l
             else:
                 ax.axis("off")
             if c == 0:
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(label, fontsize=9)
             if r == 0 and col_labels is not None and c < len(col_labels):
                 ax.set_title(col_labels[c], fontsize=7)
     if title:
@@ -65,9 +65,9 @@ def map_grid(columns: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]], p
             if shown is not None:
                 ax.imshow(shown[r, 0].numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(name, fontsize=8)
             if c == 0 and row_labels is not None:
-                ax.set_ylabel(row_labels[r], fontsize=7)
+                ax.set_ylabel(row_labels[r], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
