@@ -43,9 +43,14 @@ def check_images(x: torch.Tensor, name: str = "x", *, allow_flat: bool = False) 
 
 def check_labels(y: torch.Tensor, num_classes: int, name: str = "y", batch: int | None = None) -> torch.Tensor:
     """Check integer class labels ``(B,)`` in ``[0, num_classes)``."""
+    if isinstance(y, (str, bytes)):
+        raise DataError(f"{name} must be a (B,) tensor of integer class indices, got {y!r}")
     if not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(y)
-    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        try:
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"{name} must be a (B,) tensor of integer class indices, got {type(y).__name__}") from None
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
         raise DataError(f"{name} must hold integer class indices, got dtype {y.dtype}")
     if y.dim() != 1 or (batch is not None and y.shape[0] != batch):
         want = f"({batch},)" if batch is not None else "(B,)"
