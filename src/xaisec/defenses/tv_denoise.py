@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
 from ._lbfgs import lbfgs
 
 
@@ -51,10 +51,8 @@ def tv_chambolle(x: torch.Tensor, weight: float = 0.1, n_iter: int = 100, *,
     iterations are recorded by autograd (memory grows with ``n_iter``).
     """
     check_images(x)
-    if weight < 0:
-        raise ConfigError(f"TV weight must be >= 0, got {weight}")
-    if not isinstance(n_iter, int) or n_iter < 1:
-        raise ConfigError(f"n_iter must be a positive integer, got {n_iter!r}")
+    weight = check_number(weight, "TV weight", low=0)
+    n_iter = check_int(n_iter, "n_iter", low=1, high=1_000_000)
     if weight == 0:
         return x.clone()
     tau = 0.25  # 1 / (2 * ndim): the step that skimage uses and Chambolle reports as convergent in practice
