@@ -13,6 +13,7 @@ import yaml
 from torch import nn
 
 from ..data import DATASETS, ImageDataset, load_dataset, stratified_split
+from ..data.files import labels_from_array, read_npz
 from ..errors import DataError, ModelError, XaisecError
 from ..io import load_weights
 from ..models import MODELS, build_model
@@ -34,6 +35,8 @@ def parse_data_spec(spec: str) -> tuple[str, dict]:
 
 def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
     """(N,C,H,W) float images in [0,1] from an (N,H,W), (N,C,H,W) or (N,H,W,C) array, uint8 or float."""
+    if a.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {a.dtype}; images must be uint8 (0-255) or floats in [0,1]")
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4:
@@ -48,14 +51,17 @@ def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
 def load_npz(path: Path) -> ImageDataset:
     """``x`` (N,C,H,W) or (N,H,W,C), uint8 0-255 or float in [0,1], and integer ``y``; optional ``x_test``/``y_test``
     (otherwise 30% of the samples are held out, stratified)."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
-
-    x, y = images_from_array(arrays["x"], f"{path}: x"), torch.from_numpy(arrays["y"].astype(np.int64))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DataError(f"{path} has {have} but no {lack}; give both test arrays or neither (then 30% of x is held out)")
+    x = images_from_array(arrays["x"], f"{path}: x")
+    y = labels_from_array(arrays["y"], f"{path}: y", count=len(x))
     if "x_test" in arrays:
-        x_test, y_test = images_from_array(arrays["x_test"], f"{path}: x_test"), torch.from_numpy(arrays["y_test"].astype(np.int64))
+        x_test = images_from_array(arrays["x_test"], f"{path}: x_test")
+        y_test = labels_from_array(arrays["y_test"], f"{path}: y_test", count=len(x_test))
     else:
         train, test = stratified_split(y.numpy(), 0.3, seed=0)
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]
@@ -142,10 +148,10 @@ def load_suspects(path: str, like: ImageDataset) -> torch.Tensor:
         raise DataError(f"suspect inputs file {p} does not exist")
     if p.suffix != ".npz":
         raise DataError(f"suspect inputs must be an .npz file with an array 'x', got {p.name}")
-    with np.load(p, allow_pickle=False) as f:
-        if "x" not in f.files:
-            raise DataError(f"{p} must hold an array 'x' of images; it has {f.files}")
-        x = images_from_array(f["x"], f"suspect inputs in {p.name}")
+    arrays = read_npz(p, "suspect inputs file")
+    if "x" not in arrays:
+        raise DataError(f"{p} must hold an array 'x' of images; it has {sorted(arrays)}")
+    x = images_from_array(arrays["x"], f"suspect inputs in {p.name}")
     if tuple(x.shape[1:]) != like.input_shape:
         raise DataError(f"suspect inputs have shape {tuple(x.shape[1:])}, the clean data {like.input_shape}")
     return x
