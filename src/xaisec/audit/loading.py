@@ -4,7 +4,6 @@ and optional suspect inputs. Every mismatch ends in a :class:`~xaisec.errors.Xai
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from ..data import DATASETS, ImageDataset, load_dataset, stratified_split
 from ..data.files import labels_from_array, read_npz
 from ..errors import DataError, ModelError, XaisecError
 from ..io import load_weights
-from ..models import MODELS, build_model
+from ..models import MODELS, build_model, model_from_entry_point
 from ..train import eval_mode
 from ..validation import check_images
 
@@ -96,21 +95,15 @@ def load_audit_data(spec: str, input_size: tuple[int, ...] | None = None) -> Ima
         raise DataError(f"dataset {name!r} does not take the options {sorted(options)}: {exc}") from exc
 
 
-def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False) -> nn.Module:
+def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False, *,
+                     allow_pickle: bool = False) -> nn.Module:
     """Build the model: ``module:function`` (called with no arguments, must return an ``nn.Module``) or a
     safetensors file loaded into ``build_model(arch, data.input_shape, data.num_classes)``; then check that it
     takes the data's input size and returns one logit per class. Returned in eval mode."""
     what = "reference model" if reference else "model"
     path = Path(model_spec)
     if ":" in model_spec and not path.exists() and path.suffix != ".safetensors":
-        module_name, _, attr = model_spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"cannot import the {what} entry point {model_spec!r}: {exc}") from exc
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
+        model = model_from_entry_point(model_spec, what)
     else:
         if not path.is_file():
             raise ModelError(f"{what} weights file {path} does not exist")
@@ -120,7 +113,7 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
             model = build_model(arch, data.input_shape, data.num_classes)
         except XaisecError as exc:
             raise ModelError(f"architecture {arch!r} does not fit the data {data.summary()}: {exc}") from exc
-        load_weights(model, path)
+        load_weights(model, path, allow_pickle=allow_pickle)
     check_model_fits(model, data, what)
     return model.eval()
 
