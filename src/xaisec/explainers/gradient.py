@@ -113,7 +113,12 @@ class IntegratedGradients(Explainer):
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         logits, t = _target_for(self.model, x, target, create_graph)
-        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        try:
+            base = base.expand_as(x)
+        except RuntimeError:
+            raise DataError(f"ig baseline of shape {tuple(base.shape)} does not broadcast to the inputs "
+                            f"{tuple(x.shape)}; give a number or an image of the input's shape") from None
         alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
         points = (base + alphas * (x - base)).reshape(-1, *x.shape[1:])  # (S*B, ...), step-major
         chunk = None if self.internal_batch_size is None else self.internal_batch_size * len(x)
