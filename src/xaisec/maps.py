@@ -59,6 +59,7 @@ def normalize(maps: torch.Tensor, how: str = "minmax", eps: float = 1e-8) -> tor
 def downsample(maps: torch.Tensor, kernel: int) -> torch.Tensor:
     """Average-pool ``(B,1,H,W)`` maps by ``kernel`` (Fang & Choromanska train on pooled maps)."""
     kernel = check_int(kernel, "pooling kernel", low=1)
+    check_maps(maps)
     if kernel == 1:
         return maps
     if maps.dim() != 4:
@@ -84,7 +85,7 @@ class MapPostprocess:
             raise ConfigError(f"map post-processing relu must be True or False, got {self.relu!r}")
 
     def __call__(self, maps: torch.Tensor) -> torch.Tensor:
-        maps = F.relu(maps) if self.relu else maps
+        maps = F.relu(check_maps(maps)) if self.relu else check_maps(maps)
         return normalize(downsample(maps, self.pool), self.norm)
 
     def describe(self) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Hashable
 
 import torch
 
-from .errors import ConfigError, DataError, XaisecError
+from .errors import ConfigError, DataError, ModelError, XaisecError
 
 
 def check_images(x: torch.Tensor, name: str = "x", *, allow_flat: bool = False) -> torch.Tensor:
@@ -28,6 +28,8 @@ def check_images(x: torch.Tensor, name: str = "x", *, allow_flat: bool = False) 
         raise DataError(f"{name} has shape {tuple(x.shape)}; expected {want}.{hint}")
     if x.shape[0] == 0:
         raise DataError(f"{name} is an empty batch")
+    if x.numel() == 0:
+        raise DataError(f"{name} has shape {tuple(x.shape)}: a size-0 dimension; every image needs channels and pixels")
     with torch.no_grad():
         lo, hi = torch.aminmax(x)  # one pass: NaN and inf propagate into the extremes
         lo, hi = lo.item(), hi.item()
@@ -148,3 +150,21 @@ def match_model_dtype(x: torch.Tensor, model: torch.nn.Module, name: str = "x") 
 
 class DtypeCastWarning(UserWarning):
     """Inputs were cast to the model's dtype (see :func:`match_model_dtype`)."""
+
+
+def model_logits(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    """``model(x)``, checked to be logits ``(B, classes)``; a model that cannot take ``x`` (wrong channel count
+    or size for its layers) raises :class:`~xaisec.errors.DataError` naming the shape instead of torch's
+    RuntimeError from deep inside the model. Out-of-memory errors pass through unchanged."""
+    try:
+        logits = model(x)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"the model cannot take {name} of shape {tuple(x.shape)} ({first}); give inputs of the "
+                        "shape and channel count the model was built for") from exc
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ModelError(f"the model must return logits of shape (B, classes), got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    return logits

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..train import eval_mode
-from ..validation import check_images, check_int, check_number, match_model_dtype
+from ..validation import check_images, check_int, check_number, match_model_dtype, model_logits
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
     gen = torch.Generator().manual_seed(seed)
     x = match_model_dtype(x, model, "clean images")
     with torch.no_grad(), eval_mode(model):
-        model_classes = int(model(x[:1]).shape[1])
+        model_classes = int(model_logits(model, x[:1], "clean images").shape[1])
     k = model_classes if num_classes is None else check_int(num_classes, "num_classes", low=2, high=model_classes)
     if k < model_classes:
         warnings.warn(f"neural_cleanse analyses only classes 0..{k - 1} of the model's {model_classes} "

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ModelError
 from ..train import eval_mode
-from ..validation import check_images, check_int, check_labels, check_number, match_model_dtype
+from ..validation import check_images, check_int, check_labels, check_number, match_model_dtype, model_logits
 
 
 @dataclass
@@ -148,7 +148,7 @@ class Attack(abc.ABC):
         check_images(x, "x")
         x = match_model_dtype(x, self.model)
         with torch.no_grad(), eval_mode(self.model):
-            logits = self.model(x)
+            logits = model_logits(self.model, x)
         name = "y_target" if self.targeted else "y (true classes)"
         if isinstance(y_target, (str, bytes)):
             raise DataError(f"{name} must be a (B,) tensor of class indices, got {y_target!r}")

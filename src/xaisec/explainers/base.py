@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import DataError, ModelError
 from ..models import get_layer
 from ..train import batchnorm_stats_kept
-from ..validation import check_images, match_model_dtype
+from ..validation import check_images, match_model_dtype, model_logits
 
 ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.ReLU6)
 SPATIAL_OPS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -168,9 +168,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, cr
         x = x if x.requires_grad else x.detach().requires_grad_(True)
     grad_mode = torch.no_grad() if from_layers else torch.enable_grad()
     with grad_mode, recording(model, names, request.trace, from_layers) as (outputs, events):
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ModelError(f"the model must return logits of shape (B, classes), got {getattr(logits, 'shape', type(logits))}")
+        logits = model_logits(model, x)
     target_t = resolve_target(target, logits)
     missing = [n for n in names if n not in outputs]
     if missing:

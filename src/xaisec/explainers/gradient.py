@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..validation import check_choice, check_finite, check_int, check_number
+from ..validation import check_choice, check_finite, check_int, check_number, model_logits
 from .base import (Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
                    resolve_target, run_pass)
 
@@ -72,7 +72,7 @@ def _target_for(model: nn.Module, x: torch.Tensor, target, create_graph: bool) -
     """Logits of ``x`` and the resolved targets (B,). The logits stay in the graph only with ``create_graph``;
     otherwise this forward records nothing for autograd (path methods need the logits, never their gradient)."""
     with torch.set_grad_enabled(create_graph):
-        logits = model(x)
+        logits = model_logits(model, x)
     return logits, resolve_target(target, logits)
 
 

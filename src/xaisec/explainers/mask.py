@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..validation import check_int, check_number
+from ..validation import check_int, check_number, model_logits
 from .base import Explainer, Explanation, resolve_target
 from .ops import blend, gaussian_blur, total_variation
 
@@ -105,7 +105,7 @@ class MeaningfulPerturbation(Explainer):
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         with torch.enable_grad():
-            logits = self.model(x)
+            logits = model_logits(self.model, x)
         t = resolve_target(target, logits)
         unroll = self.unroll if create_graph else 0
         state = self.optimise(x, t, self.init_state(x), self.steps - unroll)
