@@ -153,17 +153,17 @@ class DtypeCastWarning(UserWarning):
 
 
 def model_logits(model: torch.nn.Module, x: torch.Tensor, name: str = "x") -> torch.Tensor:
-    """``model(x)``, checked to be logits ``(B, classes)``; a model that cannot take ``x`` (wrong channel count
-    or size for its layers) raises :class:`~xaisec.errors.DataError` naming the shape instead of torch's
-    RuntimeError from deep inside the model. Out-of-memory errors pass through unchanged."""
+    """``model(x)``, checked to be logits ``(B, classes)``. A RuntimeError inside the model (most often inputs of
+    the wrong channel count or size for its layers) becomes a :class:`~xaisec.errors.DataError` naming the input
+    shape and carrying the model's message, chained to the original. Out-of-memory errors pass through."""
     try:
         logits = model(x)
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"the model cannot take {name} of shape {tuple(x.shape)} ({first}); give inputs of the "
-                        "shape and channel count the model was built for") from exc
+        raise DataError(f"the model failed on {name} of shape {tuple(x.shape)}: {first}. If that shape or channel "
+                        "count is not what the model was built for, give inputs that match it") from exc
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ModelError(f"the model must return logits of shape (B, classes), got "
                          f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..validation import check_finite, check_number
 
 
