@@ -14,7 +14,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
+
+
+def check_writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Raise :class:`ConfigError` now, before any work, unless ``path`` is a folder xaisec can write into: an
+    existing writable folder, or a path whose nearest existing parent is a writable folder (the missing folders
+    are created later by the writers; nothing is created here). Returns ``path`` as a :class:`Path`."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a folder; give a folder path (it is created if missing)")
+    parent = path
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path} cannot be created: {parent} is a file, not a folder")
+    try:  # a real write: permission bits, read-only mounts and ACLs all show up here
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".xaisec-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = "" if parent == path else f" (its nearest existing parent {parent})"
+        raise ConfigError(f"{what} {path} is not writable{where}: {exc.strerror or exc}; choose another folder"
+                          ) from None
+    return path
 
 
 def _umask() -> int:
@@ -117,5 +142,23 @@ def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = Fal
                                           f"shape mismatch {wrong[:5]}" if wrong else ""]))
         raise ModelError(f"weights in {path} do not match the {type(model).__name__} architecture ({details}); "
                          "check --arch and the dataset's input size / number of classes")
+    check_weight_values(state, expected, path)
     model.load_state_dict(state)
     return model
+
+
+def check_weight_values(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse weights that would load without error but compute garbage: integer (or bool) tensors where the model
+    has floats (load_state_dict would cast them silently) and NaN/inf values. Raises :class:`ModelError` naming
+    the keys."""
+    not_float = [f"{k} ({state[k].dtype})" for k in expected
+                 if expected[k].is_floating_point() and not state[k].is_floating_point()]
+    if not_float:
+        raise ModelError(f"weights in {path} hold non-float tensors where the model has floats: {not_float[:5]}"
+                         f"{f' and {len(not_float) - 5} more' if len(not_float) > 5 else ''}; the file was saved "
+                         "from another model or damaged (casting would change the weights), re-export it")
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if non_finite:
+        raise ModelError(f"weights in {path} contain NaN or inf values in {non_finite[:5]}"
+                         f"{f' and {len(non_finite) - 5} more' if len(non_finite) > 5 else ''}; a model with "
+                         "non-finite weights cannot be explained or audited (was its training diverging?)")

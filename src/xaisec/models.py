@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
+import os
+import sys
 from typing import Iterator, Sequence
 
 import torch
@@ -294,3 +297,33 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Mo
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_entry_point(spec: str, what: str = "model") -> nn.Module:
+    """Call the Python entry point ``module:function`` (no arguments) and return the ``nn.Module`` it builds.
+
+    The module is looked up as ``python -m`` would: the current directory first, then the installed packages,
+    so ``--model mymodels:net`` works from the folder holding ``mymodels.py`` without setting PYTHONPATH. The
+    search path is restored afterwards. This imports and runs the module's code: only name modules you trust.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name.strip() or not attr.strip():
+        raise ModelError(f"{what} entry point {spec!r} must be written 'module:function' (e.g. mymodels:build)")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        factory = getattr(importlib.import_module(module_name.strip()), attr.strip())
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"cannot import the {what} entry point {spec!r}: {exc} (looked in {cwd} and the installed "
+                         "packages)") from exc
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    if not callable(factory):
+        raise ModelError(f"{what} entry point {spec!r} is a {type(factory).__name__}, not a function")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model

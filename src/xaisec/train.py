@@ -80,6 +80,26 @@ def training_mode(model: nn.Module, freeze_batchnorm: bool = False) -> Iterator[
 
 
 @contextlib.contextmanager
+def batchnorm_stats_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, forward passes of train-mode BatchNorm layers still normalise with batch statistics
+    (the model computes what its mode says) but their running statistics are restored on exit, so explaining
+    a model does not change it. Costs nothing when no BatchNorm layer is training."""
+    saved = [(m, m.running_mean.clone() if m.running_mean is not None else None,
+              m.running_var.clone() if m.running_var is not None else None,
+              m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                for buffer, value in ((m.running_mean, mean), (m.running_var, var), (m.num_batches_tracked, count)):
+                    if value is not None:
+                        buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """``model.eval()`` inside the block, every submodule's mode restored after."""
     modes = {m: m.training for m in model.modules()}

@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from ..explainers import explain_all
 from ..maps import MapPostprocess, topk_iou
 from ..train import eval_mode
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
 from .transforms import Transform, build_transform
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,9 @@ class ExplanationConsistency:
             raise ConfigError(f"unknown map agreement {agreement!r}; use one of {AGREEMENTS}")
         if not methods:
             raise ConfigError("explanation consistency needs at least one explainer")
+        k = check_number(k, "k", low=0, high=1, low_open=True)
+        grid, batch_size = check_int(grid, "grid", low=1), check_int(batch_size, "batch_size", low=1)
+        seed = check_int(seed, "seed", low=0)
         self.model, self.reference = model, reference
         self.explainers = list(methods)
         self.methods = [m if isinstance(m, str) else m.name for m in methods]

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ModelError
 from ..explainers.base import recording
 from ..models import default_cam_layer, get_layer
 from ..train import TensorBatches, accuracy, cross_entropy, eval_mode, fit
-from ..validation import check_images, check_labels
+from ..validation import check_images, check_int, check_labels, check_number
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,9 @@ def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, f
     pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam). ``epochs=0`` only prunes.
     Returns the copy (in the original's train/eval mode); the input model is untouched."""
     check_images(x_train, "clean training images")
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"pruned fraction must lie in [0, 1), got {fraction}")
+    fraction = check_number(fraction, "pruned fraction", low=0, high=1, high_open=True)
+    epochs, batch_size = check_int(epochs, "epochs", low=0), check_int(batch_size, "batch_size", low=1)
+    lr, seed = check_number(lr, "lr", low=0, low_open=True), check_int(seed, "seed", low=0)
     layer = layer or default_cam_layer(model)
     mean_act = channel_activations(model, x_train, layer, batch_size)
     order = torch.argsort(mean_act, stable=True)

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..errors import DataError, ModelError
 from ..models import get_layer
-from ..validation import check_images
+from ..train import batchnorm_stats_kept
+from ..validation import check_images, match_model_dtype, model_logits
 
 ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.ReLU6)
 SPATIAL_OPS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
@@ -79,9 +80,15 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     batch, classes = logits.shape
     if target is None:
         return logits.detach().argmax(1)
-    t = torch.as_tensor(target, device=logits.device)
-    if t.dtype.is_floating_point:
-        raise DataError(f"target must hold integer class indices, got dtype {t.dtype}")
+    if isinstance(target, (str, bytes, bool)):
+        raise DataError(f"target must be None, an int class index or a (B,) tensor of class indices, got {target!r}")
+    try:
+        t = torch.as_tensor(target, device=logits.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"target must be None, an int class index or a (B,) tensor of class indices, "
+                        f"got {target!r} ({type(target).__name__})") from None
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise DataError(f"target must hold integer class indices, got dtype {t.dtype} ({target!r:.60})")
     t = t.long().expand(batch) if t.dim() == 0 else t.long()
     if t.shape != (batch,):
         raise DataError(f"target has shape {tuple(t.shape)}; expected an int or a tensor of shape ({batch},)")
@@ -161,9 +168,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, cr
         x = x if x.requires_grad else x.detach().requires_grad_(True)
     grad_mode = torch.no_grad() if from_layers else torch.enable_grad()
     with grad_mode, recording(model, names, request.trace, from_layers) as (outputs, events):
-        logits = model(x)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ModelError(f"the model must return logits of shape (B, classes), got {getattr(logits, 'shape', type(logits))}")
+        logits = model_logits(model, x)
     target_t = resolve_target(target, logits)
     missing = [n for n in names if n not in outputs]
     if missing:
@@ -204,8 +209,12 @@ class Explainer(abc.ABC):
         self.model = model
 
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False) -> Explanation:
+        """Explain ``x``; images of another float dtype than the model's are cast to it (with a warning), and
+        train-mode BatchNorm layers keep their running statistics (see :func:`~xaisec.train.batchnorm_stats_kept`)."""
         check_images(x, allow_flat=not self.needs_images)
-        out = self._explain(x, target, create_graph)
+        x = match_model_dtype(x, self.model)
+        with batchnorm_stats_kept(self.model):
+            out = self._explain(x, target, create_graph)
         if not create_graph:
             out = Explanation(out.logits.detach(), out.maps.detach())
         return out

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..validation import check_int, check_number, model_logits
 from .base import Explainer, Explanation, resolve_target
 from .ops import blend, gaussian_blur, total_variation
 
@@ -49,10 +49,13 @@ class MeaningfulPerturbation(Explainer):
     def __init__(self, model: nn.Module, steps: int = 300, lr: float = 0.1, l1: float = 0.05, tv: float = 0.2,
                  tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2):
         super().__init__(model)
-        if steps < 1 or unroll < 0 or unroll > steps:
-            raise ConfigError(f"mask needs steps >= 1 and 0 <= unroll <= steps, got steps={steps}, unroll={unroll}")
-        if mask_scale < 1 or lr <= 0 or blur_sigma <= 0 or l1 < 0 or tv < 0:
-            raise ConfigError("mask needs mask_scale >= 1, lr > 0, blur_sigma > 0 and non-negative l1/tv penalties")
+        steps = check_int(steps, "mask steps", low=1, high=100_000)
+        unroll = check_int(unroll, "mask unroll", low=0, high=steps)
+        mask_scale = check_int(mask_scale, "mask mask_scale", low=1)
+        lr = check_number(lr, "mask lr", low=0, low_open=True)
+        blur_sigma = check_number(blur_sigma, "mask blur_sigma", low=0, low_open=True, high=1000)
+        l1, tv = check_number(l1, "mask l1", low=0), check_number(tv, "mask tv", low=0)
+        tv_beta = check_number(tv_beta, "mask tv_beta", low=1, high=100)
         self.steps, self.lr, self.l1, self.tv, self.tv_beta = steps, lr, l1, tv, tv_beta
         self.blur_sigma, self.mask_scale, self.unroll = blur_sigma, mask_scale, unroll
 
@@ -102,7 +105,7 @@ class MeaningfulPerturbation(Explainer):
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         with torch.enable_grad():
-            logits = self.model(x)
+            logits = model_logits(self.model, x)
         t = resolve_target(target, logits)
         unroll = self.unroll if create_graph else 0
         state = self.optimise(x, t, self.init_state(x), self.steps - unroll)
