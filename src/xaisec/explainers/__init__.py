@@ -69,6 +69,15 @@ def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequenc
     if not explainers:
         raise XaisecError("explain needs at least one method")
     check_images(x, allow_flat=not any(e.needs_images for e in explainers.values()))
+    with torch.enable_grad():  # explainers differentiate, also when called under torch.no_grad()
+        logits, maps = _shared_and_own_passes(model, x, target, explainers, create_graph)
+    if not create_graph:
+        logits, maps = logits.detach(), {n: m.detach() for n, m in maps.items()}
+    return JointExplanation(logits, maps)
+
+
+def _shared_and_own_passes(model: nn.Module, x: torch.Tensor, target, explainers: dict[str, Explainer],
+                           create_graph: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     shared = {n: e for n, e in explainers.items() if isinstance(e, SinglePassExplainer)}
     maps: dict[str, torch.Tensor] = {}
     logits = None
@@ -84,10 +93,7 @@ def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequenc
             out = e._explain(x, target, create_graph)
             logits = out.logits if logits is None else logits
             maps[name] = out.maps
-    maps = {n: maps[n] for n in explainers}  # caller's order
-    if not create_graph:
-        logits, maps = logits.detach(), {n: m.detach() for n, m in maps.items()}
-    return JointExplanation(logits, maps)
+    return logits, {n: maps[n] for n in explainers}  # caller's order
 
 
 def explain(model: nn.Module, x: torch.Tensor, target=None, methods: Sequence[str | Explainer] = ("gradcam",),

@@ -166,6 +166,9 @@ def inspect_architecture(model: nn.Module, input_shape: Sequence[int] | None = N
     inner = unwrap_model(model)
     if input_shape is None and inner in _ARCHITECTURES:
         return _ARCHITECTURES[inner]
+    if not any(isinstance(m, nn.Conv2d) for m in inner.modules()):
+        raise ModelError(f"{type(inner).__name__} has no Conv2d layer, so CAM-style explainers do not apply; "
+                         "use a gradient explainer such as 'simplegrad' or 'ig'")
     events, logits = _probe(inner, [tuple(input_shape)] if input_shape is not None else _probe_shapes(inner))
     last_conv = max((i for i, e in enumerate(events) if isinstance(e[1], nn.Conv2d)), default=-1)
     pools = [i for i, (_, m, inp, out) in enumerate(events) if i > last_conv and _is_global_pool(m, inp, out)]
