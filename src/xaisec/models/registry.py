@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import ModelError
+from ..errors import ModelError, XaisecError
 from ..registry import Registry
 
 #: prefixes of models from a library; any other ``a.b:c`` is a user function ``c`` in module ``a.b``
@@ -22,7 +22,13 @@ class ModelRegistry(Registry):
             from .zoo import spec_factory
 
             return spec_factory(name)
-        return super().get(name)
+        try:
+            return super().get(name)
+        except ModelError:
+            raise
+        except XaisecError as exc:
+            raise ModelError(f"{exc} Library and user models: 'torchvision:<name>', 'timm:<name>', "
+                             "'module.path:function'.") from None
 
     def __contains__(self, name: object) -> bool:
         if isinstance(name, str) and ":" in name:
