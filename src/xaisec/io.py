@@ -111,9 +111,10 @@ def _read_pickle_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = False) -> nn.Module:
-    """Load weights into ``model``: safetensors, or (only with ``allow_pickle=True``) a pickle checkpoint read with
-    ``torch.load(weights_only=True)``. Mismatches and corrupt files raise :class:`ModelError`."""
+def read_weights(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file, on the CPU (also when it was saved from a GPU): safetensors, or (only
+    with ``allow_pickle=True``) a pickle checkpoint read with ``torch.load(weights_only=True)``. Corrupt files
+    raise :class:`ModelError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -126,12 +127,16 @@ def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = Fal
                              "unpickling an untrusted file can run arbitrary code. Convert it where you trust it "
                              "(safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')) or "
                              "opt in with allow_pickle=True (--allow-pickle), which uses torch.load(weights_only=True)")
-        state = _read_pickle_state(path)
-    else:
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+        return _read_pickle_state(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+
+
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Raise :class:`ModelError` naming the first missing, unexpected and wrongly shaped keys when ``state`` does
+    not fit ``model`` exactly."""
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -140,9 +145,16 @@ def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = Fal
         details = "; ".join(filter(None, [f"missing {missing[:5]}" if missing else "",
                                           f"unexpected {unexpected[:5]}" if unexpected else "",
                                           f"shape mismatch {wrong[:5]}" if wrong else ""]))
-        raise ModelError(f"weights in {path} do not match the {type(model).__name__} architecture ({details}); "
-                         "check --arch and the dataset's input size / number of classes")
-    check_weight_values(state, expected, path)
+        raise ModelError(f"weights in {source} do not match the {type(model).__name__} architecture ({details}); "
+                         "check --arch and the dataset's input size / number of classes (pretrained weights for "
+                         "another task: finetune=True keeps all but the classifier head)")
+
+
+def load_weights(model: nn.Module, path: str | Path, *, allow_pickle: bool = False) -> nn.Module:
+    """Load weights into ``model`` (see :func:`read_weights`); mismatches and corrupt files raise :class:`ModelError`."""
+    state = read_weights(path, allow_pickle=allow_pickle)
+    check_state(model, state, path)
+    check_weight_values(state, model.state_dict(), path)
     model.load_state_dict(state)
     return model
 

@@ -170,9 +170,11 @@ def fixed_target(name: str, size: tuple[int, int], options: dict | None = None) 
 
 def target_maps(name: str, size: tuple[int, int], reference: torch.Tensor | None = None,
                 options: dict | None = None) -> torch.Tensor:
-    """Target maps ``(1,1,h,w)`` (fixed shapes) or ``(N,1,h,w)`` (derived from ``reference`` (N,1,h,w) in [0,1])."""
+    """Target maps ``(1,1,h,w)`` (fixed shapes) or ``(N,1,h,w)`` (derived from ``reference`` (N,1,h,w) in [0,1]),
+    on ``reference``'s device when it is given."""
     if name in DERIVED_TARGETS:
         if reference is None:
             raise ConfigError(f"target map {name!r} is derived from the reference model's maps; none were given")
         return derived_target(name, reference, **(options or {}))
-    return fixed_target(name, size, options)
+    target = fixed_target(name, size, options)
+    return target if reference is None else target.to(reference.device)

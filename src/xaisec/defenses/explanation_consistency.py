@@ -48,9 +48,9 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
     group = starts.long().cumsum(1) - 1  # tie-group id of each sorted position
-    pos = torch.arange(1, n + 1, dtype=torch.float64).expand(b, n)
-    sums = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, pos)
-    counts = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, torch.ones_like(pos))
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=values.device).expand(b, n)
+    sums = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, pos)
+    counts = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, torch.ones_like(pos))
     ranks_sorted = (sums / counts.clamp(min=1)).gather(1, group)
     return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
 

@@ -56,7 +56,7 @@ def _mask_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
     keep = module.prune_keep
     if output.dim() != 4 or output.shape[1] != len(keep):
         raise ModelError(f"the pruned layer outputs shape {tuple(output.shape)}, but its mask has {len(keep)} channels")
-    return output * keep.view(1, -1, 1, 1).to(output.dtype)
+    return output * keep.view(1, -1, 1, 1).to(output)
 
 
 def layer_channels(model: nn.Module, layer: str) -> int:

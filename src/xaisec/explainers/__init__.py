@@ -76,9 +76,9 @@ def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequenc
         raise XaisecError("explain needs at least one method")
     check_images(x, allow_flat=not any(e.needs_images for e in explainers.values()))
     x = match_model_dtype(x, model)
-    with batchnorm_stats_kept(model) if keep_batchnorm_stats else contextlib.nullcontext():
+    with torch.enable_grad(), (batchnorm_stats_kept(model) if keep_batchnorm_stats else contextlib.nullcontext()):
+        # explainers differentiate, also when called under torch.no_grad()
         logits, maps = _joint_maps(model, x, target, explainers, create_graph)
-    maps = {n: maps[n] for n in explainers}  # caller's order
     if not create_graph:
         logits, maps = logits.detach(), {n: m.detach() for n, m in maps.items()}
     return JointExplanation(logits, maps)
@@ -101,7 +101,7 @@ def _joint_maps(model: nn.Module, x: torch.Tensor, target, explainers: dict[str,
             out = e._explain(x, target, create_graph)
             logits = out.logits if logits is None else logits
             maps[name] = out.maps
-    return logits, maps
+    return logits, {n: maps[n] for n in explainers}  # caller's order
 
 
 def explain(model: nn.Module, x: torch.Tensor, target=None, methods: Sequence[str | Explainer] = ("gradcam",),
