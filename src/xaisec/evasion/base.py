@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import numerics
 from ..errors import ConfigError, ModelError
 from ..train import eval_mode
 from ..validation import check_images, check_labels
@@ -92,13 +93,14 @@ class Attack(abc.ABC):
 
     ``objective``: the loss (default: a classifier-only :class:`AttackObjective`); ``steps``: iterations;
     ``schedule(step) -> c``: weight of the interpreter term per step; ``keep_best``: return each image's best
-    iterate (see :class:`BestIterate`) instead of the last one.
+    iterate (see :class:`BestIterate`) instead of the last one; ``flush_denormals``: subnormal floats are flushed to
+    zero during the attack (:func:`xaisec.numerics.flush_denormals`).
     """
 
     name = "attack"
 
     def __init__(self, model: nn.Module, objective=None, steps: int = 100, schedule: Schedule | None = None,
-                 keep_best: bool = True):
+                 keep_best: bool = True, flush_denormals: bool = True):
         from .objective import AttackObjective
 
         if not isinstance(model, nn.Module):
@@ -107,7 +109,7 @@ class Attack(abc.ABC):
             raise ConfigError(f"an attack needs steps >= 1, got {steps}")
         self.model = model
         self.objective = objective if objective is not None else AttackObjective(model)
-        self.steps, self.keep_best = steps, keep_best
+        self.steps, self.keep_best, self.flush_denormals = steps, keep_best, flush_denormals
         self.schedule = schedule or no_interpreter
 
     def __call__(self, x: torch.Tensor, y_target: torch.Tensor, **context) -> torch.Tensor:
@@ -118,7 +120,7 @@ class Attack(abc.ABC):
             num_classes = self.model(x[:1]).shape[1]
         y_target = check_labels(torch.as_tensor(y_target, device=x.device), num_classes, "y_target", batch=len(x))
         x = x.detach()
-        with eval_mode(self.model), torch.enable_grad():
+        with numerics.flush_denormals(self.flush_denormals), eval_mode(self.model), torch.enable_grad():
             self.objective.prepare(x, y_target, **context)
             x_adv = self.perturb(x, y_target)
         self.check(x, x_adv)

@@ -29,8 +29,8 @@ class PGD(Attack):
 
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, eps: float = 0.031,
                  step: float = 1 / 255, steps: int = 100, random_start: bool = False, seed: int = 0,
-                 schedule: Schedule | None = None, keep_best: bool = True):
-        super().__init__(model, objective, steps, schedule, keep_best)
+                 schedule: Schedule | None = None, keep_best: bool = True, flush_denormals: bool = True):
+        super().__init__(model, objective, steps, schedule, keep_best, flush_denormals)
         if not 0 < eps <= 1 or not 0 < step <= 1:
             raise ConfigError(f"PGD needs 0 < eps <= 1 and 0 < step <= 1, got eps={eps}, step={step}")
         self.eps, self.step, self.random_start, self.seed = eps, step, random_start, seed
@@ -70,9 +70,10 @@ class Adv2PGD(PGD):
                  step: float = 1 / 255, steps: int = 1000, warmup: int = 300, c: float = 5.0,
                  c_end: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
                  detector: DetectorTerm | None = None, detector_weight: float = 0.0, random_start: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, flush_denormals: bool = True):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use PGD for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,
                                     detector_weight=detector_weight)
-        super().__init__(model, objective, eps, step, steps, random_start, seed, RampSchedule(warmup, steps, c, c_end))
+        super().__init__(model, objective, eps, step, steps, random_start, seed, RampSchedule(warmup, steps, c, c_end),
+                         flush_denormals=flush_denormals)

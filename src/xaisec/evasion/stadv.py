@@ -48,8 +48,9 @@ class StAdv(Attack):
 
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 300, init: float = 0.2, max_flow: float | None = None,
-                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True):
-        super().__init__(model, objective, steps, schedule, keep_best)
+                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True,
+                 flush_denormals: bool = True):
+        super().__init__(model, objective, steps, schedule, keep_best, flush_denormals)
         if tau < 0 or lr <= 0 or init < 0 or (max_flow is not None and max_flow <= 0):
             raise ConfigError(f"StAdv needs tau >= 0, lr > 0, init >= 0 and max_flow > 0; got tau={tau}, lr={lr}, "
                               f"init={init}, max_flow={max_flow}")
@@ -105,9 +106,11 @@ class Adv2StAdv(StAdv):
     def __init__(self, model: nn.Module, interpreters: Sequence[InterpreterTerm], tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 600, warmup: int = 200, c: float = 5.0, c_end: float | None = None,
                  init: float = 0.2, max_flow: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
-                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0):
+                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0,
+                 flush_denormals: bool = True):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use StAdv for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,
                                     detector_weight=detector_weight)
-        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end))
+        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end),
+                         flush_denormals=flush_denormals)
