@@ -1,8 +1,9 @@
 """Input-time attacks: the :class:`Attack` base class and its bookkeeping.
 
 ``attack(x, y_target, **context) -> x_adv``. The base class owns everything that is not the perturbation
-algorithm (torchattacks' split): input checks, eval mode (restored after), the [0,1] box, keeping each image's
-best iterate, and a final check that the constraints hold. The loss is injected (an
+algorithm (torchattacks' split): input checks, eval mode (restored after) with eval-mode BatchNorm folded into the
+convs (:func:`~xaisec.models.fold_batchnorm`) and subnormal floats flushed to zero, the [0,1] box, keeping each
+image's best iterate, and a final check that the constraints hold. The loss is injected (an
 :class:`~xaisec.evasion.objective.AttackObjective`: classifier term + c * interpreter term + d * detector term);
 the perturbation family (L-inf PGD, StAdv flow fields) is the subclass; ``schedule(step) -> c`` switches the
 interpreter term on and ramps it (ADV2's two stages).
@@ -18,6 +19,7 @@ from torch import nn
 
 from .. import numerics
 from ..errors import ConfigError, ModelError
+from ..models import fold_batchnorm
 from ..train import eval_mode
 from ..validation import check_images, check_labels
 
@@ -120,7 +122,9 @@ class Attack(abc.ABC):
             num_classes = self.model(x[:1]).shape[1]
         y_target = check_labels(torch.as_tensor(y_target, device=x.device), num_classes, "y_target", batch=len(x))
         x = x.detach()
-        with numerics.flush_denormals(self.flush_denormals), eval_mode(self.model), torch.enable_grad():
+        # eval-mode BatchNorm folded into the convs: same gradients, no BatchNorm pass in the (double) backward
+        with numerics.flush_denormals(self.flush_denormals), eval_mode(self.model), fold_batchnorm(self.model), \
+                torch.enable_grad():
             self.objective.prepare(x, y_target, **context)
             x_adv = self.perturb(x, y_target)
         self.check(x, x_adv)
