@@ -147,9 +147,10 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: 
 
 def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, fraction: float, *,
                layer: str | None = None, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> nn.Module:
+               progress: bool = True, flush_denormals: bool = True) -> nn.Module:
     """Prune ``fraction`` of ``layer``'s channels (lowest mean activation on ``x_train``), then fine-tune the
-    pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam). ``epochs=0`` only prunes.
+    pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam, subnormals flushed to zero
+    unless ``flush_denormals=False``). ``epochs=0`` only prunes.
     Returns the copy (in the original's train/eval mode); the input model is untouched."""
     check_images(x_train, "clean training images")
     fraction = check_number(fraction, "pruned fraction", low=0, high=1, high_open=True)
@@ -164,5 +165,5 @@ def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, f
         params = [p for p in pruned.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         fit(pruned, TensorBatches(x_train, y_train, batch_size=batch_size, seed=seed), cross_entropy, opt, epochs,
-            progress=progress, desc="fine-tune")
+            progress=progress, desc="fine-tune", flush_denormals=flush_denormals)
     return pruned

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import numerics
 from ..errors import DataError
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_number, match_model_dtype, model_logits
@@ -174,14 +175,16 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
                    success_threshold: float = 0.99, patience: int = 5, cost_multiplier: float = 1.5,
                    early_stop_patience: int = 10, threshold: float = 2.0, steps_per_epoch: int | None = None,
                    max_batch: int = 1024,
-                   deadline: float | None = None, seed: int = 0, progress: bool = True) -> NeuralCleanseResult:
+                   deadline: float | None = None, seed: int = 0, progress: bool = True,
+                   flush_denormals: bool = True) -> NeuralCleanseResult:
     """Reverse-engineer one trigger per class on the clean images ``x`` (N,C,H,W) in [0,1].
 
     An epoch is one pass over ``x`` in mini-batches of ``batch_size`` images (each image stamped with all K
     candidate triggers, chunked so at most ``max_batch`` images go through the model at once). The reference
     code runs up to 1000 epochs; 40 with early stopping is enough for small images and keeps an audit in budget.
     ``deadline`` (a ``time.monotonic()`` value) stops early; the best triggers found so far are returned and
-    ``stopped_early_by_deadline`` says so. The model is used in eval mode and left as found.
+    ``stopped_early_by_deadline`` says so. The model is used in eval mode and left as found. ``flush_denormals``:
+    subnormal floats are flushed to zero during the optimisation (:func:`xaisec.numerics.flush_denormals`).
     """
     check_images(x, "clean images")
     epochs, batch_size = check_int(epochs, "epochs", low=1), check_int(batch_size, "batch_size", low=1)
@@ -218,7 +221,7 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
     best_pattern = torch.zeros(k, c, h, w, device=dev)
     epochs_run = torch.zeros(k, dtype=torch.long)
     by_deadline = False
-    with eval_mode(model):
+    with numerics.flush_denormals(flush_denormals), eval_mode(model):
         bar = tqdm(range(epochs), desc="neural cleanse", leave=False, disable=None if progress else True)
         for _ in bar:
             active = torch.nonzero(~sched.done).flatten()

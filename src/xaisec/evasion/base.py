@@ -1,8 +1,9 @@
 """Input-time attacks: the :class:`Attack` base class and its bookkeeping.
 
 ``attack(x, y_target, **context) -> x_adv``. The base class owns everything that is not the perturbation
-algorithm (torchattacks' split): input checks, eval mode (restored after), the [0,1] box, keeping each image's
-best iterate, and a final check that the constraints hold. The loss is injected (an
+algorithm (torchattacks' split): input checks, eval mode (restored after) with eval-mode BatchNorm folded into the
+convs (:func:`~xaisec.models.fold_batchnorm`) and subnormal floats flushed to zero, the [0,1] box, keeping each
+image's best iterate, and a final check that the constraints hold. The loss is injected (an
 :class:`~xaisec.evasion.objective.AttackObjective`: classifier term + c * interpreter term + d * detector term);
 the perturbation family (L-inf PGD, StAdv flow fields) is the subclass; ``schedule(step) -> c`` switches the
 interpreter term on and ramps it (ADV2's two stages).
@@ -17,7 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import numerics
 from ..errors import ConfigError, DataError, ModelError
+from ..models import fold_batchnorm
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_labels, check_number, match_model_dtype, model_logits
 
@@ -115,13 +118,14 @@ class Attack(abc.ABC):
 
     ``objective``: the loss (default: a classifier-only :class:`AttackObjective`); ``steps``: iterations;
     ``schedule(step) -> c``: weight of the interpreter term per step; ``keep_best``: return each image's best
-    iterate (see :class:`BestIterate`) instead of the last one.
+    iterate (see :class:`BestIterate`) instead of the last one; ``flush_denormals``: subnormal floats are flushed to
+    zero during the attack (:func:`xaisec.numerics.flush_denormals`).
     """
 
     name = "attack"
 
     def __init__(self, model: nn.Module, objective=None, steps: int = 100, schedule: Schedule | None = None,
-                 keep_best: bool = True):
+                 keep_best: bool = True, flush_denormals: bool = True):
         from .objective import AttackObjective
 
         if not isinstance(model, nn.Module):
@@ -131,7 +135,7 @@ class Attack(abc.ABC):
             raise ConfigError(f"objective must be an AttackObjective, got {type(objective).__name__}")
         self.model = model
         self.objective = objective if objective is not None else AttackObjective(model)
-        self.steps, self.keep_best = steps, bool(keep_best)
+        self.steps, self.keep_best, self.flush_denormals = steps, bool(keep_best), bool(flush_denormals)
         self.schedule = schedule or no_interpreter
 
     @property
@@ -158,7 +162,9 @@ class Attack(abc.ABC):
                           "predicted class of its image: nothing to attack. For an untargeted attack away from true "
                           "labels (the torchattacks convention), use targeted=False", UserWarning, stacklevel=2)
         x = x.detach()
-        with eval_mode(self.model), torch.enable_grad():
+        # eval-mode BatchNorm folded into the convs: same gradients, no BatchNorm pass in the (double) backward
+        with numerics.flush_denormals(self.flush_denormals), eval_mode(self.model), fold_batchnorm(self.model), \
+                torch.enable_grad():
             self.objective.prepare(x, y_target, **context)
             x_adv = self.perturb(x, y_target)
         self.check(x, x_adv)

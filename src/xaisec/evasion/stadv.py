@@ -50,8 +50,9 @@ class StAdv(Attack):
 
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 300, init: float = 0.2, max_flow: float | None = None,
-                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True, targeted: bool | None = None):
-        super().__init__(model, objective_for(model, objective, targeted), steps, schedule, keep_best)
+                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True, targeted: bool | None = None,
+                 flush_denormals: bool = True):
+        super().__init__(model, objective_for(model, objective, targeted), steps, schedule, keep_best, flush_denormals)
         tau, lr = check_number(tau, "StAdv tau", low=0), check_number(lr, "StAdv lr", low=0, low_open=True)
         init = check_number(init, "StAdv init", low=0)
         if max_flow is not None:
@@ -109,9 +110,11 @@ class Adv2StAdv(StAdv):
     def __init__(self, model: nn.Module, interpreters: Sequence[InterpreterTerm], tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 600, warmup: int = 200, c: float = 5.0, c_end: float | None = None,
                  init: float = 0.2, max_flow: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
-                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0):
+                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0,
+                 flush_denormals: bool = True):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use StAdv for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,
                                     detector_weight=detector_weight)
-        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end))
+        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end),
+                         flush_denormals=flush_denormals)

@@ -131,8 +131,15 @@ def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d, nn.BatchN
             yield conv_name, modules[conv_name], modules[bn_name]
 
 
+def _hooked(conv: nn.Conv2d) -> bool:
+    """Whether a hook watches ``conv`` now: its output must then be the conv's own, not the normalised one."""
+    return bool(conv._forward_hooks or conv._forward_pre_hooks)
+
+
 def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if _hooked(conv):
+            return conv._conv_forward(x, conv.weight, conv.bias)
         scale = torch.rsqrt(bn.running_var + bn.eps)
         if bn.weight is not None:
             scale = bn.weight * scale
@@ -145,8 +152,10 @@ def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     return forward
 
 
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+def _folded_batchnorm_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return type(bn).forward(bn, x) if _hooked(conv) else x
+    return forward
 
 
 @contextlib.contextmanager
@@ -157,15 +166,16 @@ def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Mo
     input through: the same outputs and the same gradients for ``W``, ``γ``, ``β`` (the folding is differentiable),
     without a BatchNorm pass over the activations. In explanation-aware training, where eval-mode BatchNorm's
     second derivative costs as much as a convolution, that saves about a quarter of a simplegrad step
-    (``benchmarks/training.py``). BatchNorm in train mode is left alone (its batch statistics are not a
-    per-channel affine map), and so is every conv named in ``keep``: a hook on a folded conv would see the
-    normalised output. Modules are restored on exit.
+    (``benchmarks/training.py``); an ADV2 step on a BatchNorm model saves as much (``benchmarks/adv2.py``).
+    BatchNorm in train mode is left alone (its batch statistics are not a per-channel affine map), and so is every
+    conv named in ``keep``, or watched by a forward hook when it runs (a hook registered inside the block, as
+    explainers do, sees the conv's own output). Modules are restored on exit.
     """
     patched = []
     for name, conv, bn in _conv_bn_pairs(model):
         if bn.training or bn.running_mean is None or name in keep or "forward" in vars(conv) or "forward" in vars(bn):
             continue
-        conv.forward, bn.forward = _folded_forward(conv, bn), _identity
+        conv.forward, bn.forward = _folded_forward(conv, bn), _folded_batchnorm_forward(conv, bn)
         patched += [conv, bn]
     try:
         yield model
