@@ -19,6 +19,7 @@ any case, but not intra-op worker threads, which keep their own setting.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Iterator
 
 import torch
@@ -40,13 +41,32 @@ def denormals_flushed() -> bool:
     return inputs_as_zero or results_as_zero
 
 
+#: what ``flush_denormals(None)`` does: on by default; a run's ``flush_denormals: false`` turns it off
+_POLICY = contextvars.ContextVar("xaisec_flush_denormals", default=True)
+
+
 @contextlib.contextmanager
-def flush_denormals(enabled: bool = True) -> Iterator[bool]:
+def denormal_policy(enabled: bool) -> Iterator[None]:
+    """Inside the block, every xaisec training, attack and optimising defense whose ``flush_denormals`` argument is
+    left at None flushes (``True``) or leaves subnormals alone (``False``); the runner applies a config's
+    ``flush_denormals`` key this way."""
+    token = _POLICY.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool | None = None) -> Iterator[bool]:
     """Inside the block the calling thread flushes subnormal floats to zero; the caller's state is restored on exit.
 
-    ``enabled=False`` makes the block a no-op (for measuring, or for bit-exact comparisons with an unflushed run).
-    Yields whether flushing is on inside the block (False where the CPU does not support it, or when disabled).
+    ``enabled=False`` makes the block a no-op (for measuring, or for bit-exact comparisons with an unflushed run);
+    ``None`` follows :func:`denormal_policy` (on unless a run turned it off). Yields whether flushing is on inside
+    the block (False where the CPU does not support it, or when disabled).
     """
+    if enabled is None:
+        enabled = _POLICY.get()
     if not enabled:
         yield denormals_flushed()
         return

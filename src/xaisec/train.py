@@ -119,7 +119,7 @@ EpochCallback = Callable[[int, dict[str, float]], bool | None]
 def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimizer: torch.optim.Optimizer,
         epochs: int, *, start_epoch: int = 0, scheduler=None, freeze_batchnorm: bool = False,
         on_epoch_end: EpochCallback | None = None, progress: bool = True, desc: str = "train",
-        flush_denormals: bool = True) -> list[dict[str, float]]:
+        flush_denormals: bool | None = None) -> list[dict[str, float]]:
     """Train for ``epochs`` epochs (from ``start_epoch``); returns the per-epoch mean of each loss part.
 
     ``on_epoch_end(epoch, logs)`` runs after each epoch (evaluation, checkpoint, early stopping):
@@ -172,7 +172,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, top: int = 1, b
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, lr: float = 1e-3,
                      batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
-                     on_epoch_end: EpochCallback | None = None, flush_denormals: bool = True) -> list[dict[str, float]]:
+                     on_epoch_end: EpochCallback | None = None, flush_denormals: bool | None = None) -> list[dict[str, float]]:
     """Train a clean (reference) classifier with Adam + cosine schedule on in-memory data (``flush_denormals``: see
     :func:`fit`)."""
     torch.manual_seed(seed)

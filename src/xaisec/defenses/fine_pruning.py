@@ -147,7 +147,7 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: 
 
 def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, fraction: float, *,
                layer: str | None = None, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
-               progress: bool = True, flush_denormals: bool = True) -> nn.Module:
+               progress: bool = True, flush_denormals: bool | None = None) -> nn.Module:
     """Prune ``fraction`` of ``layer``'s channels (lowest mean activation on ``x_train``), then fine-tune the
     pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam, subnormals flushed to zero
     unless ``flush_denormals=False``). ``epochs=0`` only prunes.

@@ -176,7 +176,7 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
                    early_stop_patience: int = 10, threshold: float = 2.0, steps_per_epoch: int | None = None,
                    max_batch: int = 1024,
                    deadline: float | None = None, seed: int = 0, progress: bool = True,
-                   flush_denormals: bool = True) -> NeuralCleanseResult:
+                   flush_denormals: bool | None = None) -> NeuralCleanseResult:
     """Reverse-engineer one trigger per class on the clean images ``x`` (N,C,H,W) in [0,1].
 
     An epoch is one pass over ``x`` in mini-batches of ``batch_size`` images (each image stamped with all K

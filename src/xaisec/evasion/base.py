@@ -125,7 +125,7 @@ class Attack(abc.ABC):
     name = "attack"
 
     def __init__(self, model: nn.Module, objective=None, steps: int = 100, schedule: Schedule | None = None,
-                 keep_best: bool = True, flush_denormals: bool = True):
+                 keep_best: bool = True, flush_denormals: bool | None = None):
         from .objective import AttackObjective
 
         if not isinstance(model, nn.Module):
@@ -135,7 +135,7 @@ class Attack(abc.ABC):
             raise ConfigError(f"objective must be an AttackObjective, got {type(objective).__name__}")
         self.model = model
         self.objective = objective if objective is not None else AttackObjective(model)
-        self.steps, self.keep_best, self.flush_denormals = steps, bool(keep_best), bool(flush_denormals)
+        self.steps, self.keep_best, self.flush_denormals = steps, bool(keep_best), flush_denormals
         self.schedule = schedule or no_interpreter
 
     @property

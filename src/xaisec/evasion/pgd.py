@@ -33,7 +33,7 @@ class PGD(Attack):
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, eps: float = 0.031,
                  step: float = 1 / 255, steps: int = 100, random_start: bool = False, seed: int = 0,
                  schedule: Schedule | None = None, keep_best: bool = True, targeted: bool | None = None,
-                 flush_denormals: bool = True):
+                 flush_denormals: bool | None = None):
         objective = objective_for(model, objective, targeted)
         super().__init__(model, objective, steps, schedule, keep_best, flush_denormals)
         eps = check_number(eps, "PGD eps", low=0, low_open=True, high=1)
@@ -76,7 +76,7 @@ class Adv2PGD(PGD):
                  step: float = 1 / 255, steps: int = 1000, warmup: int = 300, c: float = 5.0,
                  c_end: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
                  detector: DetectorTerm | None = None, detector_weight: float = 0.0, random_start: bool = False,
-                 seed: int = 0, flush_denormals: bool = True):
+                 seed: int = 0, flush_denormals: bool | None = None):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use PGD for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,

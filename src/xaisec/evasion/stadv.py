@@ -51,7 +51,7 @@ class StAdv(Attack):
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 300, init: float = 0.2, max_flow: float | None = None,
                  seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True, targeted: bool | None = None,
-                 flush_denormals: bool = True):
+                 flush_denormals: bool | None = None):
         super().__init__(model, objective_for(model, objective, targeted), steps, schedule, keep_best, flush_denormals)
         tau, lr = check_number(tau, "StAdv tau", low=0), check_number(lr, "StAdv lr", low=0, low_open=True)
         init = check_number(init, "StAdv init", low=0)
@@ -111,7 +111,7 @@ class Adv2StAdv(StAdv):
                  lr: float = 0.01, steps: int = 600, warmup: int = 200, c: float = 5.0, c_end: float | None = None,
                  init: float = 0.2, max_flow: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
                  detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0,
-                 flush_denormals: bool = True):
+                 flush_denormals: bool | None = None):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use StAdv for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,

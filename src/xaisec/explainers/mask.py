@@ -50,7 +50,7 @@ class MeaningfulPerturbation(Explainer):
 
     def __init__(self, model: nn.Module, steps: int = 300, lr: float = 0.1, l1: float = 0.05, tv: float = 0.2,
                  tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2,
-                 flush_denormals: bool = True):
+                 flush_denormals: bool | None = None):
         super().__init__(model)
         steps = check_int(steps, "mask steps", low=1, high=100_000)
         unroll = check_int(unroll, "mask unroll", low=0, high=steps)

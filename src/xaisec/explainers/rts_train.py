@@ -131,7 +131,7 @@ def rts_loss(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tens
 
 def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
               lr: float = 1e-3, batch_size: int = 64, weights: RTSObjective = RTSObjective(), seed: int = 0,
-              progress: bool = True, flush_denormals: bool = True) -> list[dict[str, float]]:
+              progress: bool = True, flush_denormals: bool | None = None) -> list[dict[str, float]]:
     """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,);
     ``flush_denormals``: see :func:`xaisec.train.fit`."""
     if int(y.max().item()) >= saver.num_classes:
