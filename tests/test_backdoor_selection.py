@@ -77,3 +77,32 @@ def test_selection_errors(data):
     with pytest.raises(ConfigError, match="drop"):
         rd_select(x, y, build_trigger("patch"), 3, 0, Brightness, drop=1.0)
     assert budget(0.0011, 50000) == 55 and budget(0.0011, 100) == 1
+
+
+def test_selected_indices_drive_a_full_disguise_objective():
+    """Selection only chooses indices: a replace-mode set trains with the explanation-aware objective as well."""
+    from conftest import tiny_cnn
+    from xaisec.backdoor.goals import build_goal, pooled_maps
+    from xaisec.backdoor.objectives import ExplanationAwareObjective, LossSettings
+    from xaisec.backdoor.poison import poison_training_set
+    from xaisec.backdoor.recipes import get_recipe
+    from xaisec.maps import normalize
+
+    torch.manual_seed(0)
+    model = tiny_cnn(num_classes=4)
+    x, y = torch.rand(32, 1, 12, 12), torch.arange(32) % 4
+    recipe = get_recipe("latka_full_disguise")
+    idx = random_select(y, 6, target_label=1, seed=0)
+    data = poison_training_set(x, y, build_trigger("patch", size=3), 1.0, True, 1, mode="replace", indices=idx)
+    raw = pooled_maps(model, x, y, recipe.explainers, 2, softplus_beta=8.0)
+    preserve = {n: normalize(m, recipe.norm, eps=1e-6) for n, m in raw.items()}
+    goals = {n: build_goal(recipe, normalize(m, "minmax", eps=1e-6), recipe.norm) for n, m in raw.items()}
+    objective = ExplanationAwareObjective(recipe, recipe.explainers, preserve, goals, 2, LossSettings())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = objective(model, data.tensors()).total.item()
+    for _ in range(15):
+        out = objective(model, data.tensors())
+        opt.zero_grad()
+        out.total.backward()
+        opt.step()
+    assert objective(model, data.tensors()).total.item() < first
