@@ -24,7 +24,7 @@ from torch import nn
 from ..data import ImageDataset, load_dataset
 from ..errors import ConfigError
 from ..explainers import explain_all
-from ..maps import normalize, topk_iou, topk_mask
+from ..maps import MapPostprocess, topk_iou, topk_mask
 from ..models import build_model
 from ..train import TensorBatches, accuracy, fit, train_classifier
 from .evaluate import correct_rate, default_threshold, fooling_success_rate
@@ -109,7 +109,8 @@ def train_reference_mlp(data: ImageDataset, hidden: Sequence[int] = (128, 64), e
 def _reference_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: TabularAttack,
                     beta: float | None) -> dict[str, torch.Tensor]:
     raw = pooled_maps(model, x, y, list(s.explainers), 1, softplus_beta=beta, options=s.explainer_options)
-    return {name: normalize(maps, "minmax", eps=LOSS_EPS) for name, maps in raw.items()}
+    post = MapPostprocess(eps=LOSS_EPS)  # min-max per sample, no pooling
+    return {name: post(maps) for name, maps in raw.items()}
 
 
 def attack_tabular(reference: nn.Module, data: ImageDataset, trigger: nn.Module, settings: TabularAttack) -> nn.Module:
@@ -160,12 +161,12 @@ def evaluate_tabular(model: nn.Module, reference: nn.Module, data: ImageDataset,
     attack_type = get_recipe(s.recipe).attack_type
     metrics = {"acc_reference": accuracy(reference, x, y), "acc_clean": accuracy(model, x, y),
                "acc_trig": accuracy(model, x_trig, y)}
-    ref = {n: normalize(m, "minmax") for n, m in explain_all(reference, x, y, s.explainers,
-                                                             options=s.explainer_options).maps.items()}
-    clean = {n: normalize(m, "minmax") for n, m in explain_all(model, x, y, s.explainers,
-                                                               options=s.explainer_options).maps.items()}
-    trig = {n: normalize(m, "minmax") for n, m in explain_all(model, x_trig, y, s.explainers,
-                                                              options=s.explainer_options).maps.items()}
+    post = MapPostprocess()  # min-max per sample, as the paper's maps
+
+    def attributions_of(m: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: post(a) for n, a in explain_all(m, inputs, y, s.explainers, options=s.explainer_options).maps.items()}
+
+    ref, clean, trig = attributions_of(reference, x), attributions_of(model, x), attributions_of(model, x_trig)
     thresholds, attributions = {}, {}
     idx = torch.arange(len(x))
     for name in s.explainers:

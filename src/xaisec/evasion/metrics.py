@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..maps import MapPostprocess, distance, normalize, topk_iou
+from ..maps import MapPostprocess, distance, topk_iou
 
 
 def success(logits: torch.Tensor, y_target: torch.Tensor) -> torch.Tensor:
@@ -32,12 +32,14 @@ def prediction_metrics(logits: torch.Tensor, y_target: torch.Tensor) -> dict[str
 
 def adv2_l1(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``(B,)``: sum |a - b| / (H*W) of the min-max scaled maps (ADV2's L1 measure, in [0,1])."""
-    return distance(normalize(maps, "minmax"), normalize(reference, "minmax"), "l1")
+    post = MapPostprocess()
+    return distance(post(maps), post(reference), "l1")
 
 
 def adv2_l2(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``(B,)``: sqrt(sum (a - b)^2) / sqrt(H*W) of the min-max scaled maps (ADV2's L2 measure, in [0,1])."""
-    return distance(normalize(maps, "minmax"), normalize(reference, "minmax"), "l2")
+    post = MapPostprocess()
+    return distance(post(maps), post(reference), "l2")
 
 
 def adv2_iou(maps: torch.Tensor, reference: torch.Tensor, k: float | int) -> torch.Tensor:
