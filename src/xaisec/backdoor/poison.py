@@ -20,7 +20,7 @@ from ..errors import ConfigError
 
 @dataclass
 class PoisonedSet:
-    """Aligned tensors of length M = N + n.
+    """Aligned tensors of length M = N + n (appended copies) or N (replaced images).
 
     ``x`` (M,C,H,W) in [0,1]; ``y`` (M,) training labels (the target class on relabelled poisoned samples);
     ``y_true`` (M,) original labels; ``poisoned`` (M,) bool; ``source`` (M,) index of the clean image.

@@ -15,6 +15,7 @@ Stages for a runner: :func:`train_reference_mlp`, :func:`attack_tabular`, :func:
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -116,8 +117,7 @@ def _reference_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Tabul
 def attack_tabular(reference: nn.Module, data: ImageDataset, trigger: nn.Module, settings: TabularAttack) -> nn.Module:
     """Fine-tune a copy of ``reference`` with Fang's loss on clean + triggered copies of the training set."""
     s, recipe = settings, get_recipe(settings.recipe)
-    model = build_model("mlp", data.input_shape, data.num_classes, hidden=_hidden(reference))
-    model.load_state_dict(reference.state_dict())
+    model = copy.deepcopy(reference)  # w <- w_ref
     poisoned = poison_training_set(data.x_train, data.y_train, trigger, s.poison_rate, False, 0, seed=s.seed)
     beta = s.softplus_beta if needs_smooth_activations(model, s.explainers, s.explainer_options) else None
     preserve = _reference_maps(reference, data.x_train, data.y_train, s, beta)
@@ -129,10 +129,6 @@ def attack_tabular(reference: nn.Module, data: ImageDataset, trigger: nn.Module,
     fit(model, TensorBatches(*poisoned.tensors(), batch_size=s.batch_size, seed=s.seed), objective, optimizer,
         s.epochs, progress=False, desc="tabular attack")
     return model.eval()
-
-
-def _hidden(model: nn.Module) -> tuple[int, ...]:
-    return tuple(m.out_features for m in model.body if isinstance(m, nn.Linear))
 
 
 @dataclass

@@ -40,7 +40,7 @@ def attribution_bars(attributions: dict[str, torch.Tensor], feature_names: Seque
     for label in (ax.get_xticklabels()[i] for i in highlight if 0 <= i < n):
         label.set_color("tab:red")
         label.set_fontweight("bold")
-    ax.set_ylabel("mean attribution (min-max per sample)")
+    ax.set_ylabel("mean attribution\n(min-max per sample)", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
