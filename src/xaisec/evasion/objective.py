@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..explainers import Explainer, MaskState, MeaningfulPerturbation
+from ..explainers import Explainer, MaskState, MeaningfulPerturbation, RealTimeSaliency
 from ..maps import MapPostprocess
 from ..models import smooth_activations
 from ..validation import check_finite, check_int, check_number
@@ -98,6 +98,45 @@ class MaskTerm(InterpreterTerm):
         self.state = state
         look = e.optimise(x, y_target, state, max(1, e.unroll), create_graph=True)
         return None, self.post(e.maps_of(look, tuple(x.shape[-2:])))
+
+
+@dataclass
+class RTSTerm(InterpreterTerm):
+    """RTS inside the attack with ADV2's encoder loss (Zhang et al. 2020, Sec. 4, "ADV2 against RTS"): besides the
+    map term, ``encoder_weight * mean_d (enc(x) - enc(c_t))^2`` pulls the saver's encoder output on ``x`` to the
+    target class's mean encoder output ``prototypes[c_t]`` (``(K,D)``, from
+    :func:`~xaisec.explainers.rts.encoder_prototypes` on the training images): the class selector then meets
+    features that look like the target class, which moves the mask faster than the map term alone. With
+    :class:`~xaisec.explainers.FeatureSaliencyNet` the encoder is the classifier's deep layer; with
+    :class:`~xaisec.explainers.SaliencyNet`, the saver's own encoder. ``encoder_weight=0`` is the plain term."""
+
+    encoder_weight: float = 0.0
+    prototypes: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.explainer, RealTimeSaliency):
+            raise ConfigError(f"RTSTerm needs the 'rts' explainer, got {self.explainer.name!r}")
+        if self.encoder_weight < 0:
+            raise ConfigError(f"encoder_weight must be >= 0, got {self.encoder_weight}")
+        if self.encoder_weight > 0 and (self.prototypes is None or self.prototypes.dim() != 2):
+            raise ConfigError("the encoder loss needs prototypes (K,D): encoder_prototypes(saver, model, x_train, "
+                              "y_train, num_classes)")
+
+    def encoder_loss(self, x: torch.Tensor, y_target: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: mean squared difference between enc(x) and the target class's prototype."""
+        saver = self.explainer.saver
+        feats = saver.encode(self.explainer.model, x)
+        if feats.shape[1] != self.prototypes.shape[1]:
+            raise DataError(f"prototypes have {self.prototypes.shape[1]} features, the encoder gives {feats.shape[1]}")
+        return (feats - self.prototypes.to(feats)[y_target]).pow(2).mean(1)
+
+    def loss(self, x: torch.Tensor, y_target: torch.Tensor, target_maps: torch.Tensor
+             ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        logits, loss = super().loss(x, y_target, target_maps)
+        if self.encoder_weight > 0:
+            loss = loss + self.encoder_weight * self.encoder_loss(x, y_target)
+        return logits, loss
 
 
 class AttackObjective:

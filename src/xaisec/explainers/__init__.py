@@ -19,9 +19,9 @@ from ..train import batchnorm_stats_kept
 from ..validation import check_images, match_model_dtype
 from .base import Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
 from .cam import CAM, GradCAM, GradCAMPlusPlus
-from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad
+from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad, draw_background
 from .mask import MaskState, MeaningfulPerturbation
-from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet
+from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet, encoder_prototypes
 from .vbp import VisualBackProp
 
 EXPLAINERS = Registry("explainer")
@@ -117,4 +117,5 @@ def list_explainers() -> list[str]:
 __all__ = ["CAM", "EXPLAINERS", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus", "GradientShap",
            "InputXGradient", "IntegratedGradients", "JointExplanation", "MaskState", "MeaningfulPerturbation",
            "FeatureSaliencyNet", "RealTimeSaliency", "SaliencyNet", "SimpleGrad", "SmoothGrad", "VisualBackProp",
-           "build", "explain", "explain_all", "list_explainers", "recording", "run_pass"]
+           "build", "draw_background", "encoder_prototypes", "explain", "explain_all", "list_explainers", "recording",
+           "run_pass"]

@@ -165,10 +165,19 @@ class SmoothGrad(Explainer):
         return Explanation(logits, maps.view(self.n_samples, len(x), *maps.shape[1:]).mean(0))
 
 
+def draw_background(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """``k`` distinct images (or feature vectors) of ``x`` ``(N,...)`` drawn at random (seeded): a GradientSHAP
+    background set from the training data, as ADV2 and SHAP's ``GradientExplainer`` use."""
+    if not 1 <= k <= len(x):
+        raise DataError(f"a background of k={k} images needs 1 <= k <= {len(x)} (the images available)")
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+
+
 class GradientShap(Explainer):
     """GradientSHAP / expected gradients (Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874;
     Erion et al. 2021): mean over ``n_samples`` of (x - b) * grad at b + a (x - b), with b drawn from
-    ``baselines`` (M,C,H,W) (e.g. training images; default: one black image) and a ~ U(0,1).
+    ``baselines`` (M,C,H,W) or (M,F) (a background set, e.g. :func:`draw_background` of the training images;
+    default: one black image) and a ~ U(0,1).
 
     All samples run as one batch; draws come from ``seed`` and are shared by the images of a batch.
     Maps are summed over channels.
