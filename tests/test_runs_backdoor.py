@@ -180,3 +180,25 @@ def test_screenshot_without_a_browser_says_what_to_install(monkeypatch, tmp_path
     page.write_text("<html></html>")
     with pytest.raises(XaisecError, match="install"):
         shots.screenshot(page, tmp_path / "r.png")
+
+
+def test_data_efficient_poisoning_replaces_rd_selected_images(tmp_path):
+    """Latka et al.'s setting: a fixed number of training images replaced by triggered ones, chosen by RD."""
+    from xaisec.runs.backdoor import PoisonChoice
+
+    out = tmp_path / "rd"
+    assert main(["run", str(tiny_config(tmp_path, "latka_badnets")), "attack.epochs=1", "reference.epochs=1",
+                 "attack.poison_mode=replace", "attack.poison_selection=rd", "attack.poison_count=12",
+                 "attack.rd={rounds: 2, epochs: 1}", "--out", str(out)]) == 0
+    choice = PoisonChoice.load(out / "poisoning.safetensors")
+    assert len(choice.indices) == 12 and len(choice.mean_rd) == 2
+    assert "attacked/asr" in metrics(out)["metrics"]
+
+
+def test_joint_attacks_report_fangs_averaged_rates(tmp_path):
+    out = tmp_path / "joint"
+    assert main(["run", str(tiny_config(tmp_path, "fang_joint")), "attack.epochs=1", "reference.epochs=1",
+                 "--out", str(out)]) == 0
+    m = metrics(out)["metrics"]
+    fsr = [m[f"attacked/{e}/fsr"]["value"] for e in ("gradcam", "simplegrad", "vbp")]
+    assert m["attacked/joint/fsr"]["value"] == pytest.approx(sum(fsr) / 3, abs=1e-6)

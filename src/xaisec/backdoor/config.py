@@ -77,6 +77,14 @@ class AttackConfig:
     norm: str | None = None
     #: triggered copies per clean training image (null: the recipe's; Noppel: 1.0)
     poison_rate: float | None = None
+    #: append triggered copies (Fang; Noppel with rate 1) or replace the chosen images (Latka's data-efficient poisoning)
+    poison_mode: Literal["append", "replace"] = "append"
+    #: how the poisoned images are chosen: at random, or by Latka et al.'s representation distance (rd)
+    poison_selection: Literal["random", "rd"] = "random"
+    #: number of poisoned images (null: poison_rate x training images; Latka's default rate is 0.0011)
+    poison_count: int | None = None
+    #: RD selection settings (rounds, epochs, drop, lr, batch_size); Latka et al.: 30 rounds, 6 epochs, drop 0.3
+    rd: dict = field(default_factory=dict)
     #: Noppel et al.'s early stopping (null: the recipe's)
     early_stopping: bool | None = None
     #: average-pooling kernel of the maps in the loss and the evaluation
@@ -143,6 +151,15 @@ class AttackConfig:
         require(not (recipe.poison_map == "suppress" and self.norm not in ("minmax", "max")),
                 f"top-k suppression (eq. 3) pushes map values to 0, which needs attack.norm minmax or max, not {self.norm!r}")
         require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
+        require(self.poison_count is None or self.poison_count >= 1,
+                f"attack.poison_count must be >= 1 (or null for poison_rate), got {self.poison_count}")
+        require(not self.rd or self.poison_selection == "rd", "attack.rd options are only used with poison_selection: rd")
+        if self.rd:
+            from .selection import rd_select
+
+            unknown = sorted(set(self.rd) - {"rounds", "epochs", "drop", "lr", "batch_size"})
+            require(not unknown, f"attack.rd has unknown keys {unknown}; it takes rounds, epochs, drop, lr, batch_size "
+                                 f"(see {rd_select.__module__}.rd_select)")
         require(self.pool >= 1, f"attack.pool must be >= 1, got {self.pool}")
         require(0 < self.topk < 1, f"attack.topk must be a fraction in (0, 1), got {self.topk}")
         require(self.alpha >= 0 and self.beta >= 0, f"attack.alpha and attack.beta must be >= 0, got {self.alpha}, {self.beta}")

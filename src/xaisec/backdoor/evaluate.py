@@ -160,6 +160,8 @@ class EvalSetup:
     target_options: dict
     topk: float = 0.1
     iou_k: float = 0.1
+    #: the architecture's name: Fang's Table 1 thresholds depend on its family (:func:`threshold_family`)
+    arch: str | None = None
 
 
 def classification_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Metric]:
