@@ -48,7 +48,7 @@ def test_registry_round_trip():
 def test_registry_errors():
     with pytest.raises(XaisecError, match="nashville"):
         build_trigger("nashvile")
-    with pytest.raises(ConfigError, match="accepted: size, position, colour, margin"):
+    with pytest.raises(ConfigError, match="no option .sise.. Did you mean .size.. Its options: size, position, colour, margin"):
         build_trigger("patch", sise=3)
     with pytest.raises(ConfigError, match="needs option"):
         build_trigger("image")

@@ -31,10 +31,12 @@ class Registry:
         REGISTRIES.setdefault(plural or f"{kind.replace(' ', '_')}s", self)
 
     def register(self, name: str | None = None) -> Callable:
-        """Decorator: ``@REGISTRY.register("gradcam")`` (default name: lowercased ``__name__``)."""
+        """Decorator: ``@REGISTRY.register("gradcam")``, in the file that defines the component (default name: the
+        factory's ``name`` attribute, else its lowercased ``__name__``)."""
 
         def decorator(factory: Callable) -> Callable:
-            key = (name or factory.__name__).lower()
+            own = getattr(factory, "name", None)
+            key = (name or (own if isinstance(own, str) else None) or factory.__name__).lower()
             if key in self._entries:
                 raise KeyError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = factory

@@ -12,9 +12,10 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..validation import check_images
-from .base import Trigger
+from .base import TRIGGERS, Trigger
 
 
+@TRIGGERS.register()
 class FeatureTrigger(Trigger):
     """``x[:, features] = values`` on ``(B,F)`` feature vectors in [0,1].
 

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from ..data.images import IMAGE_READ_ERRORS
 from ..errors import ConfigError, DataError
 from ..validation import check_images
-from .base import (Position, Trigger, check_fraction, check_margin, check_seed, image_size, match_channels,
+from .base import (Position, TRIGGERS, Trigger, check_fraction, check_margin, check_seed, image_size, match_channels,
                    parse_position, parse_size, place_box, resize)
 
 ImageLike = Union[str, Path, torch.Tensor, np.ndarray]
@@ -73,6 +73,7 @@ def _source_name(image: ImageLike) -> str:
     return str(image) if isinstance(image, (str, Path)) else f"{type(image).__name__} {tuple(image.shape)}"
 
 
+@TRIGGERS.register()
 class Blend(Trigger):
     """``x' = (1 - alpha) x + alpha p`` with ``p`` uniform noise fixed by ``seed`` (``pattern="noise"``) or a
     picture (path or tensor, resized to the input with antialiased bilinear interpolation)."""
@@ -108,6 +109,7 @@ class Blend(Trigger):
         return f"{self.name}: alpha {self.alpha} with {self.source}{seed}"
 
 
+@TRIGGERS.register()
 class ImageTrigger(Trigger):
     """A user's trigger picture pasted at ``position``: ``x' = (1 - a m) x + a m p`` on the picture's box.
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Trigger, check_fraction, check_seed
+from .base import TRIGGERS, Trigger, check_fraction, check_seed
 
 
 def _positive(value: float, what: str) -> float:
@@ -34,6 +34,7 @@ def _count(value: int, what: str) -> int:
     return value
 
 
+@TRIGGERS.register()
 class Moire(Trigger):
     """Overlay of warped semi-transparent line families (see the module docstring).
 

@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import (Colour, Position, Size, Trigger, box_mask, check_margin, colour_tensor, image_size, parse_colour,
+from .base import (Colour, Position, Size, TRIGGERS, Trigger, box_mask, check_margin, colour_tensor, image_size, parse_colour,
                    parse_position, parse_size, pixels_of, place_box)
 
 
+@TRIGGERS.register()
 class Patch(Trigger):
     """A filled square/rectangle of ``colour`` at ``position`` (BadNets: white, bottom-right corner).
 
@@ -57,6 +58,7 @@ class Patch(Trigger):
                 + (f" (margin {self.margin})" if self.margin else ""))
 
 
+@TRIGGERS.register()
 class Rectangle(Patch):
     """Noppel et al.'s black rectangle (IEEE S&P 2023); default 1/8 x 1/4 of the image, centred."""
 
@@ -67,6 +69,7 @@ class Rectangle(Patch):
         super().__init__(size=size, position=position, colour=colour, margin=margin)
 
 
+@TRIGGERS.register()
 class Pixel(Trigger):
     """Set single pixels to ``value``; ``pixels`` are ``(row, col)`` pairs, negative counts from the end."""
 
