@@ -40,6 +40,7 @@ class GradCAM(_LayerExplainer):
     w_c the spatial mean of d logit_target / d A_c, bilinearly upsampled (align_corners=False)."""
 
     name = "gradcam"
+    attackable = True
 
     def maps_from(self, result: PassResult) -> torch.Tensor:
         a, g = self._activations(result), result.layer_grads[self.layer]
@@ -67,6 +68,7 @@ class CAM(_LayerExplainer):
     ``layer`` feeds global average pooling and one linear ``model.head``. Needs no backward pass."""
 
     name = "cam"
+    attackable = True
 
     def __init__(self, model: nn.Module, layer: str | None = None, relu: bool = False):
         super().__init__(model, layer, relu)
