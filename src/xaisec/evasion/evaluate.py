@@ -7,7 +7,7 @@ import torch
 
 from ..explainers import Explainer
 from ..maps import MapPostprocess, distance
-from ..train import eval_mode
+from ..train import eval_mode, predict
 from .metrics import map_metrics, perturbation_metrics, prediction_metrics
 
 
@@ -29,17 +29,12 @@ def explain_batches(explainer: Explainer, x: torch.Tensor, target: torch.Tensor,
         return in_batches(lambda xb, tb: explainer(xb, tb).maps.detach(), batch_size, x, target)
 
 
-def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(xb) for xb in x.split(batch_size)])
-
-
 def attack_report(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y_target: torch.Tensor,
                   maps: Mapping[str, torch.Tensor], benign: Mapping[str, torch.Tensor],
                   targets: Mapping[str, torch.Tensor], posts: Mapping[str, MapPostprocess], ks) -> dict:
     """ASR, confidence, perturbation size and, per interpreter, map metrics vs the benign and the target maps
     (after that interpreter's post-processing ``posts[name]``)."""
-    out = {**prediction_metrics(logits_of(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
+    out = {**prediction_metrics(predict(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
     out["maps"] = {name: {"vs_benign": map_metrics(m, benign[name], posts[name], ks),
                           "vs_target": map_metrics(m, targets[name], posts[name], ks)} for name, m in maps.items()}
     return out

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 EXPERIMENTS = Registry("experiment kind")
 
 #: modules whose import registers the packaged experiment kinds
-KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor",)
+KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor", "xaisec.runs.adv2")
 DEFAULT_KIND = "backdoor"
 
 
