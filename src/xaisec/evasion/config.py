@@ -175,8 +175,11 @@ class DetectionSettings:
         require(len(self.ensemble) >= 2 or not self.ensemble, "an interpreter ensemble needs at least two members")
         try:
             build_squeezers(self.squeezers)
-        except (XaisecError, TypeError, ValueError) as exc:
+        except XaisecError as exc:
             raise ConfigError(f"detection.squeezers: {exc}") from None
+        except (TypeError, ValueError):
+            raise ConfigError(f"detection.squeezers must be a preset (adv2, mnist, cifar10, imagenet) or a list of "
+                              f"squeezer names and [name, {{options}}] pairs, got {self.squeezers!r}") from None
 
 
 def _adv2_reference() -> ReferenceConfig:

@@ -228,7 +228,7 @@ class Bench:
         return own[0] if len(terms) == 1 and own[0] is not None else default
 
     def attack(self, key: str, attack: Callable, targets: Mapping[str, torch.Tensor] | None = None,
-               read_by: Mapping[str, Explainer] = {}) -> dict[str, Any]:
+               read_by: Mapping[str, Explainer] | None = None) -> dict[str, Any]:
         """``{"x": adversarial attack set, "seconds": (1,), "maps": {name: raw maps by read_by[name]}}``, cached
         under ``key`` (a resumed run reloads it)."""
         s, cfg = self.s, self.cfg
@@ -240,7 +240,7 @@ class Bench:
             seconds = time.perf_counter() - start
             log.info("%s: %d inputs in %.1f s", key, len(x_adv), seconds)
             return {"x": x_adv, "seconds": torch.tensor([seconds], dtype=torch.float64),
-                    "maps": {n: self.maps(n, x_adv, explainer=e) for n, e in read_by.items()}}
+                    "maps": {n: self.maps(n, x_adv, explainer=e) for n, e in (read_by or {}).items()}}
 
         out = self.ctx.cached(key, make)
         return {"x": out["x"], "seconds": float(out["seconds"][0]), "maps": out.get("maps", {})}
