@@ -240,3 +240,25 @@ def test_rts_encoder_option_picks_the_saver_and_survives_reloading(encoder, quad
     reloaded = adv2.SaverModel.load(tmp_path / "savers.safetensors").saver()
     assert type(reloaded) is type(saver) and reloaded.width == 4
     assert all(torch.equal(a, b) for a, b in zip(saver.state_dict().values(), reloaded.state_dict().values()))
+
+
+def test_saver_training_resumed_after_a_kill_equals_an_uninterrupted_one(quadrants_dataset, tmp_path, monkeypatch):
+    from xaisec.runs import checkpoint
+
+    cfg = tiny(quadrants_dataset, "interpreters=[rts]", "stadv.enabled=false", "detection.enabled=false",
+               "rts.epochs=2")
+    whole = adv2.savers(_context(cfg, tmp_path / "a"))
+    real = checkpoint.save_checkpoint
+
+    def dies_after_the_first_epoch(path, model, optimizer, state):
+        real(path, model, optimizer, state)
+        raise Killed
+
+    ctx = _context(cfg, tmp_path / "b")
+    monkeypatch.setattr(checkpoint, "save_checkpoint", dies_after_the_first_epoch)
+    with pytest.raises(Killed):
+        adv2.savers(ctx)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real)
+    resumed = adv2.savers(ctx)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    assert all(torch.equal(whole.weights[k], resumed.weights[k]) for k in whole.weights)

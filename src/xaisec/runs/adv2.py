@@ -166,15 +166,21 @@ def train_saver(ctx: RunContext, key: str, objective: RTSObjective, init: SaverM
     if init is not None:
         saver.load_state_dict(init.weights)
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     stage = TrainingStage(key, ctx.rd.checkpoints)
     optimizer = torch.optim.Adam(saver.parameters(), lr=r.lr)
     batches = TensorBatches(data.x_train, data.y_train, batch_size=r.batch_size, seed=cfg.seed)
+    gen, epoch = torch.Generator(), [-1]
+
+    def loss(s: Saver, batch) -> Any:
+        if batches.epoch != epoch[0]:  # fake labels and alternatives drawn per epoch: a resumed run draws the same
+            epoch[0] = batches.epoch
+            gen.manual_seed(cfg.seed + batches.epoch)
+        return rts_loss(s, model, batch[0], batch[1], objective, gen)
+
     log.info("%s: training the saver (%s)", key, saver.describe())
     with frozen(model):
-        stage.train(saver, batches, lambda s, batch: rts_loss(s, model, batch[0], batch[1], objective, gen),
-                    optimizer, r.epochs, r.lr, schedule("cosine", r.epochs), progress=ctx.progress,
-                    on_log=training_log(ctx, stage))
+        stage.train(saver, batches, loss, optimizer, r.epochs, r.lr, schedule("cosine", r.epochs),
+                    progress=ctx.progress, on_log=training_log(ctx, stage))
     return SaverModel(dict(saver.state_dict()), stage.history, stage.stop_reason, saver_spec(saver), saver.describe())
 
 
