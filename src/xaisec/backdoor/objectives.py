@@ -158,7 +158,8 @@ class ExplanationAwareObjective:
         # The attack group is pushed to the goal; the other group keeps the reference maps.
         attack = ~poisoned if self.recipe.inverted else poisoned
         with training_surrogate(model, self.softplus_beta, self.explainer_options):
-            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options)
+            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options,
+                              keep_batchnorm_stats=False)  # the explained pass is the training pass
         ce = F.cross_entropy(out.logits, y, reduction="none")
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros

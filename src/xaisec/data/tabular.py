@@ -11,17 +11,27 @@ import difflib
 
 import numpy as np
 import torch
-from sklearn import datasets as skdatasets
-
 from ..errors import DataError
 from .base import ImageDataset, stratified_split
 from .images import select_subset
 
+
+def _sklearn_loader(name: str):
+    """``sklearn.datasets.<name>``, imported when called: importing scikit-learn takes seconds, which every
+    ``xaisec`` command would pay at start-up (the CLI imports this module) even when it loads no tabular set."""
+    def load(**options):
+        from sklearn import datasets
+
+        return getattr(datasets, name)(**options)
+    load.__name__ = name
+    return load
+
+
 TABULAR_SETS = {
-    "breast_cancer": skdatasets.load_breast_cancer,  # 569 x 30, 2 classes
-    "wine": skdatasets.load_wine,  # 178 x 13, 3 classes
-    "iris": skdatasets.load_iris,  # 150 x 4, 3 classes
-    "digits": skdatasets.load_digits,  # 1797 x 64 (8x8 images as flat features), 10 classes
+    "breast_cancer": _sklearn_loader("load_breast_cancer"),  # 569 x 30, 2 classes
+    "wine": _sklearn_loader("load_wine"),  # 178 x 13, 3 classes
+    "iris": _sklearn_loader("load_iris"),  # 150 x 4, 3 classes
+    "digits": _sklearn_loader("load_digits"),  # 1797 x 64 (8x8 images as flat features), 10 classes
 }
 
 

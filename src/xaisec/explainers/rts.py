@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..models import Normalize, default_cam_layer
+from ..models import Normalize, default_cam_layer, is_activation
 from ..train import eval_mode
-from .base import ACTIVATIONS, Explainer, Explanation, recording, resolve_target
+from .base import Explainer, Explanation, recording, resolve_target
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -113,7 +113,7 @@ class FeatureSaliencyNet(nn.Module):
         param = next(classifier.parameters())
         probe = torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device)
         deep = layers[0] if layers else default_cam_layer(classifier)
-        candidates = [] if layers else [n for n, m in classifier.named_modules() if isinstance(m, ACTIVATIONS)]
+        candidates = [] if layers else [n for n, m in classifier.named_modules() if is_activation(m)]
         recorded = list(layers or [deep, *candidates])
         with torch.no_grad(), eval_mode(classifier), recording(classifier, recorded) as (out, _):
             classifier(probe)  # one probe pass: channel counts, and the resolutions the default layers are picked by

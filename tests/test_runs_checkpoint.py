@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_cnn
-from xaisec.checkpoint import EpochLR, load_checkpoint, save_checkpoint
+from xaisec.runs.checkpoint import EpochLR, load_checkpoint, save_checkpoint, schedule
 from xaisec.errors import ModelError
-from xaisec.rundir import RunDir, unique_dir
 
 
 def _step(model, opt, x):
@@ -63,13 +62,10 @@ def test_epoch_lr_is_stateless():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.025) and resumed.lr(3) == pytest.approx(0.0125)
 
 
-def test_rundir_markers(tmp_path):
-    rd = RunDir(tmp_path / "run").create({"a": 1}, seed=3)
-    assert rd.status()["state"] == "running" and not rd.finished
-    assert rd.read_config() == {"a": 1}
-    env = json.loads((rd / "environment.json").read_text())
-    assert env["seed"] == 3 and "torch" in env
-    rd.set_status("finished", stage="done")
-    assert rd.finished
-    assert unique_dir(tmp_path / "run") == tmp_path / "run-2"
-    assert unique_dir(tmp_path / "new") == tmp_path / "new"
+def test_schedules():
+    assert schedule("constant", 10)(7) == 1.0
+    assert schedule("cosine", 10)(0) == 1.0 and schedule("cosine", 10)(10) == pytest.approx(0.0)
+    assert schedule("step", 100, step_size=20, gamma=0.5)(45) == 0.25
+    assert schedule("inverse", 10)(3) == 0.25
+    with pytest.raises(ValueError, match="unknown schedule"):
+        schedule("warmup", 10)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xaisec.backdoor import stages
+from xaisec.runs import checkpoint as stages
 from xaisec.cli import main
 from xaisec.errors import XaisecError
 from xaisec.report.screenshot import find_browser, screenshot
@@ -53,7 +53,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 def test_run_writes_every_artifact(finished_run, capsys):
     for name in ("config.yaml", "environment.json", "status.json", "reference.safetensors", "attacked.safetensors",
-                 "metrics.json", "log.jsonl", "samples.safetensors", "report.html", "figures/triggers.png",
+                 "metrics.json", "log.jsonl", "evaluation.safetensors", "report.html", "figures/triggers.png",
                  "figures/maps_gradcam.png", "figures/training.png", "checkpoints/attack.safetensors"):
         assert (finished_run / name).is_file(), name
     assert json.loads((finished_run / "status.json").read_text())["state"] == "finished"
@@ -61,7 +61,9 @@ def test_run_writes_every_artifact(finished_run, capsys):
     for key in ("attacked/top1_clean", "attacked/gradcam/fsr", "attacked/gradcam/cr", "reference/gradcam/fsr",
                 "attacked/gradcam/trigger_mass_trig", "attacked/top1_drop"):
         assert doc["metrics"][key]["direction"] in ("higher", "lower", "none"), key
-    assert doc["thresholds"]["gradcam"] == {"value": 0.2, "paper": 0.2}
+    assert doc["context"]["thresholds"]["gradcam"] == {"value": 0.2, "paper": 0.2}
+    assert set(json.loads((finished_run / "status.json").read_text())["seconds"]) == {"reference", "attacked",
+                                                                                       "evaluation"}
     log = [json.loads(line) for line in (finished_run / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in log] == [("reference", 1), ("reference", 2), ("attack", 1), ("attack", 2)]
     assert "monitor/gradcam/map_goal" in log[-1]
@@ -89,6 +91,7 @@ def test_resume_after_interruption_equals_uninterrupted(finished_run, tmp_path, 
         main(["run", str(tiny_config(tmp_path)), "--out", str(tmp_path / "c")])
     run = tmp_path / "c"
     assert json.loads((run / "status.json").read_text())["state"] == "failed"
+    assert (run / "reference.safetensors").is_file()  # the finished stage's artifact is kept
     assert not (run / "metrics.json").exists() and not (run / "attacked.safetensors").exists()
     monkeypatch.setattr(stages, "save_checkpoint", real)
     assert main(["run", "--resume", str(run)]) == 0
@@ -114,6 +117,9 @@ def test_sigkill_then_resume(finished_run, tmp_path):
     if (run / "status.json").is_file() and json.loads((run / "status.json").read_text())["state"] == "finished":
         pytest.skip("the subprocess finished before it could be killed")
     assert not (run / "metrics.json").exists()
+    from xaisec.runs.rundir import RunDir
+
+    assert RunDir(run).state() == "interrupted"  # status.json still says running, but its process is gone
     assert main(["run", "--resume", str(run)]) == 0
     assert metrics(run) == metrics(finished_run)
 
@@ -145,7 +151,7 @@ def test_other_recipes_run(recipe, tmp_path):
     assert main(["run", str(tiny_config(tmp_path, recipe)), "attack.epochs=1", "reference.epochs=1",
                  "--out", str(out)]) == 0
     doc = metrics(out)
-    assert doc["recipe"] == recipe
+    assert doc["context"]["recipe"] == recipe
     assert ("attacked/asr" in doc["metrics"]) == (recipe != "fang_nontargeted")
 
 
@@ -158,8 +164,9 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path, capsys):
     shot = np.asarray(Image.open(run / "report.png").convert("L"), dtype=np.float32)
     blank = tmp_path / "blank.html"
     blank.write_text("<html><body></body></html>")
-    empty = np.asarray(Image.open(screenshot(blank, tmp_path / "blank.png")).convert("L"), dtype=np.float32)
-    assert shot.shape == empty.shape == (3000, 1280)
+    empty = np.asarray(Image.open(screenshot(blank, tmp_path / "blank.png", height=600)).convert("L"), dtype=np.float32)
+    assert empty.shape == (600, 1280) and shot.shape[1] == 1280
+    assert shot.shape[0] > 3000  # the whole page, not the first 3000 px
     assert empty.std() < 1.0  # a blank page renders uniformly white
     # the report's images (dark MNIST digits and heat maps) and tables cover a sizeable part of the page
     assert (shot < 128).mean() > 0.02 and shot[:1500].std() > 20
