@@ -54,16 +54,21 @@ class RTSSettings:
     encoder: Literal["classifier", "own"] = "classifier"
     #: the classifier layers (deep, shallow) the ``classifier`` encoder reads; empty: chosen automatically
     layers: list[str] = field(default_factory=list)
+    #: channels of the saver's decoder
     width: int = 16
+    #: training epochs of the saver (Adam, cosine schedule, checkpointed every epoch)
     epochs: int = 15
     lr: float = 2e-3
     batch_size: int = 64
     objective: RTSObjective = field(default_factory=RTSObjective)
+    #: also train RTS^A (Sec. 7) and attack it (stages savers_adversarial, rts_adversarial)
     adversarial: bool = True
+    #: weight of RTS^A's stability term (its ``objective.adv_weight``)
     adversarial_weight: float = 1.0
     #: RTS^A starts from random weights (``scratch``) or fine-tunes the trained plain RTS (``rts``); a warm start
     #: keeps the stability term from being met by the trivial empty mask early in training
     adversarial_init: Literal["scratch", "rts"] = "scratch"
+    #: noise levels (std of normal, half-width of uniform noise) at which RTS and RTS^A map changes are measured
     noise_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
 
     def __post_init__(self) -> None:
@@ -108,12 +113,17 @@ class InterpreterSettings:
 class PGDSettings:
     """L-inf PGD and PGD-based ADV2: ``warmup`` plain steps then ``steps - warmup`` with c ramped to ``c_end`` (2c)."""
 
+    #: L-inf radius (pixels in [0,1])
     eps: float = 0.2
+    #: step size of the signed-gradient steps
     step: float = 0.005
     steps: int = 500
+    #: plain PGD steps before the interpreter term is switched on (ADV2's stage 1)
     warmup: int = 100
+    #: weight of the interpreter term, ramped to ``c_end`` (null: 2c)
     c: float = 10.0
     c_end: float | None = None
+    #: the classifier term: cross-entropy towards the target class, or a margin loss
     prd: Literal["ce", "margin"] = "ce"
     #: as the reference code: keeps the target class's softmax below 1, so gradients (and MASK's) never vanish
     label_smoothing: float = 0.1
@@ -131,13 +141,18 @@ class StAdvSettings:
     """StAdv and StAdv-based ADV2 (``interpreters``: which ones, default all attacked)."""
 
     enabled: bool = True
+    #: weight of the flow smoothness loss
     tau: float = 5e-4
+    #: Adam learning rate of the flow field
     lr: float = 0.01
     steps: int = 300
     warmup: int = 100
     c: float = 10.0
+    #: scale of the random initial flow (pixels)
     init: float = 0.2
+    #: bound on every flow component (pixels; null: none)
     max_flow: float | None = None
+    #: the interpreters StAdv-based ADV2 attacks (null: all attacked interpreters)
     interpreters: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -156,12 +171,19 @@ class DetectionSettings:
     test images outside the attacked set."""
 
     enabled: bool = True
+    #: a preset (adv2, mnist, cifar10, imagenet) or a list of squeezer names and [name, {options}] pairs
     squeezers: Any = "adv2"
+    #: false-positive rate on benign images that sets every threshold
     fpr: float = 0.05
+    #: benign test images (outside the attacked set) that calibrate the thresholds
     calibration_images: int = 300
+    #: interpreters attacked by the adaptive ADV2 (with the squeezing term)
     adaptive: list[str] = field(default_factory=lambda: ["rts", "mask"])
+    #: weight of the squeezing term in the adaptive attack
     adaptive_weight: float = 5.0
+    #: the adaptive attack pushes every squeezer's gap below hinge x its threshold
     hinge: float = 0.5
+    #: members of the interpreter ensemble detector (at least two; empty: none)
     ensemble: list[str] = field(default_factory=lambda: ["simplegrad", "cam", "rts"])
     ensemble_metric: Literal["l1", "iou"] = "l1"
 
@@ -182,8 +204,13 @@ class DetectionSettings:
                               f"squeezer names and [name, {{options}}] pairs, got {self.squeezers!r}") from None
 
 
-def _adv2_reference() -> ReferenceConfig:
-    return ReferenceConfig(epochs=15, lr=3e-3, batch_size=128)
+@dataclass
+class Adv2ReferenceConfig(ReferenceConfig):
+    """The clean classifier the attacks target (trained as in every kind; these defaults suit the small images)."""
+
+    epochs: int = 15
+    lr: float = 3e-3
+    batch_size: int = 128
 
 
 @dataclass
@@ -191,21 +218,31 @@ class Adv2Config(RunConfig):
     """The whole ``adv2`` experiment: the shared sections plus interpreters, attacks, detection and metrics."""
 
     experiment: str = "adv2"
-    reference: ReferenceConfig = field(default_factory=_adv2_reference)
+    reference: Adv2ReferenceConfig = field(default_factory=Adv2ReferenceConfig)
     rts: RTSSettings = field(default_factory=RTSSettings)
+    #: the attacked interpreters (explainers whose class says ``attackable``; default: all of them)
     interpreters: list[str] = field(default_factory=attackable_interpreters)
-    #: {interpreter: settings}; the resolved config lists every attacked interpreter's settings in full
+    #: {interpreter: {weight, norm, smooth_beta, c, options, term}}; unset keys take the explainer class's
+    #: ``attack_defaults``; the resolved config lists every attacked interpreter's settings in full
     interpreter_settings: dict = field(default_factory=dict)
+    #: how many correctly classified test images are attacked
     n_images: int = 100
+    #: images per attack batch (and per batch of maps)
     batch_size: int = 100
+    #: the target maps: the image's own benign map, the map of an image of the target class, or a random patch
     target: Literal["benign", "class", "patch"] = "class"
+    #: the patch's share of the image (``target: patch``)
     patch_fraction: float = 0.15
+    #: average-pooling kernel of the maps in the attack loss and the metrics
     map_pool: int = 2
+    #: top-k fractions of the IoU curves (Figure 6)
     iou_ks: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
     pgd: PGDSettings = field(default_factory=PGDSettings)
     stadv: StAdvSettings = field(default_factory=StAdvSettings)
     detection: DetectionSettings = field(default_factory=DetectionSettings)
+    #: every interpreter reads every ADV2 attack's inputs (the transfer matrix, Table 9)
     transfer: bool = True
+    #: images shown in the report's figures
     figure_images: int = 6
 
     def __post_init__(self) -> None:
