@@ -126,6 +126,9 @@ def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimize
     returning True stops training. ``flush_denormals``: subnormal floats are flushed to zero meanwhile
     (:func:`xaisec.numerics.flush_denormals`; up to 5x faster steps once training has moved the model).
     """
+    from .models import model_device
+
+    device = model_device(model)
     history: list[dict[str, float]] = []
     with numerics.flush_denormals(flush_denormals), training_mode(model, freeze_batchnorm):
         for epoch in range(start_epoch, epochs):
@@ -133,6 +136,7 @@ def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimize
             sums: dict[str, float] = {}
             bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None if progress else True)
             for batch in bar:
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)  # data stays on the host
                 out = objective(model, batch)
                 if not torch.isfinite(out.total):
                     raise FloatingPointError(f"loss became {out.total.item()} in epoch {epoch + 1}; lower the learning rate")

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..explainers import explain_all
 from ..maps import MapPostprocess
+from ..models import model_device
 from ..train import eval_mode
 from .evaluate import EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold
 from .goals import build_goal
@@ -20,16 +21,19 @@ MODELS = ("reference", "attacked")
 
 def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, explainers: list[str],
                   options: dict[str, dict] | None = None, batch_size: int = 250) -> ModelOutputs:
-    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W)."""
+    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W), computed in chunks on
+    the model's device and returned on the CPU."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
+
+    device = model_device(model)
 
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, maps = [], {name: [] for name in explainers}
         for chunk in inputs.split(batch_size):
-            out = explain_all(model, chunk, None, explainers, options=options)
-            logits.append(out.logits)
+            out = explain_all(model, chunk.to(device), None, explainers, options=options)
+            logits.append(out.logits.cpu())  # metrics and figures are computed on the host
             for name in explainers:
-                maps[name].append(out.maps[name])
+                maps[name].append(out.maps[name].cpu())
         return torch.cat(logits), {name: torch.cat(parts) for name, parts in maps.items()}
 
     with eval_mode(model):

@@ -11,7 +11,7 @@ Every model takes pixels in [0,1]: its first layer is :class:`Normalize` (librar
 - :mod:`.surgery`: :func:`smooth_activations`, :func:`fold_batchnorm`
 - :mod:`.device`: :func:`resolve_device`, :func:`autocast`
 """
-from .device import autocast, resolve_device
+from .device import autocast, model_device, resolve_device
 from .layers import (Architecture, default_cam_layer, find_head, forward_model, get_layer, inspect_architecture,
                      is_activation, layer_name, tokens_to_grid, unwrap_model)
 from .native import (MLP, BasicBlock, ConvNet, MaxPool2d, Normalize, count_parameters, mlp, resnet20, small_cnn,
@@ -21,7 +21,7 @@ from .spec import ModelSpec, build_model, model_spec
 from .surgery import SoftplusForReLU, fold_batchnorm, smooth_activations
 from .zoo import PAPER_MODELS, Normalized, load_model_weights, model_from_entry_point
 
-__all__ = ["model_from_entry_point", "MLP", "MODELS", "PAPER_MODELS", "Architecture", "BasicBlock", "ConvNet", "MaxPool2d", "ModelSpec",
+__all__ = ["model_device", "model_from_entry_point", "MLP", "MODELS", "PAPER_MODELS", "Architecture", "BasicBlock", "ConvNet", "MaxPool2d", "ModelSpec",
            "Normalize", "Normalized", "SoftplusForReLU", "autocast", "build_model", "count_parameters",
            "default_cam_layer", "find_head", "fold_batchnorm", "forward_model", "get_layer", "inspect_architecture",
            "is_activation", "layer_name", "load_model_weights", "mlp", "model_spec", "resnet20", "resolve_device",

@@ -37,6 +37,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter or buffer (CPU for a model without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 @contextlib.contextmanager
 def autocast(device: str | torch.device, dtype: str | None = "bf16") -> Iterator[None]:
     """Mixed precision (``"bf16"`` or ``"fp16"``) for plain forward passes (evaluation, predictions, reference

@@ -109,6 +109,8 @@ class RunConfig:
     #: flush subnormal floats to zero while training and attacking on CPU (much faster on many CPUs; results
     #: change only below float32's normal range); false for bit-exact comparisons with unflushed code
     flush_denormals: bool = True
+    #: where models train and explain: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N
+    device: str = "auto"
     #: the dataset
     data: DataConfig = field(default_factory=DataConfig)
     #: the architecture
@@ -128,3 +130,6 @@ class RunConfig:
         require(0 <= self.seed < 2**32, f"seed must be an integer in [0, 2**32), got {self.seed}")
         require(bool(self.out) and "\0" not in self.out, f"out must be a folder path, got {self.out!r}")
         require(self.threads is None or 1 <= self.threads <= 1024, f"threads must be in [1, 1024], got {self.threads}")
+        from ..models import resolve_device
+
+        resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work
