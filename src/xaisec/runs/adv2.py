@@ -26,7 +26,7 @@ from .. import explainers as xexplainers
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError, XaisecError
 from ..evasion.config import Adv2Config, explainer_class
-from ..evasion.evaluate import attack_report, explain_batches, in_batches, transfer_matrix
+from ..evasion.evaluate import attack_report, explain_batches, in_batches, logits, transfer_matrix
 from ..evasion.objective import AttackObjective, InterpreterTerm
 from ..evasion.pgd import PGD, Adv2PGD
 from ..evasion.stadv import StAdv, Adv2StAdv
@@ -36,7 +36,8 @@ from ..explainers.rts import FeatureSaliencyNet, SaliencyNet, Saver
 from ..explainers.rts_train import RTSObjective, frozen, rts_loss, saver_from_spec, saver_spec
 from ..maps import MapPostprocess
 from ..records import Metric
-from ..train import TensorBatches, accuracy, predict
+from ..models import model_device
+from ..train import TensorBatches
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule
 from .common import TrainedModel, load_data, model_factory, train_reference, training_log
@@ -63,8 +64,8 @@ class SaverModel(TrainedModel):
     spec: dict = field(default_factory=dict)
     description: str = ""
 
-    def saver(self) -> Saver:
-        return self.into(saver_from_spec(self.spec))
+    def saver(self, device: torch.device | str = "cpu") -> Saver:
+        return self.into(saver_from_spec(self.spec).to(device))
 
 
 @dataclass
@@ -121,12 +122,13 @@ def new_saver(cfg: Adv2Config, model: nn.Module, data: ImageDataset) -> Saver:
     r = cfg.rts
     torch.manual_seed(cfg.seed)
     if r.encoder == "own":
-        return SaliencyNet(data.in_channels, data.num_classes, width=r.width)
+        return SaliencyNet(data.in_channels, data.num_classes, width=r.width).to(model_device(model))
     try:
-        return FeatureSaliencyNet.for_classifier(model, data.input_shape, data.num_classes, r.width,
-                                                 tuple(r.layers) or None)
+        saver = FeatureSaliencyNet.for_classifier(model, data.input_shape, data.num_classes, r.width,
+                                                  tuple(r.layers) or None)
     except XaisecError as exc:
         raise ConfigError(f"rts.layers {r.layers} do not fit {cfg.model.arch}: {exc}") from None
+    return saver.to(model_device(model))
 
 
 def prepare(cfg: Adv2Config) -> Adv2Inputs:
@@ -204,7 +206,8 @@ class Bench:
     def __init__(self, ctx: RunContext):
         self.ctx, self.cfg, self.posts = ctx, ctx.cfg, ctx.inputs.posts
         self.model = ctx["reference"].into(ctx.inputs.make_model())
-        saver = ctx["savers"].saver() if "savers" in ctx.results else None
+        self.device = model_device(self.model)
+        saver = ctx["savers"].saver(self.device) if "savers" in ctx.results else None
         self.explainers = {n: build_interpreter(self.cfg, n, self.model, saver=saver) for n in self.cfg.interpreters}
         self.s: AttackSet | None = ctx.results.get("attack_set")
 
@@ -212,7 +215,7 @@ class Bench:
              explainer: Explainer | None = None) -> torch.Tensor:
         """Raw maps of ``x`` by interpreter ``name`` for ``target`` (default: the classifier's prediction)."""
         if target is None:
-            target = predict(self.model, x).argmax(1)
+            target = logits(self.model, x).argmax(1)
         return explain_batches(explainer or self.explainers[name], x, target, self.cfg.batch_size)
 
     def term(self, name: str, explainer: Explainer | None = None) -> InterpreterTerm:
@@ -242,7 +245,8 @@ class Bench:
         def make() -> dict[str, Any]:
             start = time.perf_counter()
             kwargs = {"target_maps": dict(targets)} if targets else {}
-            x_adv = in_batches(lambda xb, yb, **kw: attack(xb, yb, **kw), cfg.batch_size, s.x, s.y_target, **kwargs)
+            x_adv = in_batches(lambda xb, yb, **kw: attack(xb, yb, **kw), cfg.batch_size, s.x, s.y_target,
+                               device=self.device, **kwargs)
             seconds = time.perf_counter() - start
             log.info("%s: %d inputs in %.1f s", key, len(x_adv), seconds)
             return {"x": x_adv, "seconds": torch.tensor([seconds], dtype=torch.float64),
@@ -284,7 +288,8 @@ def attack_set(ctx: RunContext) -> AttackSet:
     cfg, data = ctx.cfg, ctx.inputs.data
     b = Bench(ctx)
     gen = torch.Generator().manual_seed(cfg.seed)
-    correct = torch.nonzero(predict(b.model, data.x_test).argmax(1) == data.y_test).flatten()
+    test_pred = logits(b.model, data.x_test).argmax(1)
+    correct = torch.nonzero(test_pred == data.y_test).flatten()
     correct = correct[torch.randperm(len(correct), generator=gen)]
     n_cal = cfg.detection.calibration_images if cfg.detection.enabled else 0
     if len(correct) < cfg.n_images + n_cal:
@@ -296,7 +301,7 @@ def attack_set(ctx: RunContext) -> AttackSet:
     y_target = random_target_classes(y, data.num_classes, gen)
     pool_index = torch.zeros(0, dtype=torch.long)
     if cfg.target == "class":
-        pool_correct = predict(b.model, data.x_train).argmax(1) == data.y_train
+        pool_correct = logits(b.model, data.x_train).argmax(1) == data.y_train
         pool_index = pick_class_examples(y_target, data.y_train, pool_correct, torch.Generator().manual_seed(cfg.seed + 2))
     benign = {n: b.maps(n, x, y) for n in cfg.interpreters}
     patches = patch_maps(len(x), tuple(x.shape[-2:]), cfg.patch_fraction,
@@ -304,7 +309,7 @@ def attack_set(ctx: RunContext) -> AttackSet:
     targets = {n: target_maps(cfg, data, x, y_target, pool_index, benign[n],
                               lambda xs, t, n=n: b.maps(n, xs, t), patches) for n in cfg.interpreters}
     return AttackSet(index, x, y, y_target, x_cal, pool_index, benign, targets,
-                     accuracy(b.model, data.x_test, data.y_test))
+                     (test_pred == data.y_test).double().mean().item())
 
 
 # ---- attack stages ------------------------------------------------------------------------------------------------
@@ -365,16 +370,17 @@ def detection(ctx: RunContext) -> Attacks:
 
     b, cfg, out = Bench(ctx), ctx.cfg, Attacks()
     d, s = cfg.detection, b.s
-    calib = SqueezingCalibration(FeatureSqueezingDetector(b.model, d.squeezers, d.fpr), s.x_cal)
+    on = lambda t: t.to(b.device)  # noqa: E731  (the detectors run where the model is)
+    calib = SqueezingCalibration(FeatureSqueezingDetector(b.model, d.squeezers, d.fpr), on(s.x_cal))
     earlier = _earlier_attacks(ctx)
-    rates = {"benign": calib.rates(s.x), **{k: calib.rates(v) for k, v in earlier.items()}}
+    rates = {"benign": calib.rates(on(s.x)), **{k: calib.rates(on(v)) for k, v in earlier.items()}}
     adaptive = {}
     for name in d.adaptive:
         key = f"adv2_pgd_adaptive-{name}"
         attack = b.adv2_pgd([b.term(name)], detector=calib.hinge_term(d.hinge), detector_weight=d.adaptive_weight)
         run = b.attack(key, attack, {name: s.targets[name]}, {name: b.explainers[name]})
         b.keep(out, key, run)
-        rates[key] = calib.rates(run["x"])
+        rates[key] = calib.rates(on(run["x"]))
         adaptive[name] = b.report(run["x"], run["maps"])
     out.numbers["feature_squeezing"] = {"squeezers": calib.names, "fpr": d.fpr, "thresholds": calib.thresholds.tolist(),
                                         "joint_threshold": calib.detector.threshold, "calibration_images": len(s.x_cal),
@@ -382,7 +388,7 @@ def detection(ctx: RunContext) -> Attacks:
     if d.ensemble:
         members = {m: b.explainers[m] for m in d.ensemble}
         detector = InterpreterEnsembleDetector(b.model, members, b.posts, d.ensemble_metric, fpr=d.fpr,
-                                               batch_size=cfg.batch_size).fit(s.x_cal)
+                                               batch_size=cfg.batch_size).fit(on(s.x_cal))
         key = "adv2_pgd-ensemble"
         run = b.attack(key, b.adv2_pgd([b.term(m) for m in d.ensemble]), {m: s.targets[m] for m in d.ensemble}, members)
         b.keep(out, key, run)
@@ -390,7 +396,8 @@ def detection(ctx: RunContext) -> Attacks:
                    key: run["x"]}
         out.numbers["ensemble"] = {"members": list(d.ensemble), "metric": d.ensemble_metric,
                                    "threshold": detector.threshold,
-                                   "rates": {k: detector.detect(v).double().mean().item() for k, v in flagged.items()},
+                                   "rates": {k: detector.detect(on(v)).double().mean().item()
+                                             for k, v in flagged.items()},
                                    "joint_attack": b.report(run["x"], run["maps"])}
     return out
 
@@ -406,7 +413,7 @@ def rts_adversarial(ctx: RunContext) -> Attacks:
     the inputs crafted against the plain one, and both versions' map change under random noise."""
     b, cfg, out = Bench(ctx), ctx.cfg, Attacks()
     s, data = b.s, ctx.inputs.data
-    saver = ctx["savers_adversarial"].saver()
+    saver = ctx["savers_adversarial"].saver(b.device)
     for name in cfg.saver_interpreters():
         e_adv = build_interpreter(cfg, name, b.model, saver=saver)
         benign = {name: b.maps(name, s.x, s.y, e_adv)}
