@@ -56,3 +56,18 @@ def quadrant_model():
     model = build_model("small_cnn", (1, 12, 12), 4, width=8, batchnorm=False)
     train_classifier(model, x[:256], y[:256], epochs=20, lr=1e-2, batch_size=32, progress=False)
     return model.eval(), x[256:], y[256:]
+
+
+@pytest.fixture(scope="session")
+def quadrants_dataset() -> str:
+    """The registered name of a tiny dataset from :func:`quadrant_data` (256 training, 64 test images, 4 classes)."""
+    from xaisec.data import DATASETS, ImageDataset
+
+    name = "quadrants_test"
+    if name not in DATASETS:
+        def load() -> ImageDataset:
+            x, y = quadrant_data(320, 0)
+            return ImageDataset("quadrants", x[:256], y[:256], x[256:], y[256:], num_classes=4)
+
+        DATASETS.register(name)(load)
+    return name

@@ -4,7 +4,8 @@ https://arxiv.org/abs/1812.00891).
 >>> term = InterpreterTerm(build("cam", model))
 >>> x_adv = Adv2PGD(model, [term], eps=0.2, step=0.01, steps=400, warmup=100, c=10)(x, y_target, target_maps=maps)
 
-The ``adv2`` experiment kind (``xaisec run``) lives in :mod:`xaisec.evasion.experiment`.
+The ``adv2`` experiment kind (``xaisec run adv2_mnist5k``) is :mod:`xaisec.runs.adv2`; its config schema is
+:mod:`.config`, its flat metric records :mod:`.results` and its report (rebuilt from the run directory) :mod:`.report`.
 """
 from __future__ import annotations
 

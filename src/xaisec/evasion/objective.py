@@ -75,8 +75,8 @@ class MaskTerm(InterpreterTerm):
 
     inner_steps: int = 5
     refresh: int = 0
-    state: MaskState | None = field(default=None, repr=False)
-    calls: int = field(default=0, repr=False)
+    state: MaskState | None = field(default=None, repr=False, init=False)
+    calls: int = field(default=0, repr=False, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -208,11 +208,28 @@ class Explainer(abc.ABC):
     differentiable = True
     #: whether the method needs spatial (B,C,H,W) inputs and conv layers
     needs_images = False
+    #: whether ADV2 (Zhang et al., "Interpretable Deep Learning under Fire", USENIX Security 2020) can attack the
+    #: method: its maps are differentiable w.r.t. the input with ``create_graph=True`` (see :mod:`xaisec.evasion`)
+    attackable: ClassVar[bool] = False
+    #: how ADV2 attacks it unless the config says otherwise (keys of the adv2 ``interpreter_settings``):
+    #: ``smooth_beta`` (Softplus surrogate of ReLU), ``norm`` (map normalisation), ``c`` (interpreter term weight)
+    attack_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: what the method needs besides the model, handed to its constructor by experiments (``"saver"``: a trained
+    #: RTS saver, see :mod:`xaisec.explainers.rts_train`)
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
             raise ModelError(f"an explainer needs a torch.nn.Module, got {type(model).__name__}")
         self.model = model
+
+    @classmethod
+    def attack_term_type(cls) -> type:
+        """The ADV2 loss term that attacks this method's maps: :class:`~xaisec.evasion.objective.InterpreterTerm`
+        (methods with state across attack steps, such as MASK, return their own subclass)."""
+        from ..evasion.objective import InterpreterTerm
+
+        return InterpreterTerm
 
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False) -> Explanation:
         """Explain ``x``; images of another float dtype than the model's are cast to it (with a warning), and

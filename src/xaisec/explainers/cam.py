@@ -64,6 +64,7 @@ class GradCAM(_LayerExplainer):
     w_c the spatial mean of d logit_target / d A_c, bilinearly upsampled (align_corners=False)."""
 
     name = "gradcam"
+    attackable = True
 
     def maps_from(self, result: PassResult) -> torch.Tensor:
         a, g = self._activations(result), self._gradients(result)
@@ -92,6 +93,7 @@ class CAM(_LayerExplainer):
     after the pooling, :func:`xaisec.models.find_head`). Needs no backward pass."""
 
     name = "cam"
+    attackable = True
 
     def __init__(self, model: nn.Module, layer: str | nn.Module | None = None, relu: bool = False,
                  reshape_transform: str | ReshapeTransform | None = None):

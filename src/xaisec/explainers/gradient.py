@@ -28,6 +28,9 @@ class SimpleGrad(SinglePassExplainer):
     """
 
     name = "simplegrad"
+    attackable = True
+    #: attacked through Softplus(10) activations: ReLU has no second derivative
+    attack_defaults = {"smooth_beta": 10.0}
 
     def __init__(self, model: nn.Module, reduce: str = "max", absolute: bool = True):
         super().__init__(model)

@@ -47,6 +47,16 @@ class MeaningfulPerturbation(Explainer):
     #: only the last ``unroll`` steps are differentiated (truncated back-propagation), so gradients w.r.t.
     #: parameters are exact only when ``unroll == steps``
     differentiable = False
+    attackable = True
+    #: masks in [0,1] compared as they are; a larger c, as its maps move slowly through the look-ahead
+    attack_defaults = {"norm": "none", "c": 100.0}
+
+    @classmethod
+    def attack_term_type(cls) -> type:
+        """ADV2's Algorithm 1: masks that persist across attack steps (:class:`~xaisec.evasion.objective.MaskTerm`)."""
+        from ..evasion.objective import MaskTerm
+
+        return MaskTerm
 
     def __init__(self, model: nn.Module, steps: int = 300, lr: float = 0.1, l1: float = 0.05, tv: float = 0.2,
                  tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2,

@@ -206,6 +206,10 @@ class RealTimeSaliency(Explainer):
 
     name = "rts"
     needs_images = True
+    attackable = True
+    #: the maps are masks in [0,1]: compared as they are (min-max scaling blows a near-empty mask up into noise)
+    attack_defaults = {"norm": "none"}
+    requires = ("saver",)
     #: the parameter-gradient check of the test suite builds explainers without a saver
     differentiable = False
 
