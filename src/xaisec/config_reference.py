@@ -104,3 +104,12 @@ def markdown(kinds: dict[str, type]) -> str:
             parts.append(f"| `{key}` | {cell(tp)} | {cell(default)} | {cell(meaning)} |")
         parts.append("")
     return "\n".join(parts)
+
+
+def packaged_schemas() -> dict[str, type]:
+    """``{kind: schema}`` of the experiment kinds xaisec ships (kinds registered by user code are left out)."""
+    from .runs import load_kinds
+
+    kinds = load_kinds()
+    schemas = {name: kinds.get(name).schema for name in kinds.names()}
+    return {name: schema for name, schema in schemas.items() if schema.__module__.startswith("xaisec.")}

@@ -7,8 +7,8 @@ import argparse
 import yaml
 
 from ..config import dump_config, merge, parse_overrides, read_yaml, resolve_config
-from ..config_reference import markdown
-from ..runs import load_experiment, load_kinds
+from ..config_reference import markdown, packaged_schemas
+from ..runs import load_experiment
 from .run_cmd import split_items
 
 
@@ -30,6 +30,5 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_reference(args: argparse.Namespace) -> int:
-    kinds = load_kinds()
-    print(markdown({name: kinds.get(name).schema for name in kinds.names()}), end="")
+    print(markdown(packaged_schemas()), end="")
     return 0
