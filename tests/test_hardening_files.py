@@ -173,9 +173,9 @@ def test_module_function_models_load_from_the_current_directory(tmp_path, monkey
     path_before = list(sys.path)
     model = model_from_entry_point("my_local_models:net")
     assert isinstance(model, torch.nn.Module) and sys.path == path_before
-    with pytest.raises(ModelError, match="looked in"):
+    with pytest.raises(ModelError, match="searched the current directory"):
         model_from_entry_point("no_such_module_here:net")
-    with pytest.raises(ModelError, match="module:function"):
+    with pytest.raises(ModelError, match="module.path:function"):
         model_from_entry_point("my_local_models:")
 
 
