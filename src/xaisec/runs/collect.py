@@ -13,6 +13,7 @@ import fnmatch
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,15 +128,17 @@ def collect(paths: Sequence[str | Path]) -> RunTable:
 def _label(row: RunRow, roots: list[Path]) -> str:
     for root in roots:
         try:
-            return str(row.path.relative_to(root))
+            return str(row.path.resolve().relative_to(root))
         except ValueError:
             continue
     return str(row.path)
 
 
 def _roots(table: RunTable) -> list[Path]:
-    parents = {r.path.parent for r in table.rows}
-    return [next(iter(parents))] if len(parents) == 1 else [Path.cwd()]
+    """Rows are labelled relative to the deepest folder holding every run."""
+    if len(table.rows) == 1:
+        return [table.rows[0].path.parent]
+    return [Path(os.path.commonpath([str(r.path.resolve()) for r in table.rows]))]
 
 
 def to_csv(table: RunTable, metrics: Sequence[str] | None = None) -> str:
