@@ -221,3 +221,11 @@ def test_parsing_grid_and_search_values():
     assert S.parse_distribution("k", "int:1:5") == ("int", (1, 5))
     assert S.parse_distribution("k", "choice:mse,dssim") == ("choice", ("mse", "dssim"))
     assert S.trial_folder(7, {"attack.lr": 0.00025, "attack.distance": "mse"}) == "007-lr0.00025-distancemse"
+
+
+def test_collect_on_the_sweep(grid_sweep, tmp_path):
+    assert main(["collect", str(grid_sweep), "--csv", str(tmp_path / "t.csv"), "--md", str(tmp_path / "t.md"),
+                 "--figure", str(tmp_path / "t.png"), "--metrics", "attacked/noppel_score", "attacked/top1_clean"]) == 0
+    md = (tmp_path / "t.md").read_text()
+    assert "attack.lam" in md and "eval.split" in md and "chosen-second_half" in md and "attacked/noppel_score ↓" in md
+    assert (tmp_path / "t.png").is_file()

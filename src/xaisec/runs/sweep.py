@@ -269,10 +269,17 @@ def check_spec(spec: SweepSpec) -> None:
 
 
 # -- storage, study and trial folders --------------------------------------------------------------------------
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("xaisec sweep needs optuna: pip install 'xaisec[sweep]'") from None
+    return optuna
+
+
 def open_storage(url: str):
     """Optuna's RDB storage at ``url``; an unreachable database or a missing driver raises ConfigError."""
-    import optuna
-
+    optuna = _optuna()
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
     except (ImportError, ValueError) as exc:
@@ -286,7 +293,7 @@ def open_storage(url: str):
 def open_study(spec: SweepSpec, sweep_dir: Path, worker: int = 0):
     """The sweep's Optuna study (created on first use). Optuna always minimises: a ``higher`` objective is stored
     negated (the trial's ``value`` and ``direction`` user attributes keep the metric as it is)."""
-    import optuna
+    optuna = _optuna()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = int(spec.base.get("seed", 0)) + worker
@@ -620,17 +627,25 @@ class SweepResult:
         return out
 
 
-def prepare_sweep_dir(spec: SweepSpec, sweep_dir: Path) -> None:
-    """Create the sweep folder with its ``sweep.yaml``, or check that an existing one runs the same sweep."""
+def check_sweep_dir(spec: SweepSpec, sweep_dir: Path) -> bool:
+    """True if ``sweep_dir`` already holds this sweep (to continue), False if it is new or empty; another sweep
+    or another kind of folder raises :class:`ConfigError`."""
     if (sweep_dir / SPEC_FILE).is_file():
         stored = SweepSpec.read(sweep_dir)
         if stored.identity() != spec.identity():
             changed = sorted(k for k, v in spec.identity().items() if stored.identity()[k] != v)
             raise ConfigError(f"{sweep_dir} holds another sweep (different {', '.join(changed)}); continue it with "
                               f"`xaisec sweep --resume {sweep_dir}` or give another --out")
-        return
+        return True
     if sweep_dir.exists() and (not sweep_dir.is_dir() or any(sweep_dir.iterdir())):
         raise ConfigError(f"{sweep_dir} exists and is not a sweep folder; give another --out")
+    return False
+
+
+def prepare_sweep_dir(spec: SweepSpec, sweep_dir: Path) -> None:
+    """Create the sweep folder with its ``sweep.yaml``, or check that an existing one runs the same sweep."""
+    if check_sweep_dir(spec, sweep_dir):
+        return
     try:
         (sweep_dir / TRIALS).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -638,19 +653,52 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir: Path) -> None:
     spec.write(sweep_dir)
 
 
+def check_data_options(cfg: Any) -> None:
+    """The dataset's required loader options (``root`` of on-disk datasets) are given: a missing data folder is a
+    clear error before any trial, not a failure of every trial."""
+    import inspect
+
+    from ..data import DATASETS
+
+    params = inspect.signature(DATASETS.get(cfg.data.name)).parameters
+    missing = [name for name, p in params.items() if p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in cfg.data.options]
+    if missing:
+        raise ConfigError(f"data {cfg.data.name!r} needs data.options.{missing[0]} (e.g. "
+                          f"data.options.{missing[0]}=/path/to/{cfg.data.name}); nothing is downloaded")
+
+
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path, *, launcher: str = "process", workers: int = 1) -> SweepResult:
-    """Check everything, then run (or continue) the sweep in ``sweep_dir`` and summarise it (``summary.json``)."""
+    """Check everything, then run (or continue) the sweep in ``sweep_dir`` and summarise it (``summary.json``).
+
+    Before any trial: the spec and every grid point, the launcher, the storage, the sweep folder, and (except on
+    Slurm, whose jobs train it on their own nodes) the reference model of the first point, which loads the data
+    and builds everything a trial builds."""
     sweep_dir = Path(sweep_dir)
+    _optuna()
     check_spec(spec)
     check_launcher(launcher, workers)
+    _, base = load_experiment(spec.base)
+    if hasattr(base, "data"):
+        check_data_options(base)
     if spec.storage is not None:
         open_storage(spec.storage)  # unreachable databases fail here, before the folder exists
+    check_sweep_dir(spec, sweep_dir)
+    if launcher != "slurm":
+        first = {key: values[0] for key, values in spec.grid.items()}
+        first.update({key: _range_start(raw) for key, raw in spec.search.items()})
+        TrialRunner(spec, sweep_dir).config(first, "reference-check")
     prepare_sweep_dir(spec, sweep_dir)
     study = open_study(spec, sweep_dir)
     requeue_interrupted(study, sweep_dir)
     remaining = spec.n_trials - len(finished_trials(study))
     launch(sweep_dir, launcher, max(1, min(workers, remaining + _waiting(study))), spec.slurm)
     return summarise(sweep_dir)
+
+
+def _range_start(raw: str) -> Any:
+    kind, args = parse_distribution("", raw)
+    return args[0]
 
 
 def resume_sweep(sweep_dir: str | Path, *, launcher: str = "process", workers: int = 1) -> SweepResult:
