@@ -229,3 +229,15 @@ def test_collect_on_the_sweep(grid_sweep, tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "attack.lam" in md and "eval.split" in md and "chosen-second_half" in md and "attacked/noppel_score ↓" in md
     assert (tmp_path / "t.png").is_file()
+
+
+def test_packaged_grids_are_valid_and_the_cluster_grid_needs_its_data(tmp_path, capsys):
+    from xaisec.config import read_yaml, resolve_config
+
+    spec = S.make_spec(read_yaml(resolve_config("noppel_grid")))
+    S.check_spec(spec)
+    assert spec.n_trials == 9 and spec.holdout and spec.objective == "attacked/noppel_score"
+    gtsrb = S.make_spec(read_yaml(resolve_config("noppel_grid_gtsrb")))
+    assert gtsrb.grid["attack.lam"] == [0.85, 0.9, 0.912, 0.925, 0.938, 0.95] and gtsrb.n_trials == 36
+    assert main(["sweep", "noppel_grid_gtsrb", "--out", str(tmp_path / "s")]) == 2
+    assert "data.options.root" in capsys.readouterr().err and not (tmp_path / "s").exists()
