@@ -158,7 +158,9 @@ def test_a_trial_whose_worker_died_is_requeued(tmp_path):
 
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(grid_sweep, stages):
     stages.fail("attacked", lambda cfg: True, RuntimeError("boom"), once=False)
+    rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
     result = S.run_sweep(tiny_spec(holdout=False), grid_sweep.parent / "failing")
+    assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads  # no side effects
     assert result.complete == 0 and result.failed == 2 and result.best is None
     summary = json.loads((grid_sweep.parent / "failing" / "summary.json").read_text())
     assert all("RuntimeError: boom" in e for e in summary["failures"].values())

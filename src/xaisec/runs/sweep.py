@@ -282,7 +282,10 @@ def open_storage(url: str):
     optuna = _optuna()
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-    except (ImportError, ValueError) as exc:
+    except ImportError as exc:
+        raise ConfigError(f"--storage {url!r}: its database driver is not installed ({exc}); install it (e.g. "
+                          "psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)") from None
+    except ValueError as exc:
         raise ConfigError(f"--storage {url!r}: {exc}") from None
     except Exception as exc:  # sqlalchemy's OperationalError, ArgumentError...
         raise ConfigError(f"--storage {url!r} is not reachable: {type(exc).__name__}: {str(exc).splitlines()[0]}; "
