@@ -116,7 +116,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(grid_sweep, st
     out = grid_sweep.parent / "killed"
     stages.fail("evaluation", lambda cfg: cfg.attack.lam == 0.9, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        S.run_sweep(tiny_spec(), out)
+        S.run_sweep(tiny_spec(track=True), out)
     assert stages.count("reference") == 0  # the first sweep's cached reference model is reused
     interrupted = [p for p in (out / "trials").glob("0*") if RunDir(p).state() == "interrupted"]
     assert len(interrupted) == 1 and (interrupted[0] / "attacked.safetensors").is_file()
@@ -127,6 +127,7 @@ def test_killed_sweep_resumes_without_losing_or_repeating_a_trial(grid_sweep, st
     assert stages.count("attacked") == 2 and stages.count("reference") == 0
     study = S.open_study(S.SweepSpec.read(out), out)
     assert len(S.finished_trials(study)) == 2 and len(study.trials) == 3
+    assert all(list((p / "tensorboard").glob("events.*")) for p in (out / "trials").glob("0*"))  # --track
     retry = next(t for t in study.trials if "resumes" in t.user_attrs)
     assert retry.user_attrs["run_dir"] == interrupted[0].name and retry.params == {"attack.lam": 0.9}
     first = S.open_study(S.SweepSpec.read(grid_sweep), grid_sweep)

@@ -213,7 +213,7 @@ def figure(table: RunTable, path: str | Path, metrics: Sequence[str] | None = No
         groups: dict[str, list[RunRow]] = {}
         for r in done:
             groups.setdefault(", ".join(f"{k.rsplit('.', 1)[-1]}={_cell(r.config[k])}" for k in others), []).append(r)
-        for label, members in groups.items():
+        for label, members in sorted(groups.items()):
             pts = sorted((r.config[x] if numeric_x else str(r.config[x]), r.metrics[key].value) for r in members
                          if key in r.metrics and r.metrics[key].value is not None)
             if pts:

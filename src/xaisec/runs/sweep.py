@@ -531,8 +531,12 @@ def requeue_interrupted(study, sweep_dir: Path) -> list[int]:
 
 
 def _stop_when_done(target: int):
+    """Stop this worker once the finished trials and those other workers are running reach ``target``."""
+    from optuna.trial import TrialState
+
     def callback(study, trial) -> None:
-        if len(finished_trials(study)) >= target:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if len(finished_trials(study)) + len(running) >= target:
             study.stop()
 
     return callback

@@ -45,9 +45,12 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("TensorBoard tracking needs the tensorboard package: pip install 'xaisec[track]'") from None
-        self.writer = SummaryWriter(str(log_dir))
+        self._make = lambda: SummaryWriter(str(log_dir))
+        self.writer = None  # created with the first record: the run directory must not exist before its run
 
     def __call__(self, record: dict) -> None:
+        if self.writer is None:
+            self.writer = self._make()
         stage, step = record.get("stage", "train"), int(record.get("epoch", 0))
         for key, value in record.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch" and math.isfinite(value):
@@ -55,7 +58,8 @@ class TensorBoardTracker:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     def __enter__(self) -> "TensorBoardTracker":
         return self
