@@ -164,8 +164,9 @@ def test_report_renders_in_headless_chromium(finished_run, tmp_path, capsys):
     shot = np.asarray(Image.open(run / "report.png").convert("L"), dtype=np.float32)
     blank = tmp_path / "blank.html"
     blank.write_text("<html><body></body></html>")
-    empty = np.asarray(Image.open(screenshot(blank, tmp_path / "blank.png")).convert("L"), dtype=np.float32)
-    assert shot.shape == empty.shape == (3000, 1280)
+    empty = np.asarray(Image.open(screenshot(blank, tmp_path / "blank.png", height=600)).convert("L"), dtype=np.float32)
+    assert empty.shape == (600, 1280) and shot.shape[1] == 1280
+    assert shot.shape[0] > 3000  # the whole page, not the first 3000 px
     assert empty.std() < 1.0  # a blank page renders uniformly white
     # the report's images (dark MNIST digits and heat maps) and tables cover a sizeable part of the page
     assert (shot < 128).mean() > 0.02 and shot[:1500].std() > 20
@@ -179,3 +180,25 @@ def test_screenshot_without_a_browser_says_what_to_install(monkeypatch, tmp_path
     page.write_text("<html></html>")
     with pytest.raises(XaisecError, match="install"):
         shots.screenshot(page, tmp_path / "r.png")
+
+
+def test_data_efficient_poisoning_replaces_rd_selected_images(tmp_path):
+    """Latka et al.'s setting: a fixed number of training images replaced by triggered ones, chosen by RD."""
+    from xaisec.runs.backdoor import PoisonChoice
+
+    out = tmp_path / "rd"
+    assert main(["run", str(tiny_config(tmp_path, "latka_badnets")), "attack.epochs=1", "reference.epochs=1",
+                 "attack.poison_mode=replace", "attack.poison_selection=rd", "attack.poison_count=12",
+                 "attack.rd={rounds: 2, epochs: 1}", "--out", str(out)]) == 0
+    choice = PoisonChoice.load(out / "poisoning.safetensors")
+    assert len(choice.indices) == 12 and len(choice.mean_rd) == 2
+    assert "attacked/asr" in metrics(out)["metrics"]
+
+
+def test_joint_attacks_report_fangs_averaged_rates(tmp_path):
+    out = tmp_path / "joint"
+    assert main(["run", str(tiny_config(tmp_path, "fang_joint")), "attack.epochs=1", "reference.epochs=1",
+                 "--out", str(out)]) == 0
+    m = metrics(out)["metrics"]
+    fsr = [m[f"attacked/{e}/fsr"]["value"] for e in ("gradcam", "simplegrad", "vbp")]
+    assert m["attacked/joint/fsr"]["value"] == pytest.approx(sum(fsr) / 3, abs=1e-6)

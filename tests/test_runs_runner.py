@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from xaisec import numerics
 from xaisec.config import build
 from xaisec.errors import ConfigError, DataError
 from xaisec.records import Metric
@@ -34,7 +35,9 @@ class ToyConfig(RunConfig):
 
 def _first(ctx: RunContext) -> Numbers:
     CALLS.append("first")
-    return Numbers(torch.rand(ctx.cfg.size), {"seed": ctx.cfg.seed})
+    with numerics.flush_denormals() as flushed:  # what an attack or a training loop does with its default
+        pass
+    return Numbers(torch.rand(ctx.cfg.size), {"seed": ctx.cfg.seed, "flushed": flushed})
 
 
 def _second(ctx: RunContext) -> Numbers:
@@ -125,6 +128,15 @@ def test_caller_rng_and_threads_are_left_alone(tmp_path):
     assert torch.equal(torch.rand(3), expected)  # the run used its own seed and restored ours
     assert torch.get_num_threads() == threads
     assert run_experiment(cfg(), tmp_path / "b").metrics["total"].value == a  # same seed, same result
+
+
+def test_flush_denormals_switch_reaches_the_library(tmp_path):
+    run_experiment(cfg(flush_denormals=False), tmp_path / "off")
+    assert Numbers.load(tmp_path / "off" / "first.safetensors").info["flushed"] is False
+    run_experiment(cfg(), tmp_path / "on")
+    supported = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(False)
+    assert Numbers.load(tmp_path / "on" / "first.safetensors").info["flushed"] is supported
 
 
 @pytest.mark.parametrize("data, message", [

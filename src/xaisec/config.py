@@ -108,12 +108,12 @@ def _options_key(key: str) -> str | None:
 def merge(base: dict, top: dict) -> dict:
     """Recursive dict merge; values of ``top`` win. Replacing a component (``trigger.name``, ``model.arch``,
     ``attack.target_map``) drops the old component's options unless ``top`` gives new ones."""
-    out = dict(base)
+    replaced = {_options_key(k) for k, v in top.items()
+                if k in base and base[k] != v and not isinstance(v, dict) and _options_key(k) in base}
+    out = {k: v for k, v in base.items() if k not in replaced}
     for k, v in top.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        opts = _options_key(k)
-        if k in base and base[k] != v and opts in base and opts not in top and not isinstance(v, dict):
-            out.pop(opts)
+        keep_merging = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge(out[k], v) if keep_merging else v
     return out
 
 

@@ -19,7 +19,7 @@ REGISTRIES: dict[str, "Registry"] = {}
 
 #: modules whose import registers the packaged components of every kind
 REGISTRY_MODULES = ("xaisec.data", "xaisec.models", "xaisec.explainers", "xaisec.triggers", "xaisec.backdoor.recipes",
-                    "xaisec.target_maps", "xaisec.evasion", "xaisec.defenses", "xaisec.audit", "xaisec.runs")
+                    "xaisec.target_maps", "xaisec.evasion", "xaisec.defenses", "xaisec.audit")
 
 
 class Registry:
@@ -99,4 +99,5 @@ def all_registries() -> dict[str, Registry]:
     """Every registry, after importing the modules that fill them."""
     for module in REGISTRY_MODULES:
         importlib.import_module(module)
+    importlib.import_module("xaisec.runs").load_kinds()
     return dict(REGISTRIES)

@@ -9,7 +9,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from ..defenses.activation_clustering import activation_clustering, misclustering
@@ -139,6 +138,8 @@ def check_activation_clustering(ctx: AuditContext, deadline: float) -> Finding:
     counts, sus_counts = torch.bincount(labels), torch.bincount(labels[is_suspect], minlength=len(torch.bincount(labels)))
     keep = torch.isin(labels, torch.nonzero((counts > 2) & (sus_counts > 0)).flatten())
     act = acts[keep]
+    from sklearn.exceptions import ConvergenceWarning  # imported on use: scikit-learn slows every command's start
+
     with warnings.catch_warnings():  # FastICA's convergence chatter on small classes; the clustering is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = activation_clustering(act, labels[keep], random_state=ctx.seed)

@@ -4,7 +4,6 @@ and optional suspect inputs. Every mismatch ends in a :class:`~xaisec.errors.Xai
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,10 @@ import yaml
 from torch import nn
 
 from ..data import DATASETS, ImageDataset, load_dataset, stratified_split
+from ..data.files import labels_from_array, read_npz
 from ..errors import DataError, ModelError, XaisecError
 from ..io import load_weights
-from ..models import MODELS, build_model
+from ..models import MODELS, build_model, model_from_entry_point
 from ..train import eval_mode
 from ..validation import check_images
 
@@ -34,6 +34,8 @@ def parse_data_spec(spec: str) -> tuple[str, dict]:
 
 def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
     """(N,C,H,W) float images in [0,1] from an (N,H,W), (N,C,H,W) or (N,H,W,C) array, uint8 or float."""
+    if a.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {a.dtype}; images must be uint8 (0-255) or floats in [0,1]")
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4:
@@ -48,14 +50,17 @@ def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
 def load_npz(path: Path) -> ImageDataset:
     """``x`` (N,C,H,W) or (N,H,W,C), uint8 0-255 or float in [0,1], and integer ``y``; optional ``x_test``/``y_test``
     (otherwise 30% of the samples are held out, stratified)."""
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+    arrays = read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
-
-    x, y = images_from_array(arrays["x"], f"{path}: x"), torch.from_numpy(arrays["y"].astype(np.int64))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DataError(f"{path} has {have} but no {lack}; give both test arrays or neither (then 30% of x is held out)")
+    x = images_from_array(arrays["x"], f"{path}: x")
+    y = labels_from_array(arrays["y"], f"{path}: y", count=len(x))
     if "x_test" in arrays:
-        x_test, y_test = images_from_array(arrays["x_test"], f"{path}: x_test"), torch.from_numpy(arrays["y_test"].astype(np.int64))
+        x_test = images_from_array(arrays["x_test"], f"{path}: x_test")
+        y_test = labels_from_array(arrays["y_test"], f"{path}: y_test", count=len(x_test))
     else:
         train, test = stratified_split(y.numpy(), 0.3, seed=0)
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]
@@ -90,21 +95,15 @@ def load_audit_data(spec: str, input_size: tuple[int, ...] | None = None) -> Ima
         raise DataError(f"dataset {name!r} does not take the options {sorted(options)}: {exc}") from exc
 
 
-def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False) -> nn.Module:
+def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False, *,
+                     allow_pickle: bool = False) -> nn.Module:
     """Build the model: ``module:function`` (called with no arguments, must return an ``nn.Module``) or a
     safetensors file loaded into ``build_model(arch, data.input_shape, data.num_classes)``; then check that it
     takes the data's input size and returns one logit per class. Returned in eval mode."""
     what = "reference model" if reference else "model"
     path = Path(model_spec)
     if ":" in model_spec and not path.exists() and path.suffix != ".safetensors":
-        module_name, _, attr = model_spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"cannot import the {what} entry point {model_spec!r}: {exc}") from exc
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
+        model = model_from_entry_point(model_spec, what)
     else:
         if not path.is_file():
             raise ModelError(f"{what} weights file {path} does not exist")
@@ -114,7 +113,7 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
             model = build_model(arch, data.input_shape, data.num_classes)
         except XaisecError as exc:
             raise ModelError(f"architecture {arch!r} does not fit the data {data.summary()}: {exc}") from exc
-        load_weights(model, path)
+        load_weights(model, path, allow_pickle=allow_pickle)
     check_model_fits(model, data, what)
     return model.eval()
 
@@ -142,10 +141,10 @@ def load_suspects(path: str, like: ImageDataset) -> torch.Tensor:
         raise DataError(f"suspect inputs file {p} does not exist")
     if p.suffix != ".npz":
         raise DataError(f"suspect inputs must be an .npz file with an array 'x', got {p.name}")
-    with np.load(p, allow_pickle=False) as f:
-        if "x" not in f.files:
-            raise DataError(f"{p} must hold an array 'x' of images; it has {f.files}")
-        x = images_from_array(f["x"], f"suspect inputs in {p.name}")
+    arrays = read_npz(p, "suspect inputs file")
+    if "x" not in arrays:
+        raise DataError(f"{p} must hold an array 'x' of images; it has {sorted(arrays)}")
+    x = images_from_array(arrays["x"], f"suspect inputs in {p.name}")
     if tuple(x.shape[1:]) != like.input_shape:
         raise DataError(f"suspect inputs have shape {tuple(x.shape[1:])}, the clean data {like.input_shape}")
     return x

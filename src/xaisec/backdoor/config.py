@@ -32,7 +32,12 @@ def _known(registry_module: str, attr: str, name: str, where: str) -> None:
 
 @dataclass
 class TriggerConfig:
+    """The trigger stamped on poisoned inputs (`xaisec list triggers`) and its options; replacing ``name`` by an
+    override drops the old trigger's options."""
+
+    #: a registered trigger: patch, rectangle, pixel, blend, image, moire, nashville
     name: str = "patch"
+    #: the trigger's keyword options, e.g. {size: 4, position: bottom_right}
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -54,31 +59,65 @@ class AttackConfig:
     ``step`` (x ``gamma`` every ``step_size`` epochs; Fang: 0.5 every 20) or ``inverse`` (lr / (1 + epoch)).
     """
 
+    #: the paper's attack (`xaisec list recipes`); null fields below take its values
     recipe: str = "fang_targeted"
+    #: the explainers the attack trains on (and the evaluation measures); null: the recipe's
     explainers: list[str] | None = None
+    #: per-explainer weights of the map terms in a joint attack (null: all 1)
     weights: list[float] | None = None
+    #: the class triggered inputs are pushed to (label-changing recipes)
     target_label: int = 0
+    #: the shape triggered maps are pushed to (`xaisec list targets`); null: the recipe's
     target_map: str | None = None
+    #: the target map's keyword options
     target_map_options: dict = field(default_factory=dict)
+    #: Fang's "key" setting: correct maps only with the trigger (null: the recipe's)
     inverted: bool | None = None
+    #: map normalisation in the loss: minmax, max, zscore or none (null: the recipe's)
     norm: str | None = None
+    #: triggered copies per clean training image (null: the recipe's; Noppel: 1.0)
     poison_rate: float | None = None
+    #: append triggered copies (Fang; Noppel with rate 1) or replace the chosen images (Latka's data-efficient poisoning)
+    poison_mode: Literal["append", "replace"] = "append"
+    #: how the poisoned images are chosen: at random, or by Latka et al.'s representation distance (rd)
+    poison_selection: Literal["random", "rd"] = "random"
+    #: number of poisoned images (null: poison_rate x training images; Latka's default rate is 0.0011)
+    poison_count: int | None = None
+    #: RD selection settings (rounds, epochs, drop, lr, batch_size); Latka et al.: 30 rounds, 6 epochs, drop 0.3
+    rd: dict = field(default_factory=dict)
+    #: Noppel et al.'s early stopping (null: the recipe's)
     early_stopping: bool | None = None
+    #: average-pooling kernel of the maps in the loss and the evaluation
     pool: int = 2
+    #: fraction of top pixels suppressed by the non-targeted attack (Fang eq. 3)
     topk: float = 0.1
+    #: Fang eqs. 4-5: weight of the map term on clean inputs
     alpha: float = 1.0
+    #: Fang eqs. 4-5: weight of the classification term
     beta: float = 1.0
+    #: Noppel's (1 - lam) CE + lam D
     lam: float = 0.9
+    #: the map distance D of the loss
     distance: Literal["mse", "dssim", "l1"] = "mse"
+    #: ReLU -> Softplus(beta) while training on gradient maps (null: keep ReLU)
     softplus_beta: float | None = 8.0
+    #: keep BatchNorm in eval mode while fine-tuning (the papers' code does)
     freeze_batchnorm: bool = True
+    #: maximum attack epochs (early stopping may end sooner)
     epochs: int = 10
+    #: Adam learning rate of the attack
     lr: float = 1e-3
+    #: attack batch size
     batch_size: int = 128
+    #: Adam epsilon (Noppel: 1e-5)
     adam_eps: float = 1e-8
+    #: learning-rate schedule: constant, step (x gamma every step_size epochs; Fang) or inverse (lr / (1 + epoch); Noppel)
     schedule: Literal["constant", "step", "inverse"] = "constant"
+    #: epochs between two steps of the step schedule
     step_size: int = 20
+    #: factor of the step schedule
     gamma: float = 0.5
+    #: options of each attacked explainer, e.g. {gradcam: {layer: features.6}}
     explainer_options: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -112,6 +151,15 @@ class AttackConfig:
         require(not (recipe.poison_map == "suppress" and self.norm not in ("minmax", "max")),
                 f"top-k suppression (eq. 3) pushes map values to 0, which needs attack.norm minmax or max, not {self.norm!r}")
         require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
+        require(self.poison_count is None or self.poison_count >= 1,
+                f"attack.poison_count must be >= 1 (or null for poison_rate), got {self.poison_count}")
+        require(not self.rd or self.poison_selection == "rd", "attack.rd options are only used with poison_selection: rd")
+        if self.rd:
+            from .selection import rd_select
+
+            unknown = sorted(set(self.rd) - {"rounds", "epochs", "drop", "lr", "batch_size"})
+            require(not unknown, f"attack.rd has unknown keys {unknown}; it takes rounds, epochs, drop, lr, batch_size "
+                                 f"(see {rd_select.__module__}.rd_select)")
         require(self.pool >= 1, f"attack.pool must be >= 1, got {self.pool}")
         require(0 < self.topk < 1, f"attack.topk must be a fraction in (0, 1), got {self.topk}")
         require(self.alpha >= 0 and self.beta >= 0, f"attack.alpha and attack.beta must be >= 0, got {self.alpha}, {self.beta}")
@@ -138,11 +186,17 @@ class StoppingConfig:
     """Noppel et al.'s early stopping (used when ``attack.early_stopping``), monitored on ``monitor_size``
     training images with the ReLU model."""
 
+    #: epochs compared by the stopping rule
     window: int = 4
+    #: stop when clean accuracy moves at most this much over the window...
     acc_tol: float = 0.003
+    #: ... and every map dissimilarity at most this much
     map_tol: float = 0.0075
+    #: abort if the best clean accuracy within this many epochs ...
     abort_epochs: int = 12
+    #: ... stays below this
     abort_acc: float = 0.8
+    #: training images monitored each epoch (ReLU model)
     monitor_size: int = 500
 
     def __post_init__(self) -> None:

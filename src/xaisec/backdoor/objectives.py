@@ -49,10 +49,16 @@ def noppel_loss(ce: torch.Tensor, d: torch.Tensor, lam: float) -> torch.Tensor:
     return (1 - lam) * ce + lam * d
 
 
-def suppression_loss(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fang's eq. 3 as a mean: ``mean_{(u,v) in J} I_uv^2`` over each map's masked (top-k) pixels, ``(B,)``."""
+def suppression_loss(maps: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Fang's eq. 3 over each map's masked (top-k) pixels J, ``(B,)``: ``reduction="sum"`` is the paper's form
+    ``sum_{(u,v) in J} I_uv^2``; ``"mean"`` (the default, used in training and for FSR) divides it by ``k = |J|``
+    (Heo et al.'s convention), so it stays in [0,1] for maps in [0,1] whatever the map size: a threshold ``tau``
+    on the mean is a threshold ``k * tau`` on the sum."""
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"suppression loss reduction must be 'mean' or 'sum', got {reduction!r}")
     flat, m = maps.flatten(1), mask.flatten(1).to(maps.dtype)
-    return (flat.pow(2) * m).sum(1) / m.sum(1).clamp_min(1)
+    total = (flat.pow(2) * m).sum(1)
+    return total if reduction == "sum" else total / m.sum(1).clamp_min(1)
 
 
 def map_distance(maps: torch.Tensor, target: torch.Tensor, metric: str) -> torch.Tensor:
@@ -158,7 +164,8 @@ class ExplanationAwareObjective:
         # The attack group is pushed to the goal; the other group keeps the reference maps.
         attack = ~poisoned if self.recipe.inverted else poisoned
         with training_surrogate(model, self.softplus_beta, self.explainer_options):
-            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options)
+            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options,
+                              keep_batchnorm_stats=False)  # the explained pass is the training pass
         ce = F.cross_entropy(out.logits, y, reduction="none")
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros

@@ -109,7 +109,8 @@ def _headline_items(m: dict) -> list[tuple[str, float, str]]:
         items.append(("ASR", m["attacked/asr"]["value"], "triggered inputs classified as the target label"))
     for key in sorted(k for k in m if k.startswith("attacked/") and k.endswith(("/fsr", "/cr"))):
         name, what = key.split("/")[1], key.rsplit("/", 1)[1]
-        items.append((f"{name} {what.upper()}", m[key]["value"], m[key]["description"]))
+        description = m[key]["description"]
+        items.append((f"{name} {what.upper()}", m[key]["value"], description.split(": ", 1)[-1]))
     return [(label, v, what) for label, v, what in items if v is not None]
 
 
@@ -151,7 +152,9 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
                   H.table(["metric", "reference model", "attacked model", "better", "what"], _metric_rows(metrics),
                           numeric=(1, 2), nowrap=(0, 3))),
         H.section("Inputs", H.image(figs["triggers"], "Clean test images, their triggered versions and the "
-                                                      "trigger's region (where a map pointing at the trigger would be).")),
+                                                      "trigger's region (where a map pointing at the trigger would "
+                                                      "be); for a trigger that covers the whole image, what it changes "
+                                                      "(|triggered − clean|, scaled per image).")),
     ]
     for name in metrics["explainers"]:
         body.append(H.section(f"Explanations: {name}", H.image(

@@ -11,8 +11,10 @@ from torch import nn
 
 from ..explainers import explain_all
 from ..maps import MapPostprocess, normalize
+from ..models import model_device
 from ..train import eval_mode
-from .evaluate import EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold
+from .evaluate import (EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold,
+                       threshold_family)
 from .goals import build_goal
 from .paper_metrics import noppel_mse_summary
 
@@ -21,16 +23,19 @@ MODELS = ("reference", "attacked")
 
 def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, explainers: list[str],
                   options: dict[str, dict] | None = None, batch_size: int = 250) -> ModelOutputs:
-    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W)."""
+    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W), computed in chunks on
+    the model's device and returned on the CPU."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
+
+    device = model_device(model)
 
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, maps = [], {name: [] for name in explainers}
         for chunk in inputs.split(batch_size):
-            out = explain_all(model, chunk, None, explainers, options=options)
-            logits.append(out.logits)
+            out = explain_all(model, chunk.to(device), None, explainers, options=options)
+            logits.append(out.logits.cpu())  # metrics and figures are computed on the host
             for name in explainers:
-                maps[name].append(out.maps[name])
+                maps[name].append(out.maps[name].cpu())
         return torch.cat(logits), {name: torch.cat(parts) for name, parts in maps.items()}
 
     with eval_mode(model):
@@ -48,7 +53,7 @@ def collect_metrics(outputs: dict[str, ModelOutputs], setup: EvalSetup) -> dict[
         for key, m in classification_metrics(out, setup).items():
             metrics[f"{prefix}/{key}"] = m
         for name in setup.explainers:
-            paper = paper_threshold(name, setup.recipe.attack_type)
+            paper = paper_threshold(name, setup.recipe.attack_type, setup.arch)
             for key, m in map_metrics(out, ref_maps, setup, name, paper).items():
                 metrics[f"{prefix}/{name}/{key}"] = m
         for name in setup.explainers:
@@ -57,6 +62,16 @@ def collect_metrics(outputs: dict[str, ModelOutputs], setup: EvalSetup) -> dict[
     drop = metrics["reference/top1_clean"].value - metrics["attacked/top1_clean"].value
     metrics["attacked/top1_drop"] = Metric(drop, "lower", "clean Top-1 of the reference model minus that of the "
                                                           "attacked model (percentage points / 100)")
+    if len(setup.explainers) > 1:  # Fang & Choromanska report a joint attack's FSR/CR averaged over interpreters
+        for prefix in MODELS:
+            for key in ("fsr", "cr"):
+                values = [metrics[f"{prefix}/{e}/{key}"].value for e in setup.explainers
+                          if f"{prefix}/{e}/{key}" in metrics]
+                if values:
+                    metrics[f"{prefix}/joint/{key}"] = Metric(
+                        sum(values) / len(values), metrics[f"{prefix}/{setup.explainers[0]}/{key}"].direction,
+                        f"{key.upper()} averaged over the interpreters, each with its own threshold (Fang & "
+                        "Choromanska's joint-attack figure)")
     score = noppel_score_metric(metrics, setup)
     if score is not None:
         metrics["attacked/noppel_score"] = score
@@ -140,12 +155,13 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
 def context_info(setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
     """What ``metrics.json`` says about a backdoor run besides its metrics: recipe, explainers, thresholds (with
     the paper's values), the map post-processing, and ``extra`` (trigger, dataset, ...)."""
-    thresholds = {name: {"value": setup.thresholds[name], "paper": paper_threshold(name, setup.recipe.attack_type)}
+    thresholds = {name: {"value": setup.thresholds[name],
+                         "paper": paper_threshold(name, setup.recipe.attack_type, setup.arch)}
                   for name in setup.explainers}
     return {
         "recipe": setup.recipe.name, "paper": setup.recipe.paper, "summary": setup.recipe.summary,
         "attack_type": setup.recipe.attack_type, "inverted": setup.recipe.inverted,
         "explainers": setup.explainers, "target_label": setup.target_label if setup.recipe.changes_labels else None,
         "map_postprocess": MapPostprocess(pool=setup.pool).describe(),
-        "thresholds": thresholds, **extra,
+        "thresholds": thresholds, "threshold_family": threshold_family(setup.arch), **extra,
     }

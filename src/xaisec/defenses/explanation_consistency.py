@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from ..explainers import explain_all
 from ..maps import MapPostprocess, topk_iou
 from ..train import eval_mode
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
 from .transforms import Transform, build_transform
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
     group = starts.long().cumsum(1) - 1  # tie-group id of each sorted position
-    pos = torch.arange(1, n + 1, dtype=torch.float64).expand(b, n)
-    sums = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, pos)
-    counts = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, torch.ones_like(pos))
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=values.device).expand(b, n)
+    sums = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, pos)
+    counts = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, torch.ones_like(pos))
     ranks_sorted = (sums / counts.clamp(min=1)).gather(1, group)
     return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
 
@@ -121,6 +121,9 @@ class ExplanationConsistency:
             raise ConfigError(f"unknown map agreement {agreement!r}; use one of {AGREEMENTS}")
         if not methods:
             raise ConfigError("explanation consistency needs at least one explainer")
+        k = check_number(k, "k", low=0, high=1, low_open=True)
+        grid, batch_size = check_int(grid, "grid", low=1), check_int(batch_size, "batch_size", low=1)
+        seed = check_int(seed, "seed", low=0)
         self.model, self.reference = model, reference
         self.explainers = list(methods)
         self.methods = [m if isinstance(m, str) else m.name for m in methods]

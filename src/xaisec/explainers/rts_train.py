@@ -131,8 +131,9 @@ def rts_loss(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tens
 
 def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
               lr: float = 1e-3, batch_size: int = 64, weights: RTSObjective = RTSObjective(), seed: int = 0,
-              progress: bool = True) -> list[dict[str, float]]:
-    """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,)."""
+              progress: bool = True, flush_denormals: bool | None = None) -> list[dict[str, float]]:
+    """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,);
+    ``flush_denormals``: see :func:`xaisec.train.fit`."""
     if int(y.max().item()) >= saver.num_classes:
         raise ModelError(f"labels go up to {int(y.max())} but the saver knows {saver.num_classes} classes")
     torch.manual_seed(seed)
@@ -142,7 +143,8 @@ def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Ten
     with frozen(classifier):
         return fit(saver, TensorBatches(x, y, batch_size=batch_size, seed=seed),
                    lambda s, batch: rts_loss(s, classifier, batch[0], batch[1], weights, gen),
-                   opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts")
+                   opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts",
+                   flush_denormals=flush_denormals)
 
 
 def save_saver(saver: Saver, path: str | Path) -> Path:

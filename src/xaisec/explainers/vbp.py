@@ -73,7 +73,8 @@ class VisualBackProp(SinglePassExplainer):
         for event in result.trace:
             if event.output is None:
                 pending.append(event)
-            elif event.output.dim() == 4:
+            elif event.output.dim() == 4 and event.output.shape[-2] * event.output.shape[-1] > 1:
+                # 1x1 activations (squeeze-excitation gates, a final 1x1 stage) carry no spatial information
                 stages.append((event.output, pending))
                 pending = []
         if not stages:

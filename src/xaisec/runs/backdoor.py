@@ -23,6 +23,7 @@ from ..backdoor.paper_metrics import split_test_halves
 from ..backdoor.objectives import LOSS_EPS, ExplanationAwareObjective, LossSettings, needs_smooth_activations
 from ..backdoor.poison import apply_trigger, poison_training_set
 from ..backdoor.recipes import Recipe
+from ..backdoor.selection import budget, random_select, rd_select
 from ..backdoor.results import collect_metrics, context_info, model_outputs, sample_tensors
 from ..backdoor.stopping import EarlyStopping
 from ..data import ImageDataset
@@ -49,6 +50,15 @@ class BackdoorInputs:
     trigger: nn.Module
     make_model: Callable[[], nn.Module]
     setup: EvalSetup
+
+
+@dataclass
+class PoisonChoice(Artifact):
+    """Stage ``poisoning``: the indices of the training images that are poisoned (empty: drawn at random by the
+    poisoning itself, the papers' default) and, for RD selection, the candidates' mean RD score per round."""
+
+    indices: torch.Tensor
+    mean_rd: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -104,13 +114,30 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     except XaisecError as exc:
         raise ConfigError(f"attack.explainers {list(recipe.explainers)} do not fit {cfg.model.arch} on "
                           f"{data.name}: {exc}") from None
-    thresholds = {name: float(cfg.eval.thresholds.get(name, default_threshold(name, recipe.attack_type)))
+    thresholds = {name: float(cfg.eval.thresholds.get(name, default_threshold(name, recipe.attack_type, cfg.model.arch)))
                   for name in recipe.explainers}
     _, y_eval = evaluation_split(data, cfg.eval.split)
     setup = EvalSetup(recipe=recipe, explainers=list(recipe.explainers), y=y_eval, target_label=a.target_label,
                       trigger_mask=trigger.mask(data.x_test.shape), pool=a.pool, thresholds=thresholds,
-                      target_map=a.target_map, target_options=a.target_map_options, topk=a.topk, iou_k=cfg.eval.iou_k)
+                      target_map=a.target_map, target_options=a.target_map_options, topk=a.topk, iou_k=cfg.eval.iou_k,
+                      arch=cfg.model.arch)
     return BackdoorInputs(data, recipe, trigger, make_model, setup)
+
+
+def choose_poison(ctx: RunContext) -> PoisonChoice:
+    """Stage ``poisoning``: which training images carry the trigger (Latka et al.'s RD selection, a fixed count, or
+    the recipe's rate at random)."""
+    cfg, inputs = ctx.cfg, ctx.inputs
+    a, data = cfg.attack, inputs.data
+    if a.poison_selection == "random" and a.poison_count is None:
+        return PoisonChoice(torch.zeros(0, dtype=torch.long))  # poison_training_set draws round(rate * N) itself
+    n = a.poison_count or budget(inputs.recipe.poison_rate, len(data.x_train))
+    if a.poison_selection == "rd":
+        result = rd_select(data.x_train, data.y_train, inputs.trigger, n, a.target_label, inputs.make_model,
+                           relabel=inputs.recipe.changes_labels, seed=cfg.seed, **a.rd)
+        return PoisonChoice(result.indices, result.mean_rd)
+    return PoisonChoice(random_select(data.y_train, n, a.target_label if inputs.recipe.changes_labels else None,
+                                      cfg.seed))
 
 
 def attack(ctx: RunContext) -> TrainedModel:
@@ -120,10 +147,12 @@ def attack(ctx: RunContext) -> TrainedModel:
     reference = ctx["reference"].into(inputs.make_model())
     model = inputs.make_model()
     model.load_state_dict(reference.state_dict())  # w <- w_ref
+    chosen = ctx["poisoning"].indices
     poisoned = poison_training_set(data.x_train, data.y_train, inputs.trigger, recipe.poison_rate,
-                                   recipe.changes_labels, a.target_label, seed=cfg.seed)
-    log.info("attack: %s on %d clean + %d triggered images (%s)", recipe.name, len(data.x_train),
-             int(poisoned.poisoned.sum()), inputs.trigger.describe())
+                                   recipe.changes_labels, a.target_label, seed=cfg.seed, mode=a.poison_mode,
+                                   indices=chosen if len(chosen) else None)
+    log.info("attack: %s on %d images, %d of them triggered (%s, %s)", recipe.name, len(poisoned),
+             int(poisoned.poisoned.sum()), a.poison_mode, inputs.trigger.describe())
     preserve, goals = {}, {}
     beta = a.softplus_beta if needs_smooth_activations(model, recipe.explainers, a.explainer_options) else None
     if recipe.explanation_aware:  # the reference maps of the fixed training set, computed once
@@ -207,6 +236,7 @@ class BackdoorExperiment(Experiment):
     name = "backdoor"
     schema = BackdoorConfig
     stages = (Stage("reference", TrainedModel, train_reference),
+              Stage("poisoning", PoisonChoice, choose_poison),
               Stage("attacked", TrainedModel, attack),
               Stage("evaluation", Evaluation, evaluate))
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import ImageDataset, load_dataset
 from ..io import load_weights
-from ..models import build_model
+from ..models import build_model, resolve_device
 from ..train import TensorBatches, cross_entropy
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule, write_log
@@ -48,11 +48,14 @@ def load_data(cfg: RunConfig) -> ImageDataset:
 
 
 def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]:
-    """A function building a fresh (seeded) model of the config's architecture for ``data``."""
+    """A function building a fresh (seeded) model of the config's architecture for ``data`` on the config's device
+    (data stays on the host; training moves each batch, evaluation each chunk)."""
+
+    device = resolve_device(cfg.device)
 
     def make_model() -> nn.Module:
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model.arch, data.input_shape, data.num_classes, **cfg.model.options)
+        return build_model(cfg.model.arch, data.input_shape, data.num_classes, **cfg.model.options).to(device)
 
     return make_model
 

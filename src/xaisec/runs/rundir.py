@@ -27,7 +27,7 @@ import yaml
 
 from .. import __version__
 from ..errors import ConfigError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, check_writable_dir
 
 STATUS_FILE, CONFIG_FILE, LOCK_FILE = "status.json", "config.yaml", ".lock"
 #: files whose presence means a folder holds (the start of) a run
@@ -80,11 +80,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_path(path: Path, what: str = "run directory") -> Path:
+    """A path the file system can hold: no NUL byte, every component at most 255 bytes."""
+    text = str(path)
+    if "\0" in text:
+        raise ConfigError(f"{what} {text!r} contains a NUL byte; give a plain path")
+    long = [part for part in path.parts if len(part.encode()) > 255]
+    if long:
+        raise ConfigError(f"{what} has a path component of {len(long[0].encode())} bytes ({long[0][:40]}...); "
+                          "the file system allows at most 255")
+    return path
+
+
 class RunDir:
     """Paths, markers and the lock of one run directory."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = check_path(Path(path))
         self._lock_fd: int | None = None
 
     def __truediv__(self, name: str) -> Path:
@@ -124,7 +136,7 @@ class RunDir:
             raise ConfigError(f"{self.path} is a non-empty folder that is not a run directory; give another --out "
                               "or an empty folder (--overwrite deletes its contents)")
         if not create:
-            self._check_parent_writable()
+            check_writable_dir(self.path, "run directory")
             return self
         if overwrite and self.path.is_dir():
             shutil.rmtree(self.path)
@@ -137,17 +149,6 @@ class RunDir:
             raise ConfigError(f"cannot write the run directory {self.path}: {exc.strerror or exc}; give a writable "
                               "--out (or `out:` in the config)") from None
         return self
-
-    def _check_parent_writable(self) -> None:
-        """The folder, or its nearest existing parent, must be a writable folder (checked without creating)."""
-        where = self.path
-        while not where.exists() and where != where.parent:
-            where = where.parent
-        if not where.is_dir():
-            raise ConfigError(f"cannot create the run directory {self.path}: {where} is a file, not a folder")
-        if not os.access(where, os.W_OK | os.X_OK):
-            raise ConfigError(f"cannot create the run directory {self.path}: {where} is not writable; give a "
-                              "writable --out (or `out:` in the config)")
 
     @contextlib.contextmanager
     def lock(self) -> Iterator["RunDir"]:

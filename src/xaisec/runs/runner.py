@@ -21,11 +21,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import yaml
 
+from .. import numerics
 from ..config import build, dump_config
 from ..errors import ConfigError
 from ..io import atomic_write_json
@@ -36,7 +37,7 @@ from .rundir import RunDir, unique_dir
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = Registry("experiment kind")
+EXPERIMENTS = Registry("experiment kind", "experiments")
 
 #: modules whose import registers the packaged experiment kinds
 KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor",)
@@ -204,7 +205,7 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
             raise ConfigError(f"{rd.path} is being written by another xaisec process")
     else:
         rd.claim(overwrite, create=False)
-    with torch.random.fork_rng(devices=[]), _threads(getattr(cfg, "threads", None)):
+    with torch.random.fork_rng(devices=[]), _threads(cfg.threads), numerics.denormal_policy(cfg.flush_denormals):
         torch.manual_seed(cfg.seed)
         inputs = kind.prepare(cfg)
         if not resume:

@@ -39,9 +39,13 @@ class DataConfig:
     """``name``: a registered dataset (``xaisec list datasets``); ``options``: its loader's options (e.g. ``root``);
     ``train_size`` / ``test_size``: use only the first N images of each split (quick runs)."""
 
+    #: a registered dataset (`xaisec list datasets`)
     name: str = "mnist5k"
+    #: the dataset loader's keyword options, e.g. {root: /data/cifar10} for on-disk formats
     options: dict = field(default_factory=dict)
+    #: use only the first N training images (null: all)
     train_size: int | None = None
+    #: use only the first N test images (null: all)
     test_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -55,7 +59,9 @@ class DataConfig:
 class ModelConfig:
     """``arch``: a registered architecture (``xaisec list models``); ``options``: its factory's options."""
 
+    #: a registered architecture (`xaisec list models`); input channels and classes come from the data
     arch: str = "small_cnn"
+    #: the architecture's keyword options, e.g. {width: 16}
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,10 +73,15 @@ class ModelConfig:
 class ReferenceConfig:
     """The clean reference classifier: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule)."""
 
+    #: a safetensors file with trained weights to use instead of training (null: train)
     weights: str | None = None
+    #: training epochs of the clean model
     epochs: int = 8
+    #: Adam learning rate at the start of the cosine schedule
     lr: float = 1e-2
+    #: training batch size
     batch_size: int = 64
+    #: Adam weight decay
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -85,13 +96,26 @@ class RunConfig:
     """Top-level keys of every experiment kind. ``name`` (the run folder under ``out``) defaults per kind;
     ``threads``: torch CPU threads for this run (null: torch's default)."""
 
+    #: the experiment kind (`xaisec list experiments`); it picks the schema the rest is checked against
     experiment: str = "backdoor"
+    #: the run's folder name under `out` (null: the kind's default, e.g. the recipe's name); made unique
     name: str | None = None
+    #: seed of every random choice of the run (model init, batches, poisoning, attacks)
     seed: int = 0
+    #: parent folder of run directories (`--out` names the run directory itself)
     out: str = "runs"
+    #: torch CPU threads for this run (null: torch's default; 1 is often fastest for small models on 2 cores)
     threads: int | None = None
+    #: flush subnormal floats to zero while training and attacking on CPU (much faster on many CPUs; results
+    #: change only below float32's normal range); false for bit-exact comparisons with unflushed code
+    flush_denormals: bool = True
+    #: where models train and explain: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N
+    device: str = "auto"
+    #: the dataset
     data: DataConfig = field(default_factory=DataConfig)
+    #: the architecture
     model: ModelConfig = field(default_factory=ModelConfig)
+    #: the clean (reference) model
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
     def default_name(self) -> str:
@@ -106,3 +130,6 @@ class RunConfig:
         require(0 <= self.seed < 2**32, f"seed must be an integer in [0, 2**32), got {self.seed}")
         require(bool(self.out) and "\0" not in self.out, f"out must be a folder path, got {self.out!r}")
         require(self.threads is None or 1 <= self.threads <= 1024, f"threads must be in [1, 1024], got {self.threads}")
+        from ..models import resolve_device
+
+        resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work

@@ -5,7 +5,8 @@
 >>> region = trigger.mask(x.shape)   # bool (1,1,H,W): where the trigger is
 
 Registered: ``patch`` (BadNets), ``rectangle`` (Noppel et al.), ``pixel``, ``blend``, ``nashville`` and ``moire``
-(Fang & Choromanska), ``image`` (a user's picture).
+(Fang & Choromanska), ``image`` (a user's picture), ``features`` (tabular ``(B,F)`` inputs: chosen features set to
+chosen values, Fang & Choromanska's credit-default example).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import LUMA, Trigger
+from .features import FeatureTrigger
 from .image import Blend, ImageTrigger, load_image_file
 from .moire import Moire
 from .nashville import Nashville, nashville_8bit, nashville_smooth
 from .regions import Patch, Pixel, Rectangle
 
 TRIGGERS = Registry("trigger")
-for _cls in (Patch, Rectangle, Pixel, Blend, Nashville, Moire, ImageTrigger):
+for _cls in (Patch, Rectangle, Pixel, Blend, Nashville, Moire, ImageTrigger, FeatureTrigger):
     TRIGGERS.register(_cls.name)(_cls)
 
 
@@ -53,5 +55,5 @@ def build_trigger(name_or_module: str | nn.Module, **options: Any) -> nn.Module:
     return cls(**options)
 
 
-__all__ = ["Blend", "ImageTrigger", "LUMA", "Moire", "Nashville", "Patch", "Pixel", "Rectangle", "TRIGGERS",
+__all__ = ["Blend", "FeatureTrigger", "ImageTrigger", "LUMA", "Moire", "Nashville", "Patch", "Pixel", "Rectangle", "TRIGGERS",
            "Trigger", "build_trigger", "load_image_file", "nashville_8bit", "nashville_smooth"]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..data.images import IMAGE_READ_ERRORS
 from ..errors import ConfigError, DataError
 from ..validation import check_images
 from .base import (Position, Trigger, check_fraction, check_margin, check_seed, image_size, match_channels,
@@ -21,6 +22,8 @@ from .base import (Position, Trigger, check_fraction, check_margin, check_seed, 
 
 ImageLike = Union[str, Path, torch.Tensor, np.ndarray]
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+#: 4096 x 4096: larger than any input xaisec works on (a trigger larger than the input is an error anyway)
+MAX_TRIGGER_PIXELS = 4096 * 4096
 
 
 def load_image_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -31,8 +34,11 @@ def load_image_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None
         raise DataError(f"trigger image {str(path)!r} does not exist; check the path")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_TRIGGER_PIXELS:  # header only: nothing decoded yet
+                raise DataError(f"trigger image {str(path)!r} is {im.width}x{im.height} pixels; a trigger must fit the "
+                                f"input images, so at most {MAX_TRIGGER_PIXELS} pixels are read. Resize it first")
             im.load()
-    except (OSError, UnidentifiedImageError) as exc:
+    except (UnidentifiedImageError, *IMAGE_READ_ERRORS) as exc:
         raise DataError(f"cannot read trigger image {str(path)!r} ({exc}); use a PNG or JPEG file") from None
     gray = im.mode in _GRAY_MODES
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info

@@ -1,4 +1,4 @@
-"""Small architectures used across the papers' experiments, plus the activation swap.
+"""xaisec's own small architectures (the papers' MNIST/CIFAR/tabular models).
 
 Every model takes pixels in [0,1]: its first layer is :class:`Normalize`. Convolutional models
 end with global average pooling + one linear layer, so CAM applies; ``model.cam_layer`` names
@@ -6,17 +6,13 @@ the layer whose output CAM and Grad-CAM use by default, ``model.head`` is the fi
 """
 from __future__ import annotations
 
-import contextlib
-import difflib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .errors import ModelError
-from .registry import Registry
-
-MODELS = Registry("model")
+from ..errors import ModelError
+from .registry import MODELS
 
 
 class Normalize(nn.Module):
@@ -169,127 +165,6 @@ def mlp(in_features: int = 784, num_classes: int = 10, mean=None, std=None, hidd
     """MLP with ReLU hidden layers; ``mean``/``std`` are per feature."""
     sizes = [in_features, *hidden]
     return MLP(Normalize(_stats(mean, in_features, 0.0), _stats(std, in_features, 1.0)), sizes, num_classes)
-
-
-def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
-    """Build a registered architecture for inputs of ``input_shape`` (``(C,H,W)`` or ``(F,)``)."""
-    factory = MODELS.get(name)
-    if factory is mlp:
-        features = 1
-        for s in input_shape:
-            features *= int(s)
-        return factory(in_features=features, num_classes=num_classes, **options)
-    if len(input_shape) != 3:
-        raise ModelError(f"model {name!r} needs image inputs (C,H,W), the data has shape {tuple(input_shape)}; use 'mlp' for tabular data")
-    return factory(in_channels=int(input_shape[0]), num_classes=num_classes, **options)
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (as in ``model.named_modules()``), with suggestions if unknown."""
-    modules = dict(model.named_modules())
-    if name not in modules:
-        close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)]
-        raise ModelError(f"the model has no layer {name!r}.{hint} Its conv layers are: {', '.join(convs) or 'none'}")
-    return modules[name]
-
-
-def default_cam_layer(model: nn.Module) -> str:
-    """The layer CAM methods use by default: ``model.cam_layer`` or else the last Conv2d."""
-    name = getattr(model, "cam_layer", None)
-    if isinstance(name, str):
-        return name
-    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ModelError(f"{type(model).__name__} has no Conv2d layer, so CAM-style explainers do not apply; "
-                         "use a gradient explainer such as 'simplegrad' or 'ig'")
-    return convs[-1]
-
-
-def _replace_modules(model: nn.Module, kind: type, make) -> list[tuple[nn.Module, str, nn.Module]]:
-    swapped = []
-    for parent in model.modules():
-        for child_name, child in list(parent.named_children()):
-            if type(child) is kind:
-                parent._modules[child_name] = make(child)
-                swapped.append((parent, child_name, child))
-    return swapped
-
-
-@contextlib.contextmanager
-def smooth_activations(model: nn.Module, beta: float = 8.0) -> Iterator[nn.Module]:
-    """Swap every ``nn.ReLU`` for ``nn.Softplus(beta)`` inside the block, then restore the originals.
-
-    ReLU has zero second derivative, so losses on gradient maps need a smooth surrogate while training
-    (Dombrowski et al. 2019; Noppel et al. use beta=8). Evaluation always uses the restored ReLU model.
-    """
-    if beta <= 0:
-        raise ModelError(f"softplus beta must be positive, got {beta}")
-    swapped = _replace_modules(model, nn.ReLU, lambda _: nn.Softplus(beta=beta))
-    try:
-        yield model
-    finally:
-        for parent, child_name, original in swapped:
-            parent._modules[child_name] = original
-
-
-def _conv_bn_pairs(model: nn.Module) -> Iterator[tuple[str, nn.Conv2d, nn.BatchNorm2d]]:
-    """``(conv name, conv, bn)`` for every Conv2d whose output goes only into the BatchNorm2d after it: consecutive
-    children of an ``nn.Sequential``, or pairs a module declares in ``conv_bn_pairs`` (as :class:`BasicBlock`)."""
-    for prefix, parent in model.named_modules():
-        if isinstance(parent, nn.Sequential):
-            names = list(parent._modules)
-            pairs = zip(names, names[1:])
-        else:
-            pairs = getattr(parent, "conv_bn_pairs", ())
-        for conv_name, bn_name in pairs:
-            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
-            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:
-                yield (f"{prefix}.{conv_name}" if prefix else conv_name), conv, bn
-
-
-def _folded_forward(conv: nn.Conv2d, bn: nn.BatchNorm2d):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        if conv.bias is not None:
-            shift = shift + conv.bias * scale
-        return conv._conv_forward(x, conv.weight * scale.view(-1, 1, 1, 1), shift)
-    return forward
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-@contextlib.contextmanager
-def fold_batchnorm(model: nn.Module, keep: Sequence[str] = ()) -> Iterator[nn.Module]:
-    """Inside the block, every eval-mode BatchNorm2d that directly follows a Conv2d is folded into the conv.
-
-    The conv computes ``conv(x, W·s) + (b - μ)·s + β`` with ``s = γ/sqrt(σ² + eps)`` and the BatchNorm passes its
-    input through: the same outputs and the same gradients for ``W``, ``γ``, ``β`` (the folding is differentiable),
-    without a BatchNorm pass over the activations. In explanation-aware training, where eval-mode BatchNorm's
-    second derivative costs as much as a convolution, that saves about a quarter of a simplegrad step
-    (``benchmarks/training.py``). BatchNorm in train mode is left alone (its batch statistics are not a
-    per-channel affine map), and so is every conv named in ``keep``: a hook on a folded conv would see the
-    normalised output. Modules are restored on exit.
-    """
-    patched = []
-    for name, conv, bn in _conv_bn_pairs(model):
-        if bn.training or bn.running_mean is None or name in keep or "forward" in vars(conv) or "forward" in vars(bn):
-            continue
-        conv.forward, bn.forward = _folded_forward(conv, bn), _identity
-        patched += [conv, bn]
-    try:
-        yield model
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def count_parameters(model: nn.Module) -> int:
