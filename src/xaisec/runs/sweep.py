@@ -39,6 +39,7 @@ from ..config import dump_config, merge, parse_yaml
 from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..records import Metric
+from .. import numerics
 from .runner import RunContext, RunResult, _threads, get_kind, load_experiment, load_run, read_metrics, run_experiment
 from .rundir import RunDir
 
@@ -360,8 +361,9 @@ def _lock_free(sweep_dir: Path, folder: str | None) -> bool:
 
 # -- the reference model, once per sweep -----------------------------------------------------------------------
 def reference_key(config: dict) -> str:
-    """Hash of what the clean reference model depends on: ``data``, ``model``, ``reference`` and ``seed``."""
-    part = {k: config.get(k) for k in ("experiment", "data", "model", "reference", "seed")}
+    """Hash of what the clean reference model depends on: ``data``, ``model``, ``reference``, ``seed`` (and the
+    device and denormal policy, which change the last bits)."""
+    part = {k: config.get(k) for k in ("experiment", "data", "model", "reference", "seed", "device", "flush_denormals")}
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -386,7 +388,8 @@ def cached_reference(cfg: Any, cache_dir: Path) -> Path | None:
         log.info("reference model: training it once for the sweep (%s)", path.name)
         scratch = cache_dir / f"{path.stem}.work"
         shutil.rmtree(scratch, ignore_errors=True)
-        with torch.random.fork_rng(devices=[]), _threads(getattr(cfg, "threads", None)):
+        with torch.random.fork_rng(devices=[]), _threads(getattr(cfg, "threads", None)), \
+                numerics.denormal_policy(cfg.flush_denormals):
             torch.manual_seed(cfg.seed)
             inputs = kind.prepare(cfg)
             ctx = RunContext(cfg, inputs, RunDir(scratch), progress=False, stage=stage.name)
