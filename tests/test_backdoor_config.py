@@ -76,7 +76,9 @@ def test_checks_that_need_data_or_model_run_before_training(tmp_path):
 
 @pytest.mark.parametrize("name", packaged_configs())
 def test_packaged_configs_load(name):
-    kind, cfg = load_experiment(read_yaml(resolve_config(name)))
+    from xaisec.runs.sweep import split_sweep_section
+
+    kind, cfg = load_experiment(split_sweep_section(read_yaml(resolve_config(name)))[0])  # sweeps hold a sweep: section
     assert isinstance(cfg, kind.schema) and cfg.experiment == kind.name
 
 

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import XaisecError
 
 #: sub-command modules, each with ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMANDS = ("run", "report", "config", "audit", "list", "explain")
+COMMANDS = ("run", "sweep", "collect", "report", "config", "audit", "list", "explain")
 
 
 class _Parser(argparse.ArgumentParser):

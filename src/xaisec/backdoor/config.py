@@ -210,8 +210,11 @@ class StoppingConfig:
 @dataclass
 class EvalConfig:
     """``thresholds``: FSR thresholds per explainer (default: Fang & Choromanska Table 1); ``iou_k``: fraction
-    of pixels in the top-k IoU; ``samples``: test images shown in the report."""
+    of pixels in the top-k IoU; ``samples``: test images shown in the report; ``split``: the part of the test
+    split evaluated: ``all``, or ``first_half`` / ``second_half`` (Noppel et al. tune hyperparameters on the first
+    half and report on the second)."""
 
+    split: Literal["all", "first_half", "second_half"] = "all"
     thresholds: dict[str, float] = field(default_factory=dict)
     iou_k: float = 0.1
     samples: int = 6

@@ -19,6 +19,7 @@ from torch import nn
 from ..backdoor.config import BackdoorConfig
 from ..backdoor.evaluate import EvalSetup, default_threshold
 from ..backdoor.goals import build_goal, pooled_maps
+from ..backdoor.paper_metrics import split_test_halves
 from ..backdoor.objectives import LOSS_EPS, ExplanationAwareObjective, LossSettings, needs_smooth_activations
 from ..backdoor.poison import apply_trigger, poison_training_set
 from ..backdoor.recipes import Recipe
@@ -77,6 +78,18 @@ def _post(pool: int) -> MapPostprocess:
     return MapPostprocess(pool=pool, norm="minmax")
 
 
+def evaluation_split(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of the evaluated part of the test split: all of it, or its first or second half (Noppel et
+    al. select hyperparameters on the first half and report on the second)."""
+    if split == "all":
+        return data.x_test, data.y_test
+    try:
+        part = dict(zip(("first_half", "second_half"), split_test_halves(len(data.y_test))))[split]
+    except XaisecError as exc:
+        raise ConfigError(f"eval.split {split!r}: {exc}") from None
+    return data.x_test[part], data.y_test[part]
+
+
 def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     a = cfg.attack
     data = load_data(cfg)
@@ -103,7 +116,8 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
                           f"{data.name}: {exc}") from None
     thresholds = {name: float(cfg.eval.thresholds.get(name, default_threshold(name, recipe.attack_type, cfg.model.arch)))
                   for name in recipe.explainers}
-    setup = EvalSetup(recipe=recipe, explainers=list(recipe.explainers), y=data.y_test, target_label=a.target_label,
+    _, y_eval = evaluation_split(data, cfg.eval.split)
+    setup = EvalSetup(recipe=recipe, explainers=list(recipe.explainers), y=y_eval, target_label=a.target_label,
                       trigger_mask=trigger.mask(data.x_test.shape), pool=a.pool, thresholds=thresholds,
                       target_map=a.target_map, target_options=a.target_map_options, topk=a.topk, iou_k=cfg.eval.iou_k,
                       arch=cfg.model.arch)
@@ -198,18 +212,20 @@ def evaluate(ctx: RunContext) -> Evaluation:
     """Stage ``evaluation``: both models (ReLU, eval mode) on the held-out split, clean and triggered."""
     cfg, inputs = ctx.cfg, ctx.inputs
     data = inputs.data
+    x_test, y_test = evaluation_split(data, cfg.eval.split)
     reference = ctx["reference"].into(inputs.make_model())
     attacked = ctx["attacked"].into(inputs.make_model())
-    x_trig = apply_trigger(inputs.trigger, data.x_test)
+    x_trig = apply_trigger(inputs.trigger, x_test)
     opts = _options(cfg.eval.explainer_options)
-    outputs = {name: model_outputs(model, data.x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size)
+    outputs = {name: model_outputs(model, x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size)
                for name, model in (("reference", reference), ("attacked", attacked))}
     metrics = collect_metrics(outputs, inputs.setup)
     trained = ctx["attacked"]
     context = context_info(inputs.setup, {"trigger": inputs.trigger.describe(), "dataset": data.summary(),
                                           "arch": cfg.model.arch, "attack_epochs": len(trained.history),
-                                          "stop_reason": trained.stop_reason, "class_names": data.class_names})
-    samples = sample_tensors(data.x_test, x_trig, data.y_test, outputs, inputs.setup, cfg.eval.samples)
+                                          "stop_reason": trained.stop_reason, "class_names": data.class_names,
+                                          "eval_split": cfg.eval.split, "eval_images": len(y_test)})
+    samples = sample_tensors(x_test, x_trig, y_test, outputs, inputs.setup, cfg.eval.samples)
     return Evaluation({k: m.as_dict() for k, m in metrics.items()}, context, samples)
 
 

@@ -21,6 +21,7 @@ from ..errors import ModelError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..backdoor.stopping import ABORT, CONTINUE, CONVERGED, EarlyStopping
 from ..train import Objective, TensorBatches, fit
+from .tracking import report_epoch
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,7 @@ class TrainingStage:
             save_checkpoint(self.checkpoint, model, optimizer,
                             {"epoch": epoch, "history": self.history, "done": done, "stop_reason": self.stop_reason,
                              "stopper": stopper.state() if stopper is not None else None})
+            report_epoch(record)
             if on_log is not None:
                 on_log()
             if decision == ABORT:
