@@ -62,8 +62,8 @@ def test_run_writes_every_artifact(finished_run, capsys):
                 "attacked/gradcam/trigger_mass_trig", "attacked/top1_drop"):
         assert doc["metrics"][key]["direction"] in ("higher", "lower", "none"), key
     assert doc["context"]["thresholds"]["gradcam"] == {"value": 0.2, "paper": 0.2}
-    assert set(json.loads((finished_run / "status.json").read_text())["seconds"]) == {"reference", "attacked",
-                                                                                       "evaluation"}
+    assert set(json.loads((finished_run / "status.json").read_text())["seconds"]) == {
+        "reference", "poisoning", "attacked", "evaluation"}
     log = [json.loads(line) for line in (finished_run / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in log] == [("reference", 1), ("reference", 2), ("attack", 1), ("attack", 2)]
     assert "monitor/gradcam/map_goal" in log[-1]

@@ -76,6 +76,16 @@ class Registry:
                 raise XaisecError(f"{self.kind} {name!r} has no option {key!r}.{hint} Its options: "
                                   f"{', '.join(allowed) or 'none'}")
 
+    def missing_options(self, name: str, options: dict[str, Any], given: Iterable[str] = ()) -> list[str]:
+        """The factory's required keyword arguments (no default) that neither ``options`` nor ``given`` supply."""
+        factory = self.get(name)
+        try:
+            params = inspect.signature(factory.__init__ if inspect.isclass(factory) else factory).parameters
+        except (TypeError, ValueError):
+            return []
+        return [p for p, v in params.items() if p != "self" and v.default is v.empty and p not in options
+                and p not in given and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+
     def build(self, name_or_obj: Any, *args: Any, **kwargs: Any) -> Any:
         """Build from a registered name (keyword options checked against the factory's signature first), or
         return ``name_or_obj`` unchanged if it is not a string."""

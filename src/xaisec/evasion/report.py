@@ -82,7 +82,7 @@ def draw_figures(rd: RunDir, m: _Metrics, context: dict[str, Any]) -> dict[str, 
             cols = [("benign", x, None), ("benign map", x, s.benign[name][:n])]
             if plain is not None:
                 cols.append((f"{title} map", a.x_adv[family][:n], plain[:n]))
-            cols += [(f"ADV2 input", a.x_adv[key][:n], None), ("ADV2 map", a.x_adv[key][:n], a.maps[key][name][:n]),
+            cols += [("ADV2 input", a.x_adv[key][:n], None), ("ADV2 map", a.x_adv[key][:n], a.maps[key][name][:n]),
                      ("target map", x, s.targets[name][:n])]
             figs[key] = map_grid(cols, rd.figures / f"{key}.png", rows,
                                  f"{title} and {title}-based ADV2 against {name} (target maps: {context['target']})")

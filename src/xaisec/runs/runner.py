@@ -156,9 +156,10 @@ class RunResult:
 
 
 def load_experiment(data: dict[str, Any]) -> tuple["Experiment", Any]:
-    """``(kind, validated config)`` from a merged config mapping (its ``experiment`` key picks the kind)."""
+    """``(kind, validated config)`` from a merged config mapping (its ``experiment`` key picks the kind; a
+    ``sweep:`` section is read by ``xaisec sweep`` only and left out here)."""
     kind = get_kind(data.get("experiment", DEFAULT_KIND))
-    return kind, build(kind.schema, data)
+    return kind, build(kind.schema, {k: v for k, v in data.items() if k != "sweep"})
 
 
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:

@@ -50,6 +50,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_registry_options("xaisec.data", "DATASETS", self.name, self.options, "data")
+        from ..data import DATASETS
+
+        missing = DATASETS.missing_options(self.name, self.options)
+        require(not missing, f"data {self.name!r} needs data.options.{missing[0] if missing else ''} (e.g. "
+                             f"data.options.{missing[0] if missing else ''}=/path/to/{self.name}); nothing is downloaded")
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all), got {value}")

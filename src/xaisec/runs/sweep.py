@@ -663,21 +663,6 @@ def prepare_sweep_dir(spec: SweepSpec, sweep_dir: Path) -> None:
     spec.write(sweep_dir)
 
 
-def check_data_options(cfg: Any) -> None:
-    """The dataset's required loader options (``root`` of on-disk datasets) are given: a missing data folder is a
-    clear error before any trial, not a failure of every trial."""
-    import inspect
-
-    from ..data import DATASETS
-
-    params = inspect.signature(DATASETS.get(cfg.data.name)).parameters
-    missing = [name for name, p in params.items() if p.default is p.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in cfg.data.options]
-    if missing:
-        raise ConfigError(f"data {cfg.data.name!r} needs data.options.{missing[0]} (e.g. "
-                          f"data.options.{missing[0]}=/path/to/{cfg.data.name}); nothing is downloaded")
-
-
 def run_sweep(spec: SweepSpec, sweep_dir: str | Path, *, launcher: str = "process", workers: int = 1) -> SweepResult:
     """Check everything, then run (or continue) the sweep in ``sweep_dir`` and summarise it (``summary.json``).
 
@@ -688,9 +673,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: str | Path, *, launcher: str = "proces
     _optuna()
     check_spec(spec)
     check_launcher(launcher, workers)
-    _, base = load_experiment(spec.base)
-    if hasattr(base, "data"):
-        check_data_options(base)
+    load_experiment(spec.base)  # the base config is valid (its data options included) before anything else
     if spec.storage is not None:
         open_storage(spec.storage)  # unreachable databases fail here, before the folder exists
     check_sweep_dir(spec, sweep_dir)
