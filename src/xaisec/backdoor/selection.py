@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..train import predict, train_classifier
-from .poison import apply_trigger, poison_training_set
+from .poison import poison_training_set
 
 log = logging.getLogger(__name__)
 

@@ -14,20 +14,15 @@ import torch
 from torch import nn
 
 from ..errors import XaisecError
-from ..registry import Registry
 from ..train import batchnorm_stats_kept
 from ..validation import check_images, match_model_dtype
-from .base import Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
+from .base import EXPLAINERS, Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
 from .cam import CAM, GradCAM, GradCAMPlusPlus
 from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad, draw_background
 from .mask import MaskState, MeaningfulPerturbation
 from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet, encoder_prototypes
 from .vbp import VisualBackProp
 
-EXPLAINERS = Registry("explainer")
-for _cls in (GradCAM, GradCAMPlusPlus, CAM, SimpleGrad, InputXGradient, IntegratedGradients, SmoothGrad,
-             GradientShap, VisualBackProp, MeaningfulPerturbation, RealTimeSaliency):
-    EXPLAINERS.register(_cls.name)(_cls)
 
 
 def build(name: str | Explainer, model: nn.Module, layer: str | None = None, **options) -> Explainer:
@@ -40,10 +35,7 @@ def build(name: str | Explainer, model: nn.Module, layer: str | None = None, **o
         if "layer" not in params:
             raise XaisecError(f"explainer {name!r} does not take a layer; drop layer={layer!r}")
         options["layer"] = layer
-    unknown = [k for k in options if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
-    if unknown:
-        allowed = [p for p in params if p not in ("self", "model")]
-        raise XaisecError(f"explainer {name!r} has no option(s) {unknown}; its options are {allowed}")
+    EXPLAINERS.check_options(name, options, given=("model",))
     return cls(model, **options)
 
 

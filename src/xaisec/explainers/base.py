@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError, ModelError
+from ..registry import Registry
 from ..models import forward_model, get_layer, is_activation
 from ..train import batchnorm_stats_kept
 from ..validation import check_images, match_model_dtype, model_logits
@@ -194,6 +195,10 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+#: every explainer, registered with ``@EXPLAINERS.register()`` in the file that defines it (its ``name`` attribute)
+EXPLAINERS = Registry("explainer")
 
 
 class Explainer(abc.ABC):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..models import default_cam_layer, find_head, layer_name, tokens_to_grid
-from .base import PassRequest, PassResult, SinglePassExplainer, upsample
+from .base import EXPLAINERS, PassRequest, PassResult, SinglePassExplainer, upsample
 
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -59,6 +59,7 @@ class _LayerExplainer(SinglePassExplainer):
         return upsample(F.relu(cam) if self.relu else cam, tuple(result.x.shape[-2:]))
 
 
+@EXPLAINERS.register()
 class GradCAM(_LayerExplainer):
     """Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391): ReLU(sum_c w_c A_c) with
     w_c the spatial mean of d logit_target / d A_c, bilinearly upsampled (align_corners=False)."""
@@ -72,6 +73,7 @@ class GradCAM(_LayerExplainer):
         return self._finish((weights * a).sum(1, keepdim=True), result)
 
 
+@EXPLAINERS.register()
 class GradCAMPlusPlus(_LayerExplainer):
     """Grad-CAM++ (Chattopadhyay et al. 2018, https://arxiv.org/abs/1710.11063), closed form for an
     exponential score: alpha = g^2 / (2 g^2 + sum(A) g^3), w_c = sum alpha ReLU(g)."""
@@ -87,6 +89,7 @@ class GradCAMPlusPlus(_LayerExplainer):
         return self._finish((weights * a).sum(1, keepdim=True), result)
 
 
+@EXPLAINERS.register()
 class CAM(_LayerExplainer):
     """CAM (Zhou et al. 2016, https://arxiv.org/abs/1512.04150): sum_c W[target, c] A_c for models whose
     ``layer`` feeds global average pooling and one linear layer (``model.head`` or the linear layer found right

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import DataError
 from ..validation import check_choice, check_finite, check_int, check_number, model_logits
-from .base import (Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
+from .base import (EXPLAINERS, Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
                    resolve_target, run_pass)
 
 
@@ -21,6 +21,7 @@ def _check_baseline(baseline, name: str) -> float | torch.Tensor:
     return check_number(baseline, name)
 
 
+@EXPLAINERS.register()
 class SimpleGrad(SinglePassExplainer):
     """|d logit_target / dx| reduced over channels (Simonyan et al. 2014, https://arxiv.org/abs/1312.6034).
 
@@ -44,6 +45,7 @@ class SimpleGrad(SinglePassExplainer):
         return reduce_channels(g.abs() if self.absolute else g, self.reduce)
 
 
+@EXPLAINERS.register()
 class InputXGradient(SinglePassExplainer):
     """x * d logit_target / dx, summed over channels (Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713)."""
 
@@ -82,6 +84,7 @@ def _target_for(model: nn.Module, x: torch.Tensor, target, create_graph: bool) -
 RIEMANN_OFFSETS = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
 
 
+@EXPLAINERS.register()
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365).
 
@@ -137,6 +140,7 @@ def _sample_noise(shape, seed: int, dtype, device) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
+@EXPLAINERS.register()
 class SmoothGrad(Explainer):
     """SmoothGrad (Smilkov et al. 2017, https://arxiv.org/abs/1706.03825): the average map of a base
     explainer over ``n_samples`` noisy copies, noise std = ``noise`` x (max - min) of each image.
@@ -176,6 +180,7 @@ def draw_background(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
 
 
+@EXPLAINERS.register()
 class GradientShap(Explainer):
     """GradientSHAP / expected gradients (Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874;
     Erion et al. 2021): mean over ``n_samples`` of (x - b) * grad at b + a (x - b), with b drawn from

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import numerics
 from ..validation import check_int, check_number, model_logits
-from .base import Explainer, Explanation, resolve_target
+from .base import EXPLAINERS, Explainer, Explanation, resolve_target
 from .ops import blend, gaussian_blur, total_variation
 
 
@@ -36,6 +36,7 @@ class MaskState:
         return MaskState(self.keep.detach(), self.m1.detach(), self.m2.detach(), self.step)
 
 
+@EXPLAINERS.register()
 class MeaningfulPerturbation(Explainer):
     """MASK explainer. Options: ``steps`` Adam steps (lr ``lr``), penalties ``l1`` and ``tv`` (with
     exponent ``tv_beta``), Gaussian ``blur_sigma`` (pixels) of the deletion, mask resolution H/``mask_scale``,

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from ..models import Normalize, default_cam_layer, is_activation
 from ..train import eval_mode
-from .base import Explainer, Explanation, recording, resolve_target
+from .base import EXPLAINERS, Explainer, Explanation, recording, resolve_target
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -199,6 +199,7 @@ def rts_maps(saver: Saver, classifier: nn.Module, x: torch.Tensor, target: torch
     return logits, t, masks * gate
 
 
+@EXPLAINERS.register()
 class RealTimeSaliency(Explainer):
     """RTS explainer: the trained ``saver`` (:class:`FeatureSaliencyNet` or :class:`SaliencyNet`) asked about the
     target class (default: the classifier's prediction), gated by the classifier (:func:`rts_maps`).
