@@ -9,17 +9,13 @@ The ``adv2`` experiment kind (``xaisec run adv2_mnist5k``) is :mod:`xaisec.runs.
 """
 from __future__ import annotations
 
-from ..registry import Registry
-from .base import Attack, BestIterate, RampSchedule, Terms
+from .base import ATTACKS, Attack, BestIterate, RampSchedule, Terms
 from .metrics import map_metrics, perturbation_metrics, prediction_metrics, success
 from .objective import AttackObjective, InterpreterTerm, MaskTerm, RTSTerm
 from .pgd import PGD, Adv2PGD, project_linf
 from .stadv import StAdv, Adv2StAdv, flow_loss, warp
 from .targets import TARGET_KINDS, patch_maps, pick_class_examples, random_target_classes
 
-ATTACKS = Registry("attack")
-for _name, _cls in (("pgd", PGD), ("adv2_pgd", Adv2PGD), ("stadv", StAdv), ("adv2_stadv", Adv2StAdv)):
-    ATTACKS.register(_name)(_cls)
 
 __all__ = ["ATTACKS", "Adv2PGD", "Adv2StAdv", "Attack", "AttackObjective", "BestIterate", "InterpreterTerm", "MaskTerm", "PGD", "RTSTerm",
            "RampSchedule", "StAdv", "TARGET_KINDS", "Terms", "flow_loss", "map_metrics", "patch_maps",

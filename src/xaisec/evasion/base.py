@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import numerics
 from ..errors import ConfigError, DataError, ModelError
+from ..registry import Registry
 from ..models import fold_batchnorm
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_labels, check_number, match_model_dtype, model_logits
@@ -111,6 +112,10 @@ def objective_for(model: nn.Module, objective, targeted: bool | None):
         raise ConfigError(f"targeted={targeted} contradicts the given objective (targeted={objective.targeted}); "
                           "pass targeted to the AttackObjective or leave it out here")
     return objective
+
+
+#: every input-time attack, registered with ``@ATTACKS.register("name")`` in the file that defines it
+ATTACKS = Registry("attack")
 
 
 class Attack(abc.ABC):

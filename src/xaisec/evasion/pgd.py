@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..validation import check_int, check_number
-from .base import Attack, BestIterate, RampSchedule, Schedule, objective_for
+from .base import ATTACKS, Attack, BestIterate, RampSchedule, Schedule, objective_for
 from .objective import AttackObjective, DetectorTerm, InterpreterTerm
 
 
@@ -22,6 +22,7 @@ def project_linf(x: torch.Tensor, x0: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x, x0 - eps), x0 + eps).clamp(0, 1)
 
 
+@ATTACKS.register("pgd")
 class PGD(Attack):
     """L-inf PGD: ``eps`` radius, ``step`` size, ``steps`` iterations, optional uniform ``random_start`` (drawn
     from ``seed``). Returns each image's best iterate (:class:`BestIterate`). Targeted by default
@@ -65,6 +66,7 @@ class PGD(Attack):
             raise RuntimeError("PGD left its L-inf ball: this is a bug in xaisec")
 
 
+@ATTACKS.register("adv2_pgd")
 class Adv2PGD(PGD):
     """PGD-based ADV2 against ``interpreters``: ``warmup`` steps of plain PGD towards the target class, then
     ``steps - warmup`` steps on ``l_prd + c * l_int`` with c ramped from ``c`` to ``c_end`` (default 2c).

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..validation import check_int, check_number
-from .base import Attack, BestIterate, RampSchedule, Schedule, objective_for
+from .base import ATTACKS, Attack, BestIterate, RampSchedule, Schedule, objective_for
 from .objective import AttackObjective, DetectorTerm, InterpreterTerm
 
 
@@ -41,6 +41,7 @@ def flow_loss(flow: torch.Tensor) -> torch.Tensor:
             + torch.sqrt(dy.pow(2).sum(1) + 1e-8).flatten(1).sum(1))
 
 
+@ATTACKS.register("stadv")
 class StAdv(Attack):
     """StAdv: Adam (``lr``) on the flow for ``steps`` iterations, flow smoothness weight ``tau``; flow initialised at
     ``init * (U(0,1) - 0.5)`` from ``seed`` (the reference code's 0.2) and clipped to ``max_flow`` pixels if given.
@@ -101,6 +102,7 @@ class StAdv(Attack):
             raise RuntimeError("StAdv exceeded max_flow: this is a bug in xaisec")
 
 
+@ATTACKS.register("adv2_stadv")
 class Adv2StAdv(StAdv):
     """StAdv-based ADV2: ``warmup`` Adam steps on the classifier term, then ``l_prd + c * l_int`` with c ramped,
     always plus ``tau * L_flow`` (reference: tau = 5e-4 for CAM, 2e-3 for RTS)."""
