@@ -71,3 +71,21 @@ def quadrants_dataset() -> str:
 
         DATASETS.register(name)(load)
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_backdoor_runs(tmp_path_factory):
+    """Two finished tiny backdoor runs (packaged ``default`` = Fang targeted on small_cnn with the Moiré trigger, and
+    ``latka_badnets`` on vgg_small with a patch; 300 training / 100 test images, one epoch each): their run
+    directories, made once per session through the runner."""
+    from xaisec.config import merge, parse_overrides, read_yaml, resolve_config
+    from xaisec.runs import load_experiment, run_experiment
+
+    root = tmp_path_factory.mktemp("backdoor_runs")
+    tiny = ["data.train_size=300", "data.test_size=100", "reference.epochs=1", "attack.epochs=1",
+            "stopping.monitor_size=32", "eval.samples=2"]
+    paths = []
+    for name in ("default", "latka_badnets"):
+        _, cfg = load_experiment(merge(read_yaml(resolve_config(name)), parse_overrides(tiny)))
+        paths.append(run_experiment(cfg, root / name, progress=False).path)
+    return paths

@@ -43,7 +43,7 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
     det.fit(ctx.x_fit[:N_CALIBRATION], fpr=0.05)
     clean = det.details(ctx.x_eval[:N_CALIBRATION])
     cal = det.calibration
-    s_clean = det._combine({n: clean[n] for n in det.component_names})
+    s_clean = det.combine(clean)
     fpr = float((s_clean > cal.threshold).float().mean())
     evidence = {"methods": det.methods, "transforms": [t.name for t in det.transforms], "agreement": det.agreement,
                 "components": det.component_names, "threshold": cal.threshold, "clean_false_positive_rate": fpr,
@@ -57,7 +57,7 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
                        f"{fpr:.1%} of held-out clean inputs exceed the threshold). Give --suspects to screen inputs: "
                        "this check looks at inputs, it cannot tell from the model alone.", evidence, [fig])
     sus = det.details(ctx.suspects)
-    s_sus = det._combine({n: sus[n] for n in det.component_names})
+    s_sus = det.combine(sus)
     detected = float((s_sus > cal.threshold).float().mean())
     evidence.update({"suspect_detection_rate": detected,
                      "auroc_suspects_vs_clean": {n: auroc(clean[n], sus[n]) for n in clean},

@@ -204,22 +204,33 @@ class ExplanationConsistency:
         center = {n: float(v.median()) for n, v in comps.items()}
         scale = {n: max(1.4826 * float((v - center[n]).abs().median()), 1e-6) for n, v in comps.items()}
         self.calibration = Calibration(center, scale, 0.0, fpr, torch.empty(0))
-        clean = self._combine(comps)
+        clean = self.combine(comps)
         self.calibration.threshold = float(torch.quantile(clean, 1 - fpr))
         self.calibration.clean_scores = clean
         return self
 
-    def _combine(self, comps: dict[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, scores: dict[str, torch.Tensor], components: Sequence[str] | None = None,
+                two_sided: bool | None = None) -> torch.Tensor:
+        """The combined score ``(B,)`` of already computed component ``scores`` (from :meth:`details`): the largest
+        calibrated robust z-score (|z| if ``two_sided``; default: the detector's setting) over ``components``
+        (default: all of :attr:`component_names`)."""
+        if self.calibration is None:
+            raise ConfigError("call fit(x_clean) before combining scores; they are calibrated on clean data")
         cal = self.calibration
-        z = torch.stack([(comps[n] - cal.center[n]) / cal.scale[n] for n in self.component_names])
-        return (z.abs() if self.two_sided else z).amax(0)
+        names = self.component_names if components is None else list(components)
+        unknown = [n for n in names if n not in cal.center]
+        if unknown or not names:
+            raise ConfigError(f"components must be a non-empty subset of {self.component_names}, got {names}")
+        z = torch.stack([(scores[n] - cal.center[n]) / cal.scale[n] for n in names])
+        two_sided = self.two_sided if two_sided is None else two_sided
+        return (z.abs() if two_sided else z).amax(0)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Combined score ``(B,)``: the largest robust z-score (or |z| if ``two_sided``) over the components
         (higher = more suspicious)."""
         if self.calibration is None:
             raise ConfigError("call fit(x_clean) before score(); the scores are calibrated on clean data")
-        return self._combine(self.components(x))
+        return self.combine(self.components(x))
 
     def detect(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean ``(B,)``: score above the clean-calibrated threshold."""
@@ -233,8 +244,7 @@ class ExplanationConsistency:
             raise ConfigError("call fit(x_clean) on held-out clean data before evaluate()")
         clean, trig = self.details(x_clean), self.details(x_triggered)
         out = {f"auroc/{n}": auroc(clean[n], trig[n]) for n in clean}
-        s_clean = self._combine({n: clean[n] for n in self.component_names})
-        s_trig = self._combine({n: trig[n] for n in self.component_names})
+        s_clean, s_trig = self.combine(clean), self.combine(trig)
         out["auroc/combined"] = auroc(s_clean, s_trig)
         out["detection_rate"] = float((s_trig > self.calibration.threshold).float().mean())
         out["false_positive_rate"] = float((s_clean > self.calibration.threshold).float().mean())
