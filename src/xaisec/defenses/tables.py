@@ -7,6 +7,7 @@ its undefended ``metrics`` and one entry per measurement family that ran (see :m
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,8 @@ def is_reference(r: dict) -> bool:
 
 
 def label_text(label: str, r: dict) -> str:
-    return f"no attack ({r['arch']})" if is_reference(r) else label
+    """``no attack (<arch>)`` for the clean reference models, the run's name otherwise."""
+    return f"no attack ({label.removeprefix('reference_')})" if is_reference(r) else label
 
 
 def reference_of(results: dict[str, dict], label: str) -> dict:
@@ -84,12 +86,13 @@ def metric_records(results: dict[str, dict], cfg: dict) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     for label, r in results.items():
         key, name = r["attack_metric"], r["attack_metric"].upper()
-        out[f"{label}/clean_accuracy"] = Metric(r["metrics"]["acc_clean"], "higher", "Top-1 on the clean evaluation images")
+        out[f"{label}/clean_accuracy"] = Metric(r["metrics"]["acc_clean"], "higher",
+                                                "Top-1 on the clean evaluation images")
         out[f"{label}/{key}"] = Metric(attack_value(r), "higher", f"{name} on the evaluation images, no defense")
         if "neural_cleanse" in r:
             nc = r["neural_cleanse"]
             reps = [v for v, _ in nc["repeats"]]
-            std = None if len(reps) < 2 else float(sum((v - sum(reps) / len(reps)) ** 2 for v in reps) / len(reps)) ** 0.5
+            std = statistics.pstdev(reps) if len(reps) > 1 else None
             out[f"{label}/neural_cleanse/anomaly_index"] = Metric(
                 nc["model_anomaly_index"], "lower", f"Neural Cleanse MAD anomaly index, median of {len(reps)} "
                 f"set(s) of clean images (flagged above {nc['threshold']:g}; Fang, Figure 4a)", std)
@@ -106,8 +109,9 @@ def metric_records(results: dict[str, dict], cfg: dict) -> dict[str, Metric]:
             out[f"{label}/fine_pruning/fraction"] = Metric(f, "none", "that pruned fraction")
         if "tv_denoising" in r:
             row = tv_choice(results, label, cfg["tv_denoising"]["max_accuracy_drop"])
-            out[f"{label}/tv_denoising/{key}"] = Metric(attack_value(r, row), "higher", f"{name} on TV-denoised inputs "
-                                                        "at the strongest weight keeping clean accuracy (Fang, Table 3)")
+            out[f"{label}/tv_denoising/{key}"] = Metric(
+                attack_value(r, row), "higher",
+                f"{name} on TV-denoised inputs at the strongest weight keeping clean accuracy (Fang, Table 3)")
             out[f"{label}/tv_denoising/weight"] = Metric(row["weight"], "none", "that TV (Chambolle) weight")
         if r.get("rebn", {}).get("applicable"):
             out[f"{label}/rebn/max_shift"] = Metric(r["rebn"]["max_shift"], "lower", "largest BatchNorm statistics "
@@ -127,8 +131,8 @@ def metric_records(results: dict[str, dict], cfg: dict) -> dict[str, Metric]:
     return out
 
 
-def caveats(models: list[dict], measured: list[str]) -> list[str]:
-    """What a reader must keep in mind, from what this run measured."""
+def caveats(models: list[dict], measured: list[str], audit_checks: list[str] | None) -> list[str]:
+    """What a reader must keep in mind, from what this run measured (``audit_checks``: None for all)."""
     out = []
     global_trigger = sorted({m["arch"] for m in models if m["global_trigger"]})
     if global_trigger and set(measured) & {"activation_clustering", "input_detection", "audit"}:
@@ -140,7 +144,8 @@ def caveats(models: list[dict], measured: list[str]) -> list[str]:
     if "rebn" in measured:
         out.append("The Re-BN statistics shift comes from fine-tuning with BatchNorm in eval mode (as the recipes "
                    "do); an attacker who re-estimates the statistics after the attack removes it.")
-    if "neural_cleanse" in measured and "audit" in measured:
+    audit_nc = "neural_cleanse" in (audit_checks or ["neural_cleanse"])
+    if "neural_cleanse" in measured and "audit" in measured and audit_nc:
         out.append("The audit runs its own Neural Cleanse on other clean images; its anomaly index differs from the "
                    "Neural Cleanse table's within Neural Cleanse's spread from one set of images to another.")
     out.append("Each clean reference model is measured with the data and trigger of the first run of its "
@@ -150,7 +155,7 @@ def caveats(models: list[dict], measured: list[str]) -> list[str]:
 
 def report_context(models: list[dict], cfg: dict) -> dict[str, Any]:
     return {"models": models, "measured": list(cfg["measure"]), "n_eval": cfg["n_eval"],
-            "caveats": caveats(models, cfg["measure"]),
+            "caveats": caveats(models, cfg["measure"], cfg["audit"]["checks"]),
             "paper": "Fang & Choromanska, Backdoor Attacks on the DNN Interpretation System, AAAI 2022"}
 
 
@@ -175,7 +180,8 @@ def build_tables(results: dict[str, dict], cfg: dict) -> list[Table]:
     tables = [Table("Neural Cleanse (Figure 4a) and model-level checks",
                     ["model", "clean acc", "attack metric", "NC anomaly index", "NC flagged", "Re-BN max shift",
                      "model-level audit verdict", "suspicious model-level checks"],
-                    [[label_text(n, r), pct(r["metrics"]["acc_clean"]), f"{r['attack_metric'].upper()} {pct(attack_value(r))}",
+                    [[label_text(n, r), pct(r["metrics"]["acc_clean"]),
+                      f"{r['attack_metric'].upper()} {pct(attack_value(r))}",
                       f"{r['neural_cleanse']['model_anomaly_index']:.2f}" if "neural_cleanse" in r else "–",
                       str(r["neural_cleanse"]["flagged_classes"]) if "neural_cleanse" in r else "–",
                       f"{r['rebn']['max_shift']:.3f}" if r.get("rebn", {}).get("applicable") else "–",
@@ -200,8 +206,9 @@ def build_tables(results: dict[str, dict], cfg: dict) -> list[Table]:
         tables.append(Table(f"Fine-pruning (Figure 4b): attack metric at the largest pruned fraction that keeps clean "
                             f"accuracy within {100 * drop:g} points",
                             ["model", "metric", "unpruned", "at that fraction", "fraction"],
-                            [[label_text(n, r), r["fine_pruning"]["metric"].upper(), pct(r["fine_pruning"]["values"][0]),
-                              pct(pruning_kept(r["fine_pruning"])[1]), f"{pruning_kept(r['fine_pruning'])[0]:.2f}"]
+                            [[label_text(n, r), r["fine_pruning"]["metric"].upper(),
+                              pct(r["fine_pruning"]["values"][0]), pct(pruning_kept(r["fine_pruning"])[1]),
+                              f"{pruning_kept(r['fine_pruning'])[0]:.2f}"]
                              for n, r in rows if r.get("fine_pruning", {}).get("values")]))
     if any("tv_denoising" in r for r in results.values()):
         drop = cfg["tv_denoising"]["max_accuracy_drop"]
@@ -223,8 +230,9 @@ def build_tables(results: dict[str, dict], cfg: dict) -> list[Table]:
 
         tables.append(Table(f"Re-BN: before -> after re-estimating BatchNorm statistics on {cfg['rebn']['images']} "
                             "clean training images", ["model", "acc clean", "FSR", "ASR", "max statistics shift"],
-                            [[label_text(n, r)] + [arrow(r["rebn"]["before"], r["rebn"]["after"], k)
-                                                   for k in ("acc_clean", "fsr", "asr")] + [f"{r['rebn']['max_shift']:.3f}"]
+                            [[label_text(n, r),
+                              *(arrow(r["rebn"]["before"], r["rebn"]["after"], k) for k in ("acc_clean", "fsr", "asr")),
+                              f"{r['rebn']['max_shift']:.3f}"]
                              for n, r in rows if r.get("rebn", {}).get("applicable")]))
     if any("input_detection" in r for r in results.values()):
         half = cfg["n_eval"] // 2
@@ -247,6 +255,7 @@ def build_tables(results: dict[str, dict], cfg: dict) -> list[Table]:
         checks = list(audited[0][1]["audit"]["checks"])
         tables.append(Table(f"xaisec audit with {cfg['audit']['suspects']} triggered test inputs as suspects",
                             ["model", "verdict", *checks],
-                            [[label_text(n, r), r["audit"]["verdict"], *(r["audit"]["checks"].get(c, "–") for c in checks)]
+                            [[label_text(n, r), r["audit"]["verdict"],
+                              *(r["audit"]["checks"].get(c, "–") for c in checks)]
                              for n, r in audited]))
     return tables

@@ -21,21 +21,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..audit import DEFAULT_CHECKS, run_audit
-from ..audit.checks_inputs import explainers_for, head_inputs
+from ..audit import DEFAULT_CHECKS
 from ..backdoor.config import BackdoorConfig
-from ..backdoor.evaluate import EvalSetup, ModelOutputs
 from ..backdoor.poison import apply_trigger
-from ..backdoor.results import collect_metrics, model_outputs
 from ..data import ImageDataset
-from ..defenses import (ExplanationConsistency, STRIPDetector, activation_clustering, auroc, misclustering,
-                        neural_cleanse, pruning_curve, rebn, spectral_signatures, statistics_shift, tv_chambolle)
 from ..defenses.config import MEASUREMENTS, DefensesConfig
-from ..defenses.rebn import batchnorm_layers
+from ..defenses.measure import (Probe, audit_summary, clustering_pairs, detection_aurocs, median_set,
+                                neural_cleanse_sets, pruning_sweep, rebn_repair, tv_sweep)
 from ..errors import ConfigError, XaisecError
 from ..io import load_weights
 from ..records import Metric
-from ..train import predict
 from .artifacts import Artifact
 from .backdoor import BackdoorInputs
 from .backdoor import prepare as prepare_backdoor
@@ -201,43 +196,12 @@ def attack_metric_name(m: ModelUnderTest) -> str:
     return "asr" if recipe.changes_labels and not recipe.changes_maps else "fsr"
 
 
-@dataclass(frozen=True)
-class Probe:
-    """A model's evaluation images ``x`` (N,C,H,W), labels ``y``, triggered ``x_trig``, the run's setup and its clean
-    reference's outputs on them: ``metrics(model)`` gives the run's metrics of any (repaired) model."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    x_trig: torch.Tensor
-    setup: EvalSetup
-    options: dict[str, dict]
-    reference: ModelOutputs
-
-    def metrics(self, model: nn.Module, x: torch.Tensor | None = None, x_trig: torch.Tensor | None = None
-                ) -> dict[str, float]:
-        """Top-1 on clean/triggered inputs, ASR (label-changing recipes), FSR and CR averaged over the run's
-        explainers."""
-        x = self.x if x is None else x
-        x_trig = self.x_trig if x_trig is None else x_trig
-        out = model_outputs(model, x, x_trig, self.setup.explainers, self.options)
-        m = collect_metrics({"reference": self.reference, "attacked": out}, self.setup)
-        res = {"acc_clean": m["attacked/top1_clean"].value, "acc_trig": m["attacked/top1_trig"].value}
-        if "attacked/asr" in m:
-            res["asr"] = m["attacked/asr"].value
-        for key in ("fsr", "cr"):
-            vals = [m[f"attacked/{e}/{key}"].value for e in self.setup.explainers if f"attacked/{e}/{key}" in m]
-            if vals:
-                res[key] = sum(vals) / len(vals)
-        return res
-
-
 def make_probe(m: ModelUnderTest, reference: nn.Module, n_eval: int) -> Probe:
+    """The first ``n_eval`` test images of ``m``'s run, with its trigger, setup and clean ``reference``."""
     data = m.source.data
     x, y = data.x_test[:n_eval], data.y_test[:n_eval]
-    x_trig = apply_trigger(m.source.trigger, x)
-    setup = dataclasses.replace(m.source.setup, y=y)
     options = {k: dict(v) for k, v in m.run_cfg.eval.explainer_options.items()}
-    return Probe(x, y, x_trig, setup, options, model_outputs(reference, x, x_trig, setup.explainers, options))
+    return Probe.build(reference, x, y, apply_trigger(m.source.trigger, x), m.source.setup, options)
 
 
 def _for_each_model(ctx: RunContext, measure: Callable[[ModelUnderTest, nn.Module], Any]) -> dict[str, Any]:
@@ -284,27 +248,13 @@ def measure_neural_cleanse(ctx: RunContext) -> NeuralCleanseResults:
     """Stage ``neural_cleanse``: reverse-engineered triggers and the MAD anomaly index (Fang, Figure 4a) on
     ``repeats`` disjoint sets of clean training images."""
     s = ctx.cfg.neural_cleanse
-
-    def measure(m: ModelUnderTest, model: nn.Module) -> dict[str, torch.Tensor]:
-        x = m.source.data.x_train
-        runs = [neural_cleanse(model, x[s.images * i:s.images * (i + 1)], epochs=s.epochs,
-                               steps_per_epoch=s.steps_per_epoch, batch_size=s.batch_size, seed=ctx.cfg.seed + i,
-                               progress=False) for i in range(s.repeats)]
-        index = torch.tensor([r.model_anomaly_index for r in runs], dtype=torch.float64)
-        rep = runs[int(index.argsort()[(len(runs) - 1) // 2])]
-        flagged = torch.zeros(len(runs), len(rep.l1_norms), dtype=torch.bool)
-        for i, r in enumerate(runs):
-            flagged[i, r.flagged] = True
-        return {"masks": rep.masks, "patterns": rep.patterns, "model_anomaly_index": index, "flagged": flagged,
-                "l1_norms": torch.stack([r.l1_norms for r in runs]),
-                "anomaly_index": torch.stack([r.anomaly_index for r in runs]),
-                "threshold": torch.tensor(rep.threshold)}
-
-    raw = _for_each_model(ctx, measure)
+    raw = _for_each_model(ctx, lambda m, model: neural_cleanse_sets(
+        model, m.source.data.x_train, s.images, s.repeats, epochs=s.epochs, steps_per_epoch=s.steps_per_epoch,
+        batch_size=s.batch_size, seed=ctx.cfg.seed))
     per_model = {}
     for label, r in raw.items():
         index = r["model_anomaly_index"]
-        rep = int(index.argsort()[(len(index) - 1) // 2])
+        rep = median_set(index)
         per_model[label] = {"model_anomaly_index": float(index[rep]), "threshold": float(r["threshold"]),
                             "flagged_classes": r["flagged"][rep].nonzero().flatten().tolist(),
                             "suspect_class": int(r["l1_norms"][rep].argmin()),
@@ -316,130 +266,65 @@ def measure_neural_cleanse(ctx: RunContext) -> NeuralCleanseResults:
 
 
 def measure_activation_clustering(ctx: RunContext) -> Measurements:
-    """Stage ``activation_clustering``: Fang's Table 2 protocol (clean/triggered pairs, last hidden layer, PCA to 2
-    dimensions, one 2-means split, misclustering rate)."""
+    """Stage ``activation_clustering``: Fang's Table 2 protocol on clean/triggered test pairs."""
+    n = min(ctx.cfg.activation_clustering.pairs, ctx.cfg.n_eval)
 
     def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        data = m.source.data
-        n = min(ctx.cfg.activation_clustering.pairs, ctx.cfg.n_eval)
-        x = data.x_test[:n]
-        x = torch.cat([x, apply_trigger(m.source.trigger, x)])
-        truth = torch.arange(2 * n) >= n
-        one_class = torch.zeros(2 * n, dtype=torch.long)
-        res = activation_clustering(head_inputs(model, x), one_class, reduce="pca", n_dims=2, random_state=ctx.cfg.seed)
-        mis = misclustering(res, one_class, truth)
-        return {"misclustering": mis.label_agnostic_rate, "verdict": mis.verdict, "pairs": n}
+        x = m.source.data.x_test[:n]
+        return clustering_pairs(model, x, apply_trigger(m.source.trigger, x), ctx.cfg.seed)
 
     return Measurements(_for_each_model(ctx, measure), dataclasses.asdict(ctx.cfg.activation_clustering))
 
 
 def measure_fine_pruning(ctx: RunContext) -> Measurements:
-    """Stage ``fine_pruning``: clean accuracy and the attack metric against the pruned fraction of the last conv
-    block (Fang, Figure 4b)."""
+    """Stage ``fine_pruning``: clean accuracy and attack metric against the pruned fraction (Fang, Figure 4b)."""
     s = ctx.cfg.fine_pruning
-
-    def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        probe = _probe(ctx, m)
-        key = attack_metric_name(m)
-        metric = {key: lambda pruned: probe.metrics(pruned)[key]} if key in ctx["models"].baseline[m.label] else {}
-        curve = pruning_curve(model, probe.x, probe.y, fractions=s.fractions, metrics=metric,
-                              x_rank=m.source.data.x_train[:s.rank_images], progress=False)
-        return {"fractions": curve.fractions, "accuracy": curve.clean_accuracy, "metric": key,
-                "values": curve.metrics.get(key), "layer": curve.layer,
-                "fraction_accuracy_kept": curve.fraction_at_accuracy_drop(s.max_accuracy_drop)}
-
-    return Measurements(_for_each_model(ctx, measure), dataclasses.asdict(s))
+    return Measurements(_for_each_model(ctx, lambda m, model: pruning_sweep(
+        model, _probe(ctx, m), attack_metric_name(m), s.fractions, m.source.data.x_train[:s.rank_images],
+        s.max_accuracy_drop)), dataclasses.asdict(s))
 
 
 def measure_tv_denoising(ctx: RunContext) -> Measurements:
-    """Stage ``tv_denoising``: the run's metrics on Chambolle-denoised clean and triggered inputs (Fang, Table 3)."""
+    """Stage ``tv_denoising``: the run's metrics on TV-denoised clean and triggered inputs (Fang, Table 3)."""
     s = ctx.cfg.tv_denoising
-
-    def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        probe = _probe(ctx, m)
-        rows = []
-        for w in s.weights:
-            x = probe.x if w == 0 else tv_chambolle(probe.x, weight=w, n_iter=s.n_iter)
-            x_trig = probe.x_trig if w == 0 else tv_chambolle(probe.x_trig, weight=w, n_iter=s.n_iter)
-            rows.append({"weight": w, **probe.metrics(model, x, x_trig)})
-        return {"rows": rows}
-
-    return Measurements(_for_each_model(ctx, measure), dataclasses.asdict(s))
+    return Measurements(_for_each_model(ctx, lambda m, model: tv_sweep(model, _probe(ctx, m), s.weights, s.n_iter)),
+                        dataclasses.asdict(s))
 
 
 def measure_rebn(ctx: RunContext) -> Measurements:
-    """Stage ``rebn``: metrics after re-estimating the BatchNorm statistics on clean training images, and how far
-    the stored statistics were from the clean ones."""
-
-    def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        if not batchnorm_layers(model):
-            return {"applicable": False}
-        repaired = rebn(model, m.source.data.x_train[:ctx.cfg.rebn.images])
-        shift = statistics_shift(model, repaired)
-        return {"applicable": True, "before": ctx["models"].baseline[m.label],
-                "after": _probe(ctx, m).metrics(repaired), "max_shift": max(shift.values()), "shift": shift}
-
-    return Measurements(_for_each_model(ctx, measure), dataclasses.asdict(ctx.cfg.rebn))
+    """Stage ``rebn``: metrics after re-estimating the BatchNorm statistics on clean training images."""
+    n = ctx.cfg.rebn.images
+    return Measurements(_for_each_model(ctx, lambda m, model: rebn_repair(model, _probe(ctx, m),
+                                                                          m.source.data.x_train[:n])),
+                        dataclasses.asdict(ctx.cfg.rebn))
 
 
 def measure_input_detection(ctx: RunContext) -> Measurements:
-    """Stage ``input_detection``: AUROC of triggered vs clean evaluation inputs (disjoint halves) for explanation
-    consistency (each score, and combined with and without the trusted reference), STRIP and Spectral Signatures."""
-    s = ctx.cfg.input_detection
+    """Stage ``input_detection``: AUROC of triggered vs clean evaluation inputs (disjoint halves) of explanation
+    consistency, STRIP and Spectral Signatures."""
+    s, half = ctx.cfg.input_detection, ctx.cfg.n_eval // 2
 
     def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        data, half, n_cal = m.source.data, ctx.cfg.n_eval // 2, s.calibration_images
-        x = data.x_test[:2 * half]
-        clean, trig = x[:half], apply_trigger(m.source.trigger, x[half:])
+        data, n = m.source.data, s.calibration_images
+        triggered = apply_trigger(m.source.trigger, data.x_test[half:2 * half])
         reference = m.build(ctx["models"].references[m.label])
-        det = ExplanationConsistency(model, explainers_for(model), reference=reference, seed=ctx.cfg.seed)
-        det.fit(data.x_train[:n_cal])
-        dc, dt = det.details(clean), det.details(trig)
-        no_ref = [n for n in det.component_names if n != "reference"]
-        out = {name: auroc(dc[name], dt[name]) for name in det.component_names}
-        elementary = {k: auroc(dc[k], dt[k]) for k in dc if "/" in k}
-        best = max(elementary, key=elementary.get)
-        held_out = det.combine(det.details(data.x_train[n_cal:2 * n_cal]), no_ref)
-        threshold = float(torch.quantile(held_out, 0.95))
-        out.update({
-            "combined_no_reference": auroc(det.combine(dc, no_ref), det.combine(dt, no_ref)),
-            "combined_with_reference": auroc(det.combine(dc), det.combine(dt)),
-            "combined_two_sided_no_reference": auroc(det.combine(dc, no_ref, two_sided=True),
-                                                     det.combine(dt, no_ref, two_sided=True)),
-            "best_elementary": [best, elementary[best]], "elementary": elementary,
-            "detection_rate_no_reference": float((det.combine(dt, no_ref) > threshold).float().mean()),
-            "fpr_no_reference": float((det.combine(dc, no_ref) > threshold).float().mean())})
-        strip = STRIPDetector(model, n=s.strip_blends, blend="add", seed=ctx.cfg.seed).fit(data.x_train[:n_cal])
-        out["strip"] = auroc(strip.score(clean), strip.score(trig))
-        both = torch.cat([clean, trig])
-        scores = spectral_signatures(head_inputs(model, both), predict(model, both).argmax(1)).scores
-        out["spectral"] = auroc(scores[:half], scores[half:])
-        return out
+        return detection_aurocs(model, reference, data.x_test[:half], triggered, data.x_train[:n],
+                                data.x_train[n:2 * n], s.strip_blends, ctx.cfg.seed)
 
     return Measurements(_for_each_model(ctx, measure), dataclasses.asdict(s))
 
 
 def measure_audit(ctx: RunContext) -> Measurements:
-    """Stage ``audit``: ``xaisec audit`` on the test images after the evaluation images, with ``audit.suspects`` of
-    them triggered; each model's audit page is kept under ``audits/<label>/``."""
-    s = ctx.cfg.audit
+    """Stage ``audit``: ``xaisec audit`` on the test images after the evaluation images, ``audit.suspects`` of them
+    triggered; each model's audit page is kept under ``audits/<label>/``."""
+    s, n = ctx.cfg.audit, ctx.cfg.n_eval
     checks = tuple(s.checks) if s.checks is not None else DEFAULT_CHECKS
 
     def measure(m: ModelUnderTest, model: nn.Module) -> dict:
-        d, n = m.source.data, ctx.cfg.n_eval
+        d = m.source.data
         data = ImageDataset(d.name, d.x_train, d.y_train, d.x_test[n:], d.y_test[n:], d.num_classes, d.class_names)
-        suspects = apply_trigger(m.source.trigger, d.x_test[n:n + s.suspects])
-        report = run_audit(model, data, out=ctx.rd / "audits" / m.label, budget=s.budget, checks=checks,
-                           suspects=suspects, seed=ctx.cfg.seed, progress=False)
-        found = report["checks"]
-        model_level = [c for c in ("neural_cleanse", "fine_pruning", "rebn")
-                       if c in found and found[c]["verdict"] == "suspicious"]
-        nc = found.get("neural_cleanse", {}).get("evidence", {})
-        return {"verdict": report["verdict"], "checks": {k: v["verdict"] for k, v in found.items()},
-                "model_level_verdict": "suspicious" if model_level else "no evidence",
-                "model_level_suspicious": model_level,
-                "neural_cleanse": {k: nc[k] for k in ("model_anomaly_index", "flagged_classes") if k in nc},
-                "seconds": report["seconds_per_check"]}
+        return audit_summary(model, data, apply_trigger(m.source.trigger, d.x_test[n:n + s.suspects]),
+                             ctx.rd / "audits" / m.label, budget=s.budget, checks=checks, seed=ctx.cfg.seed)
 
     return Measurements(_for_each_model(ctx, measure), {**dataclasses.asdict(s), "checks": list(checks)})
 
