@@ -8,7 +8,8 @@ from xaisec.defenses.tables import build_tables, caveats, headline, metric_recor
 
 CFG = {"n_eval": 40, "measure": ["fine_pruning", "tv_denoising", "neural_cleanse"],
        "neural_cleanse": {"images": 10, "repeats": 2}, "activation_clustering": {"pairs": 20},
-       "fine_pruning": {"max_accuracy_drop": 0.05}, "tv_denoising": {"weights": [0.0, 0.1, 0.2], "max_accuracy_drop": 0.05},
+       "fine_pruning": {"max_accuracy_drop": 0.05},
+       "tv_denoising": {"weights": [0.0, 0.1, 0.2], "max_accuracy_drop": 0.05},
        "rebn": {"images": 10}, "audit": {"suspects": 5, "checks": None}}
 
 
