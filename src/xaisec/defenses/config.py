@@ -30,10 +30,15 @@ class NeuralCleanseSettings:
     (the anomaly index of Fang's Figure 4a is the median over the sets); the optimiser runs ``epochs`` epochs of
     ``steps_per_epoch`` mini-batches of ``batch_size``."""
 
+    #: clean training images per set
     images: int = 300
+    #: disjoint sets (the anomaly index reported is the median over the sets; > 1 adds a stability table)
     repeats: int = 1
+    #: optimisation epochs per set (early stopping per class)
     epochs: int = 120
+    #: mini-batches per epoch
     steps_per_epoch: int = 3
+    #: images per mini-batch
     batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -46,6 +51,7 @@ class ClusteringSettings:
     """Activation Clustering (Chen et al., 2019) as in Fang's Table 2: ``pairs`` clean + triggered test images,
     last hidden layer, first two principal components, 2-means, misclustering rate."""
 
+    #: clean test images, each also triggered (at most n_eval)
     pairs: int = 320
 
     def __post_init__(self) -> None:
@@ -58,8 +64,11 @@ class PruningSettings:
     pruned ``fractions``; channels ranked on ``rank_images`` clean training images; the table reports the largest
     fraction keeping clean accuracy within ``max_accuracy_drop`` (Fang, Figure 4b)."""
 
+    #: pruned fractions of the last conv block's channels, each in [0, 1)
     fractions: list[float] = field(default_factory=lambda: [i / 10 for i in range(10)])
+    #: clean training images ranking the channels by mean activation
     rank_images: int = 500
+    #: clean-accuracy drop (absolute, in [0, 1]) still counted as "accuracy kept"
     max_accuracy_drop: float = 0.05
 
     def __post_init__(self) -> None:
@@ -76,8 +85,11 @@ class DenoisingSettings:
     iterations; the table reports the strongest weight keeping clean accuracy within ``max_accuracy_drop`` of the
     clean reference model of the same architecture (Fang, Table 3)."""
 
+    #: TV weights of the sweep (0: undenoised)
     weights: list[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.4])
+    #: Chambolle iterations
     n_iter: int = 100
+    #: clean-accuracy drop (absolute) against the clean reference model still counted as "accuracy kept"
     max_accuracy_drop: float = 0.05
 
     def __post_init__(self) -> None:
@@ -92,6 +104,7 @@ class DenoisingSettings:
 class ReBNSettings:
     """Re-BN: re-estimate the BatchNorm statistics on ``images`` clean training images."""
 
+    #: clean training images the statistics are re-estimated on
     images: int = 1000
 
     def __post_init__(self) -> None:
@@ -105,7 +118,9 @@ class DetectionSettings:
     ``calibration_images``), STRIP (Gao et al., ACSAC 2019; ``strip_blends`` additive blends per input) and
     Spectral Signatures (Tran et al., NeurIPS 2018)."""
 
+    #: clean training images calibrating the detectors (and as many again for the threshold)
     calibration_images: int = 300
+    #: STRIP's blends per input
     strip_blends: int = 32
 
     def __post_init__(self) -> None:
@@ -120,8 +135,11 @@ class AuditSettings:
     ``budget`` seconds per model; ``checks``: audit checks to run (default: all of
     :data:`xaisec.audit.DEFAULT_CHECKS`)."""
 
+    #: seconds per model
     budget: float = 300.0
+    #: test images after the first n_eval, triggered and given to the audit as suspects
     suspects: int = 200
+    #: audit checks to run (null: all of them)
     checks: list[str] | None = None
 
     def __post_init__(self) -> None:
@@ -139,7 +157,10 @@ class AuditSettings:
 
 @dataclass
 class DefensesConfig(RunConfig):
-    """``runs``: finished backdoor run directories (``xaisec run <recipe>``). Every attacked model of these runs is
+    """The classical backdoor defenses measured on finished backdoor runs, as Fang & Choromanska (AAAI 2022,
+    Tables 2-3, Figure 4) did for their explanation backdoors, plus Re-BN, input-level detectors and the audit.
+
+    ``runs``: finished backdoor run directories (``xaisec run <recipe>``). Every attacked model of these runs is
     measured, plus one clean reference model per architecture and dataset (the reference of the first run that
     uses them), each on its run's held-out split with its run's trigger: the first ``n_eval`` test images for the
     Fang-shaped measurements, the rest for the audit. ``measure`` picks the measurement families.
@@ -150,15 +171,31 @@ class DefensesConfig(RunConfig):
     """
 
     experiment: str = "fang_defenses"
+    #: not used: each model's data comes from its backdoor run's config (leave unset)
+    data: DataConfig = field(default_factory=DataConfig)
+    #: not used: each model's architecture comes from its backdoor run's config (leave unset)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    #: not used: each run's clean reference model is measured (leave unset)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    #: finished backdoor run directories (`xaisec run <recipe>`), relative to the working directory or absolute
     runs: list[str] = field(default_factory=list)
+    #: held-out test images per model for the Fang-shaped measurements; the audit uses the rest of the test split
     n_eval: int = 400
+    #: the measurement families to run (one stage each)
     measure: list[Literal[MEASUREMENTS]] = field(default_factory=lambda: list(MEASUREMENTS))
+    #: Neural Cleanse (Fang, Figure 4a)
     neural_cleanse: NeuralCleanseSettings = field(default_factory=NeuralCleanseSettings)
+    #: Activation Clustering (Fang, Table 2)
     activation_clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+    #: fine-pruning (Fang, Figure 4b)
     fine_pruning: PruningSettings = field(default_factory=PruningSettings)
+    #: TV denoising (Fang, Table 3)
     tv_denoising: DenoisingSettings = field(default_factory=DenoisingSettings)
+    #: Re-BN (re-estimated BatchNorm statistics)
     rebn: ReBNSettings = field(default_factory=ReBNSettings)
+    #: input-level detectors (explanation consistency, STRIP, Spectral Signatures)
     input_detection: DetectionSettings = field(default_factory=DetectionSettings)
+    #: `xaisec audit` with triggered suspects
     audit: AuditSettings = field(default_factory=AuditSettings)
 
     def __post_init__(self) -> None:
