@@ -40,7 +40,7 @@ from .runner import Experiment, RunContext, Stage, load_run, register_experiment
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModelUnderTest:
     """One model to measure: ``role`` is ``reference`` (clean) or ``attacked``; ``source`` is its run's prepared
     data, trigger and evaluation setup; ``reference_file`` the clean model of the same run (the metrics compare
@@ -182,10 +182,8 @@ def prepare(cfg: DefensesConfig) -> DefensesInputs:
     # the old tables' order: each reference right before the first attacked model of its architecture
     ordered: list[ModelUnderTest] = []
     for m in attacked:
-        ref = references[(m.run_cfg.model.arch, m.source.data.name)]
-        if ref not in ordered:
-            ordered.append(ref)
-        ordered.append(m)
+        ref = references.pop((m.run_cfg.model.arch, m.source.data.name), None)
+        ordered += [ref, m] if ref is not None else [m]
     return DefensesInputs(tuple(ordered))
 
 
