@@ -7,6 +7,7 @@ numbers below are the sweep settings (every count is a number of images unless s
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -177,7 +178,7 @@ class DefensesConfig(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     #: not used: each run's clean reference model is measured (leave unset)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    #: finished backdoor run directories (`xaisec run <recipe>`), relative to the working directory or absolute
+    #: finished backdoor run directories (`xaisec run <recipe>`); relative paths are made absolute when loaded
     runs: list[str] = field(default_factory=list)
     #: held-out test images per model for the Fang-shaped measurements; the audit uses the rest of the test split
     n_eval: int = 400
@@ -209,5 +210,7 @@ class DefensesConfig(RunConfig):
                                  "runs=[runs/default,runs/latka_badnets]")
         for i, run in enumerate(self.runs):
             require(bool(run) and "\0" not in run, f"runs[{i}] must be a folder path, got {run!r}")
+        # absolute, so the stored config still names the same runs when resumed or reported from elsewhere
+        self.runs = [os.path.abspath(os.path.expanduser(run)) for run in self.runs]
         require(self.n_eval >= 4, f"n_eval must be >= 4 (held-out test images per model), got {self.n_eval}")
         require(bool(self.measure), f"measure must list at least one of {list(MEASUREMENTS)}")
