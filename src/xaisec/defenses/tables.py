@@ -162,12 +162,13 @@ def report_context(models: list[dict], cfg: dict) -> dict[str, Any]:
 def headline(metrics: dict[str, Metric]) -> list[str]:
     """One line per model: Neural Cleanse index, Activation Clustering, Re-BN shift and audit verdict."""
     labels = dict.fromkeys(k.split("/", 1)[0] for k in metrics)
-    parts = (("neural_cleanse/anomaly_index", "NC index {:.2f}", 1), ("activation_clustering/misclustering",
-             "AC misclustering {:.1f}%", 100), ("rebn/max_shift", "Re-BN shift {:.3f}", 1),
-             ("audit/suspicious", "audit suspicious {:.0f}", 1))
+    parts = (("neural_cleanse/anomaly_index", lambda v: f"NC index {v:.2f}"),
+             ("activation_clustering/misclustering", lambda v: f"AC misclustering {100 * v:.1f}%"),
+             ("rebn/max_shift", lambda v: f"Re-BN shift {v:.3f}"),
+             ("audit/suspicious", lambda v: "audit: suspicious" if v else "audit: no evidence"))
     out = []
     for label in labels:
-        items = [fmt.format(scale * metrics[f"{label}/{k}"].value) for k, fmt, scale in parts
+        items = [fmt(metrics[f"{label}/{k}"].value) for k, fmt in parts
                  if f"{label}/{k}" in metrics and metrics[f"{label}/{k}"].value is not None]
         if items:
             out.append(f"{label}: " + "; ".join(items))
@@ -177,7 +178,8 @@ def headline(metrics: dict[str, Metric]) -> list[str]:
 def build_tables(results: dict[str, dict], cfg: dict) -> list[Table]:
     """The tables of the report (only for the measurements that ran)."""
     rows = results.items()
-    tables = [Table("Neural Cleanse (Figure 4a) and model-level checks",
+    with_nc = any("neural_cleanse" in r for r in results.values())
+    tables = [Table("Neural Cleanse (Figure 4a) and model-level checks" if with_nc else "Model-level checks",
                     ["model", "clean acc", "attack metric", "NC anomaly index", "NC flagged", "Re-BN max shift",
                      "model-level audit verdict", "suspicious model-level checks"],
                     [[label_text(n, r), pct(r["metrics"]["acc_clean"]),
