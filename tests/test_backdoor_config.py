@@ -9,7 +9,7 @@ import pytest
 from xaisec.backdoor import BackdoorConfig
 from xaisec.cli import main
 from xaisec.commands.run_cmd import split_items
-from xaisec.config import load_config, packaged_configs, read_yaml, resolve_config
+from xaisec.config import load_config, merge, packaged_configs, read_yaml, resolve_config
 from xaisec.runs import load_experiment
 from xaisec.runs.backdoor import prepare
 from xaisec.errors import ConfigError, XaisecError
@@ -78,7 +78,15 @@ def test_checks_that_need_data_or_model_run_before_training(tmp_path):
 def test_packaged_configs_load(name):
     from xaisec.runs.sweep import split_sweep_section
 
-    kind, cfg = load_experiment(split_sweep_section(read_yaml(resolve_config(name)))[0])  # sweeps hold a sweep: section
+    from xaisec.data import DATASETS
+
+    data = split_sweep_section(read_yaml(resolve_config(name)))[0]  # sweeps hold a sweep: section
+    dataset = data.get("data", {}).get("name", "mnist5k")
+    if DATASETS.missing_options(dataset, data.get("data", {}).get("options", {})):  # paper-scale: a root to give
+        with pytest.raises(ConfigError, match="needs data.options.root"):
+            load_experiment(data)
+        data = merge(data, {"data": {"options": {"root": "/data/somewhere"}}})
+    kind, cfg = load_experiment(data)
     assert isinstance(cfg, kind.schema) and cfg.experiment == kind.name
 
 
