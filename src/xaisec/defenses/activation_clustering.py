@@ -27,6 +27,7 @@ from ..errors import ConfigError, DataError
 from ..models import get_layer
 from ..train import eval_mode
 from ..validation import check_finite, check_int, check_number
+from .registry import DEFENSES
 
 SEPARABLE_BELOW = 0.05
 FULL_OVERLAP_ABOVE = 0.30
@@ -96,6 +97,7 @@ def _flag(sizes: np.ndarray, silhouette: float, analysis: str, size_threshold: f
     return small if round(silhouette, 4) > round(silhouette_threshold, 4) else []
 
 
+@DEFENSES.register("activation_clustering")
 def activation_clustering(activations: torch.Tensor, labels: torch.Tensor, *, n_dims: int = 10,
                           reduce: str = "ica", n_clusters: int = 2, analysis: str = "smaller",
                           size_threshold: float = 0.35, silhouette_threshold: float = 0.1,

@@ -32,6 +32,7 @@ from ..maps import MapPostprocess, topk_iou
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_number
 from .transforms import Transform, build_transform
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Calibration:
     clean_scores: torch.Tensor
 
 
+@DEFENSES.register("explanation_consistency")
 class ExplanationConsistency:
     """Interpreter disagreement, perturbation instability and (optional) reference discrepancy.
 

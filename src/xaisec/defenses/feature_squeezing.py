@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import ConfigError, XaisecError
 from ..registry import Registry
 from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 SQUEEZERS = Registry("squeezer")
 Squeezer = Callable[[torch.Tensor], torch.Tensor]
@@ -188,6 +189,7 @@ def squeeze_consistency_loss(model: nn.Module, x: torch.Tensor, squeezers: Seque
     return squeeze_gaps(model, x, build_squeezers(squeezers)).sum(1)
 
 
+@DEFENSES.register("feature_squeezing")
 class FeatureSqueezingDetector:
     """Flags inputs whose prediction moves too much under squeezing; higher score = more suspicious.
 

@@ -25,6 +25,7 @@ from ..explainers.base import recording
 from ..models import default_cam_layer, get_layer
 from ..train import TensorBatches, accuracy, cross_entropy, eval_mode, fit
 from ..validation import check_images, check_int, check_labels, check_number
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class PruningCurve:
         return max(ok) if ok else 0.0
 
 
+@DEFENSES.register("fine_pruning")
 def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: str | None = None,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, metrics: dict[str, ModelMetric] | None = None,
                   x_rank: torch.Tensor | None = None, batch_size: int = 256, progress: bool = True) -> PruningCurve:

@@ -19,8 +19,10 @@ from ..explainers import Explainer
 from ..maps import MapPostprocess, distance, topk_iou
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 
+@DEFENSES.register("interpreter_ensemble")
 class InterpreterEnsembleDetector:
     """``explainers``: {name: Explainer} (at least two) of the same ``model``; ``post``: one map post-processing
     for all or one per member (maps must end up on comparable [0,1] scales); higher score = more suspicious."""

@@ -29,6 +29,7 @@ from .. import numerics
 from ..errors import DataError
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_number, match_model_dtype, model_logits
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ class _CostSchedule:
         return improved
 
 
+@DEFENSES.register("neural_cleanse")
 def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = None, *,
                    epochs: int = 40, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                    success_threshold: float = 0.99, patience: int = 5, cost_multiplier: float = 1.5,

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import DataError
 from ..validation import check_finite, check_number
+from .registry import DEFENSES
 
 
 def spectral_scores(reps: torch.Tensor, centered: bool = True) -> torch.Tensor:
@@ -37,6 +38,7 @@ class SpectralResult:
     cutoffs: dict[int, float]
 
 
+@DEFENSES.register("spectral_signatures")
 def spectral_signatures(reps: torch.Tensor, labels: torch.Tensor, expected_poison_fraction: float = 0.33,
                         eps_multiplier: float = 1.5, centered: bool = True) -> SpectralResult:
     """Score representations (N,D) per label (N,) and flag the top-scoring share of each class.

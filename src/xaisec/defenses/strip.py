@@ -19,8 +19,10 @@ from torch import nn
 
 from ..errors import ConfigError, XaisecError
 from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 
+@DEFENSES.register("strip")
 class STRIPDetector:
     """Blend-and-measure-entropy detector for patch-trigger backdoors.
 

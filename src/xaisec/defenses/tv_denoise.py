@@ -22,6 +22,7 @@ import torch
 from ..errors import ConfigError
 from ..validation import check_images, check_int, check_number
 from ._lbfgs import lbfgs
+from .registry import DEFENSES
 
 
 def total_variation(x: torch.Tensor, isotropic: bool = True) -> torch.Tensor:
@@ -46,6 +47,7 @@ def _divergence(p: torch.Tensor) -> torch.Tensor:
 NEGLIGIBLE_WEIGHT = 1e-12
 
 
+@DEFENSES.register("tv_chambolle")
 def tv_chambolle(x: torch.Tensor, weight: float = 0.1, n_iter: int = 100, *,
                  differentiable: bool = False) -> torch.Tensor:
     """ROF denoising by Chambolle's projection algorithm, per channel (B,C,H,W) -> (B,C,H,W).
@@ -153,6 +155,7 @@ def art_tv_objective(z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, norm:
     return f, der1 + lamb * der2
 
 
+@DEFENSES.register("total_var_min")
 def total_var_min(x: torch.Tensor, prob: float = 0.3, norm: int = 2, lamb: float = 0.5, max_iter: int = 10, *,
                   mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                   clip: bool = True) -> torch.Tensor:
