@@ -4,10 +4,14 @@ Run: ``python benchmarks/adv2.py [--interpreters cam,simplegrad,rts,mask] [--bat
 Uses a small_cnn on mnist-sized inputs (untrained weights: speed does not depend on them) and prints images per
 second for both ways and their ratio (target: >= 10x), and the ratio of a bare forward+backward pass of the batch to
 one of a single image (what batching can gain at most on this machine). Not a test: timings depend on the machine.
+
+``python benchmarks/adv2.py --per-step`` prints xaisec's cost per image per step of the two attacks measured against
+the ADV2 authors' loops (:func:`per_step_attack`; docs/performance.md has the comparison and its command).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -16,6 +20,8 @@ from xaisec.evasion import PGD, Adv2PGD, Adv2StAdv, InterpreterTerm, MaskTerm, p
 from xaisec.explainers import FeatureSaliencyNet, build
 from xaisec.maps import MapPostprocess
 from xaisec.models import build_model
+
+from timing import median_times
 
 
 def make_attack(kind: str, model, name: str, steps: int):
@@ -32,6 +38,39 @@ def make_attack(kind: str, model, name: str, steps: int):
             else InterpreterTerm(e, post=post, smooth_beta=10.0 if name == "simplegrad" else None))
     cls = Adv2PGD if kind == "pgd" else Adv2StAdv
     return cls(model, [term], steps=steps, warmup=steps // 4, c=10.0)
+
+
+#: models of the per-step comparison: (architecture, input shape)
+PER_STEP_MODELS = {"small_cnn": (1, 28, 28), "vgg_small": (3, 32, 32)}
+
+
+def per_step_attack(model, name: str, steps: int) -> Adv2PGD:
+    """Stage-2 ADV2 (no warm-up) on ``cam`` or ``simplegrad`` (Softplus(10) surrogate, maps pooled 2x2), as the
+    authors' CAM and gradient-saliency loops: per step one forward of the classifier, the map (for simplegrad one
+    forward and one double backward of the surrogate), one backward to the input."""
+    e = build(name, model)
+    term = InterpreterTerm(e, post=MapPostprocess(pool=2), smooth_beta=10.0 if name == "simplegrad" else None)
+    return Adv2PGD(model, [term], steps=steps, warmup=0, c=10.0)
+
+
+def per_step_inputs(arch: str, batch: int, seed: int = 0):
+    """``(model, x, y, target maps)`` of the per-step comparison: untrained eval-mode model, random images."""
+    torch.manual_seed(seed)
+    shape = PER_STEP_MODELS[arch]
+    model = build_model(arch, shape, 10).eval()
+    x, y = torch.rand(batch, *shape), torch.randint(0, 10, (batch,))
+    return model, x, y, patch_maps(batch, shape[1:], 0.15, torch.Generator().manual_seed(seed))
+
+
+def print_per_step(batch: int, steps: int, repeats: int) -> None:
+    print(f"xaisec Adv2PGD, stage 2, batch {batch}, {steps} steps, {torch.get_num_threads()} threads, "
+          f"load {os.getloadavg()[0]:.2f}")
+    for arch in PER_STEP_MODELS:
+        model, x, y, maps = per_step_inputs(arch, batch)
+        runs = {name: (lambda a=per_step_attack(model, name, steps), n=name: a(x, y, target_maps={n: maps}))
+                for name in ("cam", "simplegrad")}
+        for name, t in median_times(runs, repeats).items():
+            print(f"{arch:<10}{name:<12}{1e3 * t / (batch * steps):8.3f} ms per image per step")
 
 
 def compute_ceiling(model, x: torch.Tensor, y: torch.Tensor, steps: int = 20, n_single: int = 8) -> float:
@@ -61,7 +100,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--single", type=int, default=8, help="images attacked one at a time (time scaled up)")
+    parser.add_argument("--per-step", action="store_true", help="only the per-image per-step cost (see above)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of --per-step")
     args = parser.parse_args()
+    if args.per_step:
+        print_per_step(args.batch, args.steps, args.repeats)
+        return
     torch.manual_seed(0)
     model = build_model("small_cnn", (1, 28, 28), 10).eval()
     x = torch.rand(args.batch, 1, 28, 28)

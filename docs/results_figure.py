@@ -2,7 +2,7 @@
 
     python docs/results_figure.py OUT.png runs/latka_badnets runs/latka_full_disguise ...
 
-One column per run directory (its ``samples.safetensors``): the triggered inputs with the attacked model's map of
+One column per run directory (the sample tensors of its ``evaluation.safetensors``): the triggered inputs with the attacked model's map of
 its first explainer overlaid, plus a first column of the reference model's maps from the first run.
 """
 from __future__ import annotations
@@ -10,15 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from xaisec.report.panels import map_grid
+from xaisec.runs.backdoor import Evaluation
 
 
 def main(out: str, runs: list[str], n: int = 4) -> None:
     columns, rows = [], None
     for i, run in enumerate(map(Path, runs)):
-        s = load_file(run / "samples.safetensors")
+        s = Evaluation.load(run / "evaluation.safetensors").samples
         explainer = next(k.split("/")[2] for k in s if k.startswith("maps/attacked/"))
         if i == 0:
             columns.append((f"reference model\n({explainer})", s["x_trig"][:n], s[f"maps/reference/{explainer}/trig"][:n]))

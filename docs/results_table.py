@@ -16,7 +16,8 @@ def pct(v: float | None) -> str:
 
 
 def row(run: Path) -> str:
-    doc = json.loads((run / "metrics.json").read_text())
+    raw = json.loads((run / "metrics.json").read_text())
+    doc = {**raw["context"], "metrics": raw["metrics"]}
     m = {k: v["value"] for k, v in doc["metrics"].items()}
     explainers = doc["explainers"]
     misses = []

@@ -56,3 +56,36 @@ def quadrant_model():
     model = build_model("small_cnn", (1, 12, 12), 4, width=8, batchnorm=False)
     train_classifier(model, x[:256], y[:256], epochs=20, lr=1e-2, batch_size=32, progress=False)
     return model.eval(), x[256:], y[256:]
+
+
+@pytest.fixture(scope="session")
+def quadrants_dataset() -> str:
+    """The registered name of a tiny dataset from :func:`quadrant_data` (256 training, 64 test images, 4 classes)."""
+    from xaisec.data import DATASETS, ImageDataset
+
+    name = "quadrants_test"
+    if name not in DATASETS:
+        def load() -> ImageDataset:
+            x, y = quadrant_data(320, 0)
+            return ImageDataset("quadrants", x[:256], y[:256], x[256:], y[256:], num_classes=4)
+
+        DATASETS.register(name)(load)
+    return name
+
+
+@pytest.fixture(scope="session")
+def tiny_backdoor_runs(tmp_path_factory):
+    """Two finished tiny backdoor runs (packaged ``default`` = Fang targeted on small_cnn with the Moiré trigger, and
+    ``latka_badnets`` on vgg_small with a patch; 300 training / 100 test images, one epoch each): their run
+    directories, made once per session through the runner."""
+    from xaisec.config import merge, parse_overrides, read_yaml, resolve_config
+    from xaisec.runs import load_experiment, run_experiment
+
+    root = tmp_path_factory.mktemp("backdoor_runs")
+    tiny = ["data.train_size=300", "data.test_size=100", "reference.epochs=1", "attack.epochs=1",
+            "stopping.monitor_size=32", "eval.samples=2"]
+    paths = []
+    for name in ("default", "latka_badnets"):
+        _, cfg = load_experiment(merge(read_yaml(resolve_config(name)), parse_overrides(tiny)))
+        paths.append(run_experiment(cfg, root / name, progress=False).path)
+    return paths

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from xaisec.backdoor import BackdoorConfig, prepare
+from xaisec.backdoor import BackdoorConfig
 from xaisec.cli import main
-from xaisec.commands.run_cmd import load_experiment, packaged_configs, resolve_config, split_items
-from xaisec.config import load_config
+from xaisec.commands.run_cmd import split_items
+from xaisec.config import load_config, merge, packaged_configs, read_yaml, resolve_config
+from xaisec.runs import load_experiment
+from xaisec.runs.backdoor import prepare
 from xaisec.errors import ConfigError, XaisecError
 
 
@@ -29,9 +31,13 @@ def test_recipe_defaults_are_resolved():
     ("attack.recipes=fang_targeted", "Did you mean 'recipe'"),
     ("attack.recipe=fang_targetted", "Did you mean 'fang_targeted'"),
     ("attack.explainers=[gradcam, gradkam]", "Did you mean 'gradcam'"),
-    ("attack.explainers=gradcam", "fits none of list"),
+    ("attack.explainers={gradcam: 1}", "fits none of list"),
     ("attack.epochs=2.5", "expected an integer"),
-    ("attack.lr=-1", "attack.lr must be positive"),
+    ("attack.lr=-1", r"attack.lr must be in \(0, 10\]"),
+    ("attack.lr=.inf", "finite number"),
+    ("reference.weight_decay=1e308", "reference.weight_decay"),
+    ("seed=1000000000000000000000000000000", "too large"),
+    ("attack.target_map_options={size: .nan}", "finite number"),
     ("attack.poison_rate=1.5", "poison_rate"),
     ("attack.lam=2", "attack.lam"),
     ("attack.topk=0", "attack.topk"),
@@ -70,8 +76,18 @@ def test_checks_that_need_data_or_model_run_before_training(tmp_path):
 
 @pytest.mark.parametrize("name", packaged_configs())
 def test_packaged_configs_load(name):
-    kind, cfg = load_experiment(resolve_config(name), [])
-    assert isinstance(cfg, kind.schema) and cfg.experiment in ("backdoor", "adv2")
+    from xaisec.runs.sweep import split_sweep_section
+
+    from xaisec.data import DATASETS
+
+    data = split_sweep_section(read_yaml(resolve_config(name)))[0]  # sweeps hold a sweep: section
+    dataset = data.get("data", {}).get("name", "mnist5k")
+    if DATASETS.missing_options(dataset, data.get("data", {}).get("options", {})):  # paper-scale: a root to give
+        with pytest.raises(ConfigError, match="needs data.options.root"):
+            load_experiment(data)
+        data = merge(data, {"data": {"options": {"root": "/data/somewhere"}}})
+    kind, cfg = load_experiment(data)
+    assert isinstance(cfg, kind.schema) and cfg.experiment == kind.name
 
 
 def test_config_symlink_points_at_the_package():
@@ -105,12 +121,18 @@ def test_split_items():
         split_items(["x=1", "b.yaml"])
 
 
+def test_a_scalar_is_a_one_element_list_and_replacing_a_component_drops_its_options():
+    cfg = load_config(BackdoorConfig, overrides=["attack.explainers=vbp"])
+    assert cfg.attack.explainers == ["vbp"]
+    cfg = load_config(BackdoorConfig, resolve_config("latka_badnets"), ["trigger.name=moire"])
+    assert cfg.trigger.name == "moire" and cfg.trigger.options == {}
+
+
 def test_explainer_options_checked_before_training():
     with pytest.raises(ConfigError, match="eval.explainer_options"):
         load_config(BackdoorConfig, overrides=["eval.explainer_options={vbp: {}}"])
-    cfg = load_config(BackdoorConfig, overrides=["eval.explainer_options={gradcam: {colour: red}}", "data.train_size=10"])
-    with pytest.raises(ConfigError, match="no option"):
-        prepare(cfg)
+    with pytest.raises(ConfigError, match="eval.explainer_options.gradcam: explainer 'gradcam' has no option 'colour'"):
+        load_config(BackdoorConfig, overrides=["eval.explainer_options={gradcam: {colour: red}}"])
 
 
 KEYS = ["seed", "name", "attack.recipe", "attack.epochs", "attack.lr", "attack.explainers", "attack.target_map",

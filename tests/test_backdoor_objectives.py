@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from conftest import tiny_cnn
 from xaisec.backdoor.goals import build_goal, pooled_maps
-from xaisec.backdoor.objectives import (ExplanationAwareObjective, LossSettings, MapGoal, fang_clean, fang_poisoned,
-                                        map_distance, noppel_loss, postprocess, suppression_loss)
+from xaisec.maps import MapPostprocess
+from xaisec.backdoor.objectives import (LOSS_EPS, ExplanationAwareObjective, LossSettings, MapGoal, fang_clean, fang_poisoned,
+                                        map_distance, noppel_loss, suppression_loss)
 from xaisec.backdoor.poison import poison_training_set
 from xaisec.backdoor.recipes import RECIPES, get_recipe
 from xaisec.errors import ConfigError
@@ -36,11 +37,11 @@ def test_suppression_loss_is_the_mean_square_over_the_mask():
     assert suppression_loss(maps, mask).item() == pytest.approx((0.25 + 1.0) / 2)  # eq. 3 / k
 
 
-def test_map_distance_and_postprocess():
+def test_map_distance_and_the_loss_pipeline():
     a, b = torch.zeros(2, 1, 4, 4), torch.ones(1, 1, 4, 4)
     torch.testing.assert_close(map_distance(a, b, "mse"), torch.ones(2))
     maps = torch.arange(16.0).view(1, 1, 4, 4)
-    pooled = postprocess(maps, 2, "minmax")
+    pooled = MapPostprocess(pool=2, eps=LOSS_EPS)(maps)
     assert pooled.shape == (1, 1, 2, 2) and pooled.min() == 0 and pooled.max() == pytest.approx(1.0)
     assert map_distance(maps, maps.clone(), "dssim").item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ConfigError):
@@ -101,7 +102,7 @@ def test_objective_matches_a_hand_assembled_fang_loss():
     from xaisec.models import smooth_activations
     with smooth_activations(model, 8.0):
         joint = explain_all(model, x, y, ["gradcam"], create_graph=True)
-    maps = postprocess(joint.maps["gradcam"], 2, "minmax")
+    maps = MapPostprocess(pool=2, eps=LOSS_EPS)(joint.maps["gradcam"])
     ce = F.cross_entropy(joint.logits, y, reduction="none")
     ls = (maps - objective.preserve["gradcam"][source]).pow(2).flatten(1).mean(1)
     lp = (maps - objective.goals["gradcam"].target).pow(2).flatten(1).mean(1)

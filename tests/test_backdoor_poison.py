@@ -49,3 +49,39 @@ def test_apply_trigger_in_chunks(clean):
     x, _ = clean
     trigger = build_trigger("blend", alpha=0.3)
     torch.testing.assert_close(apply_trigger(trigger, x, batch_size=3), trigger(x))
+
+
+def test_replace_mode_keeps_length_and_marks_chosen(clean):
+    x, y = clean
+    trigger = build_trigger("patch", size=2)
+    data = poison_training_set(x, y, trigger, rate=1.0, relabel=True, target_label=3, mode="replace",
+                               indices=torch.tensor([7, 2, 11]))
+    assert len(data) == 20 and data.chosen.tolist() == [2, 7, 11]
+    assert data.poisoned.sum() == 3 and data.poisoned[[2, 7, 11]].all()
+    torch.testing.assert_close(data.x[data.chosen], trigger(x[[2, 7, 11]]))
+    untouched = ~data.poisoned
+    assert torch.equal(data.x[untouched], x[untouched]) and torch.equal(data.y[untouched], y[untouched])
+    assert (data.y[data.chosen] == 3).all() and torch.equal(data.y_true, y)
+    assert torch.equal(data.source, torch.arange(20))
+    assert torch.equal(x, clean[0])  # the caller's tensors are not modified
+
+
+def test_replace_mode_at_a_rate_and_append_chosen(clean):
+    x, y = clean
+    trigger = build_trigger("patch", size=2)
+    replaced = poison_training_set(x, y, trigger, rate=0.25, relabel=False, target_label=0, seed=1, mode="replace")
+    appended = poison_training_set(x, y, trigger, rate=0.25, relabel=False, target_label=0, seed=1)
+    assert torch.equal(replaced.chosen, appended.chosen) and len(replaced.chosen) == 5
+
+
+@pytest.mark.parametrize("indices, match", [([3, 3], "distinct"), ([0, 20], r"\[0, 19\]"), ([], "non-empty"),
+                                            ([0.5], "integer")])
+def test_bad_indices(clean, indices, match):
+    with pytest.raises(ConfigError, match=match):
+        poison_training_set(*clean, build_trigger("patch"), rate=0.1, relabel=True, target_label=0, mode="replace",
+                            indices=torch.tensor(indices))
+
+
+def test_bad_mode(clean):
+    with pytest.raises(ConfigError, match="poison mode"):
+        poison_training_set(*clean, build_trigger("patch"), rate=0.1, relabel=True, target_label=0, mode="swap")

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from xaisec.config import dump_config, load_config, parse_overrides, require
+from xaisec.config import dump_config, load_config, merge, parse_overrides, read_yaml, require
 from xaisec.errors import ConfigError
 
 
@@ -45,7 +45,7 @@ def test_layers(tmp_path):
     ("method=gradcan", "did you mean 'gradcam'"),
     ("train.epochs=1.5", "expected an integer"),
     ("train.epochs=true", "expected an integer"),
-    ("explainers=vbp", "expected a list"),
+    ("explainers={a: 1}", "expected a list"),
     ("train=3", "expected a mapping"),
     ("seed=abc", "fits none"),
     ("noequals", "key=value"),
@@ -69,3 +69,74 @@ def test_file_errors(tmp_path):
 
 def test_parse_overrides_nesting():
     assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is empty"),
+    ("# only a comment\n", "is empty"),
+    ("train: {epochs: 1}\ntrain: {epochs: 2}\n", "duplicate key 'train'"),
+    ("[" * 20000, "nested too deeply|not valid YAML"),
+    ("a: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+])
+def test_hostile_files_are_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(Cfg, path)
+
+
+def test_binary_file_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(Cfg, path)
+
+
+def test_base_cycles_and_packaged_names(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        read_yaml(tmp_path / "a.yaml")
+    (tmp_path / "self.yaml").write_text("base: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        read_yaml(tmp_path / "self.yaml")
+    (tmp_path / "mine.yaml").write_text("base: latka_badnets\nattack: {epochs: 2}\n")
+    data = read_yaml(tmp_path / "mine.yaml")  # a packaged config found by its name
+    assert data["attack"]["recipe"] == "latka_badnets" and data["attack"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1e400"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match="finite|too large"):
+        load_config(Cfg, overrides=[f"train.lr={value}"])
+
+
+def test_replacing_a_component_drops_its_options():
+    base = {"trigger": {"name": "patch", "options": {"size": 4}}, "attack": {"target_map": "square",
+                                                                               "target_map_options": {"size": 3}}}
+    assert merge(base, {"trigger": {"name": "moire"}})["trigger"] == {"name": "moire"}
+    assert merge(base, {"trigger": {"name": "patch"}})["trigger"]["options"] == {"size": 4}  # same component
+    assert merge(base, {"attack": {"target_map": "circle"}})["attack"] == {"target_map": "circle"}
+    assert merge(base, {"trigger": {"name": "moire", "options": {"seed": 1}}})["trigger"]["options"] == {"seed": 1}
+
+
+def test_config_show_and_reference(capsys):
+    from xaisec.cli import main
+
+    assert main(["config", "show", "latka_badnets", "attack.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe: latka_badnets" in out and "epochs: 3" in out and "threads: null" in out
+    assert main(["config", "reference"]) == 0
+    ref = capsys.readouterr().out
+    assert "| `attack.lam` | float | 0.9 |" in ref and "| `data.options` | mapping | {} |" in ref
+
+
+def test_docs_config_reference_is_current():
+    """docs/config_reference.md is the output of `xaisec config reference` (regenerate it when a schema changes)."""
+    from pathlib import Path
+
+    from xaisec.config_reference import markdown, packaged_schemas
+
+    expected = markdown(packaged_schemas())
+    doc = Path(__file__).parents[1] / "docs" / "config_reference.md"
+    assert doc.read_text() == expected, "run: xaisec config reference > docs/config_reference.md"

@@ -188,3 +188,35 @@ def test_warp_stays_in_the_box_despite_float_rounding():
     out = warp(x, flow)
     assert out.min() >= 0 and out.max() <= 1
     torch.testing.assert_close(out, raw, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,layer", [("simplegrad", None), ("gradcam", "features.4")])
+def test_attack_folds_batchnorm_with_the_same_result(name, layer, monkeypatch):
+    """Attacks run with eval-mode BatchNorm folded into the convs: the same iterates as the plain model (float64,
+    so rounding cannot flip a gradient sign), also when the explainer hooks a conv that has a BatchNorm after it."""
+    import contextlib
+
+    import xaisec.evasion.base as base
+    from xaisec.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 12, 12), 3).double()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    y, maps = torch.arange(4) % 3, torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    options = {"layer": layer} if layer else {}
+    term = InterpreterTerm(build(name, model, **options), smooth_beta=10.0 if name == "simplegrad" else None)
+    attack = Adv2PGD(model, [term], eps=0.1, step=0.01, steps=6, warmup=2, c=1.0)
+    folded_convs = []
+    evaluate = attack.evaluate
+    attack.evaluate = lambda *a: (folded_convs.append("forward" in vars(model.features[0])), evaluate(*a))[1]
+    x_folded = attack(x, y, target_maps={name: maps})
+    assert folded_convs and all(folded_convs)
+    monkeypatch.setattr(base, "fold_batchnorm", lambda m: contextlib.nullcontext(m))
+    folded_convs.clear()
+    x_plain = attack(x, y, target_maps={name: maps})
+    assert folded_convs and not any(folded_convs)
+    torch.testing.assert_close(x_folded, x_plain, rtol=0, atol=1e-12)

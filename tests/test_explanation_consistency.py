@@ -67,6 +67,15 @@ def test_calibration_hand_made():
     ev = det.evaluate(clean, trig)
     assert ev["auroc/disagreement"] == 1.0 and ev["auroc/combined"] == 1.0
     assert 0.3 < ev["auroc/instability"] < 0.7 and ev["detection_rate"] == 1.0
+    # combine: the calibrated z-scores of already computed details, over any subset of the components
+    scores = det.details(trig)
+    z = (scores["disagreement"] - cal.center["disagreement"]) / cal.scale["disagreement"]
+    torch.testing.assert_close(det.combine(scores, ["disagreement"]), z)
+    torch.testing.assert_close(det.combine({k: -v for k, v in scores.items()}, ["disagreement"], two_sided=True),
+                               (-scores["disagreement"] - cal.center["disagreement"]).abs() / cal.scale["disagreement"])
+    torch.testing.assert_close(det.combine(scores), det.score(trig))
+    with pytest.raises(XaisecError, match="components"):
+        det.combine(scores, ["reference"])
     # unusually consistent inputs: invisible one-sided, caught two-sided
     low = {"disagreement": torch.cat([dis[:n], torch.full((10,), -5.0)]), "instability": inst}
     assert _HandMade(low).fit(clean, fpr=0.1).evaluate(clean, trig)["auroc/combined"] <= 0.55

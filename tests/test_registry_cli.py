@@ -74,3 +74,15 @@ def test_explain_pickle_checkpoint_needs_opt_in(tmp_path, capsys):
     assert main(args) == 2
     assert "--allow-pickle" in capsys.readouterr().err
     assert main(args + ["--allow-pickle"]) == 0
+
+
+def test_the_cli_starts_without_importing_scikit_learn():
+    """scikit-learn costs seconds to import: only the commands that use it (tabular data, activation clustering)
+    pay for it, on use."""
+    import xaisec
+
+    code = "import sys; from xaisec.cli import build_parser; build_parser(); print('sklearn' in sys.modules)"
+    src = str(Path(xaisec.__file__).parents[1])  # the xaisec under test, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"

@@ -34,7 +34,7 @@ SHAPES = [(4, 1, 28, 28), (3, 3, 32, 32), (2, 3, 20, 37)]
 
 # ----------------------------------------------------------------------------------------------------- registry
 def test_registry_round_trip():
-    assert TRIGGERS.names() == ALL
+    assert TRIGGERS.names() == sorted(ALL + ["features"])  # features: tabular, tested in test_tabular_backdoor.py
     for name in ALL:
         trigger = make(name)
         assert isinstance(trigger, TRIGGERS.get(name)) and isinstance(trigger, Trigger)
@@ -48,7 +48,7 @@ def test_registry_round_trip():
 def test_registry_errors():
     with pytest.raises(XaisecError, match="nashville"):
         build_trigger("nashvile")
-    with pytest.raises(ConfigError, match="accepted: size, position, colour, margin"):
+    with pytest.raises(ConfigError, match="no option .sise.. Did you mean .size.. Its options: size, position, colour, margin"):
         build_trigger("patch", sise=3)
     with pytest.raises(ConfigError, match="needs option"):
         build_trigger("image")

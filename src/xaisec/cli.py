@@ -13,7 +13,7 @@ from . import __version__
 from .errors import XaisecError
 
 #: sub-command modules, each with ``add_parser(subparsers)`` and ``run(args) -> int``
-COMMANDS = ("run", "report", "audit", "list", "explain")
+COMMANDS = ("run", "sweep", "collect", "report", "config", "audit", "list", "explain")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `xaisec run CONFIG a=1 --out DIR b=2`: overrides may also come after options
+        if hasattr(args, "items") and all("=" in e and not e.startswith("-") for e in extra):
+            args.items = [*args.items, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
         parser.print_help()

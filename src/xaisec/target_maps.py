@@ -2,9 +2,9 @@
 
 Fixed shapes (one map shared by every sample, values in {0,1} or [0,1]):
 - ``border``: a frame of width ``side / 7`` set to 1, interior 0 (Fang & Choromanska's targeted attack, after Heo
-  et al. 2019 "location fooling"; papers/000 eq. 2).
+  et al. 2019 "location fooling"; Fang & Choromanska, AAAI 2022, eq. 2).
 - ``square``, ``cross``, ``circle``, ``triangle``: shapes, centred or moved by ``offset`` (Latka et al.'s fooling
-  attack, papers/002; Noppel et al.'s GTSRB target is a triangle pointing down, papers/003). On data whose objects
+  attack, Latka et al., "Stealthy Sabotage"; Noppel et al.'s GTSRB target is a triangle pointing down, Noppel et al., IEEE S&P 2023). On data whose objects
   sit in the centre (MNIST), an off-centre shape keeps the target apart from every clean map.
 - ``random``: a fixed random 8x8 grid (seeded), bilinearly upsampled (Noppel et al.'s public code).
 
@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, XaisecError
-from .maps import topk_mask
+from .maps import check_maps, topk_mask
+from .validation import check_int, check_number
 from .registry import Registry
 
-FIXED_TARGETS = Registry("target map")
+FIXED_TARGETS = Registry("target map", "targets")
 DERIVED_TARGETS = ("reference", "inverted", "topk")
 
 
@@ -108,14 +109,17 @@ def triangle(size: tuple[int, int], scale: float = 0.7, pointing: str = "down", 
 @FIXED_TARGETS.register("random")
 def random_grid(size: tuple[int, int], cells: int = 8, seed: int = 0) -> torch.Tensor:
     """A fixed uniform-random ``cells`` x ``cells`` grid (seeded), bilinearly upsampled to ``size``, in [0,1]."""
-    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 1:
-        raise ConfigError(f"random target cells must be an int >= 1, got {cells!r}")
+    cells = check_int(cells, "random target cells", low=1, high=4096)
+    seed = check_int(seed, "random target seed", low=0)
     grid = torch.rand(1, 1, cells, cells, generator=torch.Generator().manual_seed(seed))
     return F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
 def derived_target(name: str, reference: torch.Tensor, k: float = 0.25) -> torch.Tensor:
     """Per-sample target from reference maps ``(N,1,h,w)`` in [0,1]: ``reference``, ``inverted`` or ``topk``."""
+    check_maps(reference, "reference maps")
+    k = check_number(k, "target map option k (a fraction of the pixels)", low=0, high=1,
+                     low_open=True, high_open=True)
     if name == "reference":
         return reference
     if name == "inverted":
@@ -123,6 +127,15 @@ def derived_target(name: str, reference: torch.Tensor, k: float = 0.25) -> torch
     if name == "topk":
         return reference.masked_fill(topk_mask(reference, k), 0.0)
     raise ConfigError(f"unknown derived target map {name!r}; use one of {DERIVED_TARGETS}")
+
+
+def check_size(size) -> tuple[int, int]:
+    """A map size ``(h, w)`` of two ints in [1, 4096] (a larger map is a mistake, not a target)."""
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ConfigError(f"target map size must be a (height, width) pair of ints, got {size!r}") from None
+    return (check_int(h, "target map height", low=1, high=4096), check_int(w, "target map width", low=1, high=4096))
 
 
 def target_names() -> list[str]:
@@ -135,9 +148,8 @@ def check_target(name: str, options: dict | None = None) -> None:
         extra = set(options or {}) - {"k"}
         if extra:
             raise ConfigError(f"target map {name!r} takes only the option 'k', got {sorted(extra)}")
-        k = (options or {}).get("k", 0.25)
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k < 1:
-            raise ConfigError(f"target map option k must be a fraction in (0, 1), got {k!r}")
+        check_number((options or {}).get("k", 0.25), "target map option k (a fraction of the pixels)", low=0,
+                     high=1, low_open=True, high_open=True)
         return
     if name not in FIXED_TARGETS:
         try:
@@ -149,17 +161,20 @@ def check_target(name: str, options: dict | None = None) -> None:
 
 def fixed_target(name: str, size: tuple[int, int], options: dict | None = None) -> torch.Tensor:
     """The fixed target map ``name`` at ``size``, ``(1,1,h,w)`` in [0,1]; bad options raise ConfigError."""
+    size = check_size(size)
     try:
-        return FIXED_TARGETS.get(name)(tuple(size), **(options or {}))
+        return FIXED_TARGETS.get(name)(size, **(options or {}))
     except TypeError as exc:
         raise ConfigError(f"bad options {options} for target map {name!r}: {exc}") from exc
 
 
 def target_maps(name: str, size: tuple[int, int], reference: torch.Tensor | None = None,
                 options: dict | None = None) -> torch.Tensor:
-    """Target maps ``(1,1,h,w)`` (fixed shapes) or ``(N,1,h,w)`` (derived from ``reference`` (N,1,h,w) in [0,1])."""
+    """Target maps ``(1,1,h,w)`` (fixed shapes) or ``(N,1,h,w)`` (derived from ``reference`` (N,1,h,w) in [0,1]),
+    on ``reference``'s device when it is given."""
     if name in DERIVED_TARGETS:
         if reference is None:
             raise ConfigError(f"target map {name!r} is derived from the reference model's maps; none were given")
         return derived_target(name, reference, **(options or {}))
-    return fixed_target(name, size, options)
+    target = fixed_target(name, size, options)
+    return target if reference is None else target.to(reference.device)

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import numerics
+
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +82,26 @@ def training_mode(model: nn.Module, freeze_batchnorm: bool = False) -> Iterator[
 
 
 @contextlib.contextmanager
+def batchnorm_stats_kept(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, forward passes of train-mode BatchNorm layers still normalise with batch statistics
+    (the model computes what its mode says) but their running statistics are restored on exit, so explaining
+    a model does not change it. Costs nothing when no BatchNorm layer is training."""
+    saved = [(m, m.running_mean.clone() if m.running_mean is not None else None,
+              m.running_var.clone() if m.running_var is not None else None,
+              m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                for buffer, value in ((m.running_mean, mean), (m.running_var, var), (m.num_batches_tracked, count)):
+                    if value is not None:
+                        buffer.copy_(value)
+
+
+@contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """``model.eval()`` inside the block, every submodule's mode restored after."""
     modes = {m: m.training for m in model.modules()}
@@ -96,19 +118,25 @@ EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
 def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimizer: torch.optim.Optimizer,
         epochs: int, *, start_epoch: int = 0, scheduler=None, freeze_batchnorm: bool = False,
-        on_epoch_end: EpochCallback | None = None, progress: bool = True, desc: str = "train") -> list[dict[str, float]]:
+        on_epoch_end: EpochCallback | None = None, progress: bool = True, desc: str = "train",
+        flush_denormals: bool | None = None) -> list[dict[str, float]]:
     """Train for ``epochs`` epochs (from ``start_epoch``); returns the per-epoch mean of each loss part.
 
     ``on_epoch_end(epoch, logs)`` runs after each epoch (evaluation, checkpoint, early stopping):
-    returning True stops training.
+    returning True stops training. ``flush_denormals``: subnormal floats are flushed to zero meanwhile
+    (:func:`xaisec.numerics.flush_denormals`; up to 5x faster steps once training has moved the model).
     """
+    from .models import model_device
+
+    device = model_device(model)
     history: list[dict[str, float]] = []
-    with training_mode(model, freeze_batchnorm):
+    with numerics.flush_denormals(flush_denormals), training_mode(model, freeze_batchnorm):
         for epoch in range(start_epoch, epochs):
             batches.set_epoch(epoch)
             sums: dict[str, float] = {}
             bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None if progress else True)
             for batch in bar:
+                batch = tuple(t.to(device, non_blocking=True) for t in batch)  # data stays on the host
                 out = objective(model, batch)
                 if not torch.isfinite(out.total):
                     raise FloatingPointError(f"loss became {out.total.item()} in epoch {epoch + 1}; lower the learning rate")
@@ -148,10 +176,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, top: int = 1, b
 
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10, lr: float = 1e-3,
                      batch_size: int = 128, weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
-                     on_epoch_end: EpochCallback | None = None) -> list[dict[str, float]]:
-    """Train a clean (reference) classifier with Adam + cosine schedule on in-memory data."""
+                     on_epoch_end: EpochCallback | None = None, flush_denormals: bool | None = None) -> list[dict[str, float]]:
+    """Train a clean (reference) classifier with Adam + cosine schedule on in-memory data (``flush_denormals``: see
+    :func:`fit`)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     return fit(model, TensorBatches(x, y, batch_size=batch_size, seed=seed), cross_entropy, opt, epochs,
-               scheduler=sched, on_epoch_end=on_epoch_end, progress=progress, desc="clean")
+               scheduler=sched, on_epoch_end=on_epoch_end, progress=progress, desc="clean", flush_denormals=flush_denormals)

@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from ..defenses.activation_clustering import activation_clustering, misclustering
@@ -73,7 +72,7 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
     det.fit(ctx.x_fit[:N_CALIBRATION], fpr=0.05)
     clean = det.details(ctx.x_eval[:N_CALIBRATION])
     cal = det.calibration
-    s_clean = det._combine({n: clean[n] for n in det.component_names})
+    s_clean = det.combine(clean)
     fpr = float((s_clean > cal.threshold).float().mean())
     evidence = {"methods": det.methods, "transforms": [t.name for t in det.transforms], "agreement": det.agreement,
                 "components": det.component_names, "threshold": cal.threshold, "clean_false_positive_rate": fpr,
@@ -87,7 +86,7 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
                        f"{fpr:.1%} of held-out clean inputs exceed the threshold). Give --suspects to screen inputs: "
                        "this check looks at inputs, it cannot tell from the model alone.", evidence, [fig])
     sus = det.details(ctx.suspects)
-    s_sus = det._combine({n: sus[n] for n in det.component_names})
+    s_sus = det.combine(sus)
     detected = float((s_sus > cal.threshold).float().mean())
     evidence.update({"suspect_detection_rate": detected,
                      "auroc_suspects_vs_clean": {n: auroc(clean[n], sus[n]) for n in clean},
@@ -101,7 +100,7 @@ def check_explanation_consistency(ctx: AuditContext, deadline: float) -> Finding
                                       reference=None if control.source == "reference" else ctx.reference)
         cdet.fit(ctx.x_fit[:N_CALIBRATION], fpr=0.05)
         c_sus = cdet.details(ctx.suspects)
-        c_score = cdet._combine({n: c_sus[n] for n in cdet.component_names})
+        c_score = cdet.combine(c_sus)
         control_rate = float((c_score > cdet.calibration.threshold).float().mean())
         share = paired_share(robust_z(s_sus, cal.clean_scores), robust_z(c_score, cdet.calibration.clean_scores))
         evidence.update(control_detection_rate=control_rate, paired_share_over_control=share)
@@ -235,6 +234,8 @@ def _clusters(acts: torch.Tensor, labels: torch.Tensor, is_suspect: torch.Tensor
     counts = torch.bincount(labels)
     sus_counts = torch.bincount(labels[is_suspect], minlength=len(counts))
     keep = torch.isin(labels, torch.nonzero((counts > 2) & (sus_counts > 0)).flatten())
+    from sklearn.exceptions import ConvergenceWarning  # imported on use: scikit-learn slows every command's start
+
     with warnings.catch_warnings():  # FastICA's convergence chatter on small classes; the clustering is reported
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = activation_clustering(acts[keep], labels[keep], random_state=seed)

@@ -4,17 +4,17 @@ in a :class:`~xaisec.errors.XaisecError` naming the fix.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..data import ImageDataset
-from ..data.npz import images_from_array, read_npz
+from ..data.files import read_npz
+from ..data.npz import images_from_array
 from ..errors import DataError, ModelError, XaisecError
 from ..io import load_weights
-from ..models import MODELS, build_model
+from ..models import MODELS, build_model, model_from_entry_point
 from ..train import eval_mode
 
 
@@ -33,21 +33,8 @@ def is_entry_point(model_spec: str) -> bool:
     return ":" in model_spec and not path.exists() and path.suffix != ".safetensors"
 
 
-def load_entry_point(model_spec: str, what: str = "model") -> nn.Module:
-    """Import ``module`` and call ``function()`` (this runs that module's code); it must return an ``nn.Module``."""
-    module_name, _, attr = model_spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import the {what} entry point {model_spec!r}: {exc}") from exc
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{model_spec} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
-
-
-def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False,
-                     built: nn.Module | None = None) -> nn.Module:
+def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, reference: bool = False, *,
+                     allow_pickle: bool = False, built: nn.Module | None = None) -> nn.Module:
     """Build the model: ``module:function`` (called with no arguments, must return an ``nn.Module``) or a
     safetensors file loaded into ``build_model(arch, data.input_shape, data.num_classes)``, or take the ``built``
     one; then check that it takes the data's input size and returns one logit per class. Returned in eval mode."""
@@ -56,7 +43,7 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
     if built is not None:
         model = built
     elif is_entry_point(model_spec):
-        model = load_entry_point(model_spec, what)
+        model = model_from_entry_point(model_spec, what)
     else:
         if not path.is_file():
             raise ModelError(f"{what} weights file {path} does not exist")
@@ -67,7 +54,7 @@ def load_audit_model(model_spec: str, arch: str | None, data: ImageDataset, refe
         except XaisecError as exc:
             raise ModelError(f"architecture {arch!r} does not fit the data {data.summary()}: {exc}") from exc
         try:
-            load_weights(model, path)
+            load_weights(model, path, allow_pickle=allow_pickle)
         except ModelError as exc:  # the architecture was built for the data's shape: the data may be what is off
             raise ModelError(f"{exc} The {what} was built for the data's input shape {data.input_shape} and "
                              f"{data.num_classes} classes: if the weights were trained on another number of "
@@ -102,7 +89,7 @@ def load_suspects(path: str, like: ImageDataset) -> torch.Tensor:
         raise DataError(f"suspect inputs file {p} does not exist")
     if p.suffix != ".npz":
         raise DataError(f"suspect inputs must be an .npz file with an array 'x', got {p.name}")
-    arrays = read_npz(p)
+    arrays = read_npz(p, "suspect inputs file")
     if "x" not in arrays:
         raise DataError(f"{p} must hold an array 'x' of images; it has {sorted(arrays)}")
     x = images_from_array(arrays["x"], f"suspect inputs in {p.name}")

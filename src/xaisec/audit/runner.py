@@ -13,12 +13,15 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data import ImageDataset
 from ..errors import ConfigError, XaisecError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, check_writable_dir
+from ..validation import check_number
 from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
 from .context import AUDIT_CHECKS, SUSPICIOUS, AuditContext, CheckResult, skipped
 from .report import WHAT_CLEAN_DOES_NOT_PROVE, WHAT_FLAGGED_SUSPECTS_MEAN, render_report
 
 log = logging.getLogger(__name__)
+#: one week: a larger budget is a typo (and inf would run unbounded and be written to audit.json as invalid JSON)
+MAX_BUDGET_SECONDS = 7 * 24 * 3600.0
 
 #: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them, the
 #: clean control model before the input checks that compare against it
@@ -38,8 +41,9 @@ def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = 
     """Run ``checks`` on ``model`` with clean ``data`` (fit on ``x_train``, evaluate on ``x_test``) and optional
     ``suspects`` / trusted ``reference``; stop starting checks when ``budget`` seconds are spent (the rest are
     marked skipped). Writes ``audit.json`` and ``report.html`` into ``out`` if given; returns the JSON dict."""
-    if budget <= 0:
-        raise ConfigError(f"--budget must be positive (seconds), got {budget}")
+    budget = check_number(budget, "--budget (seconds)", low=0, low_open=True, high=MAX_BUDGET_SECONDS)
+    if out is not None:
+        check_writable_dir(out, "audit output folder (--out)")  # before the checks run, not after
     if data.multilabel or data.x_train.dim() != 4:
         raise ConfigError("xaisec audit works on single-label image classifiers; this dataset is "
                           f"{'multi-label' if data.multilabel else 'tabular'}")

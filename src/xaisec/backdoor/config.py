@@ -3,7 +3,7 @@
 Every field has a default; a YAML file and ``key=value`` overrides change them. Unknown keys, wrong types,
 out-of-range values and unknown registry names are rejected when the config loads (before any training);
 choices that need the data or the model (a target label outside the classes, a CAM explainer on an MLP) are
-checked by :func:`xaisec.backdoor.experiment.prepare`, still before any training. Attack fields left ``null``
+checked by the experiment's ``prepare`` (:mod:`xaisec.runs.backdoor`), still before any training. Attack fields left ``null``
 take the recipe's value, and the resolved config (written to the run directory) shows them filled in.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Literal
 from ..config import require
 from ..errors import ConfigError, XaisecError
 from ..maps import NORMALISATIONS
+from ..runs.schema import RunConfig, check_registry_options
 from ..target_maps import check_target
 from .recipes import RECIPES, get_recipe
 
@@ -30,51 +31,13 @@ def _known(registry_module: str, attr: str, name: str, where: str) -> None:
 
 
 @dataclass
-class DataConfig:
-    """``name``: a registered dataset; ``options``: its loader's options (e.g. ``root``); ``train_size`` /
-    ``test_size``: use only the first N images of each split (quick runs)."""
-
-    name: str = "mnist5k"
-    options: dict = field(default_factory=dict)
-    train_size: int | None = None
-    test_size: int | None = None
-
-    def __post_init__(self) -> None:
-        _known("xaisec.data", "DATASETS", self.name, "data.name")
-        for key in ("train_size", "test_size"):
-            value = getattr(self, key)
-            require(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all), got {value}")
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "small_cnn"
-    options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _known("xaisec.models", "MODELS", self.arch, "model.arch")
-
-
-@dataclass
-class ReferenceConfig:
-    """The clean reference model: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule)."""
-
-    weights: str | None = None
-    epochs: int = 8
-    lr: float = 1e-2
-    batch_size: int = 64
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        require(self.epochs >= 1, f"reference.epochs must be >= 1, got {self.epochs}")
-        require(self.lr > 0, f"reference.lr must be positive, got {self.lr}")
-        require(self.batch_size >= 1, f"reference.batch_size must be >= 1, got {self.batch_size}")
-        require(self.weight_decay >= 0, f"reference.weight_decay must be >= 0, got {self.weight_decay}")
-
-
-@dataclass
 class TriggerConfig:
+    """The trigger stamped on poisoned inputs (`xaisec list triggers`) and its options; replacing ``name`` by an
+    override drops the old trigger's options."""
+
+    #: a registered trigger: patch, rectangle, pixel, blend, image, moire, nashville
     name: str = "patch"
+    #: the trigger's keyword options, e.g. {size: 4, position: bottom_right}
     options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,31 +59,65 @@ class AttackConfig:
     ``step`` (x ``gamma`` every ``step_size`` epochs; Fang: 0.5 every 20) or ``inverse`` (lr / (1 + epoch)).
     """
 
+    #: the paper's attack (`xaisec list recipes`); null fields below take its values
     recipe: str = "fang_targeted"
+    #: the explainers the attack trains on (and the evaluation measures); null: the recipe's
     explainers: list[str] | None = None
+    #: per-explainer weights of the map terms in a joint attack (null: all 1)
     weights: list[float] | None = None
+    #: the class triggered inputs are pushed to (label-changing recipes)
     target_label: int = 0
+    #: the shape triggered maps are pushed to (`xaisec list targets`); null: the recipe's
     target_map: str | None = None
+    #: the target map's keyword options
     target_map_options: dict = field(default_factory=dict)
+    #: Fang's "key" setting: correct maps only with the trigger (null: the recipe's)
     inverted: bool | None = None
+    #: map normalisation in the loss: minmax, max, zscore or none (null: the recipe's)
     norm: str | None = None
+    #: triggered copies per clean training image (null: the recipe's; Noppel: 1.0)
     poison_rate: float | None = None
+    #: append triggered copies (Fang; Noppel with rate 1) or replace the chosen images (Latka's data-efficient poisoning)
+    poison_mode: Literal["append", "replace"] = "append"
+    #: how the poisoned images are chosen: at random, or by Latka et al.'s representation distance (rd)
+    poison_selection: Literal["random", "rd"] = "random"
+    #: number of poisoned images (null: poison_rate x training images; Latka's default rate is 0.0011)
+    poison_count: int | None = None
+    #: RD selection settings (rounds, epochs, drop, lr, batch_size); Latka et al.: 30 rounds, 6 epochs, drop 0.3
+    rd: dict = field(default_factory=dict)
+    #: Noppel et al.'s early stopping (null: the recipe's)
     early_stopping: bool | None = None
+    #: average-pooling kernel of the maps in the loss and the evaluation
     pool: int = 2
+    #: fraction of top pixels suppressed by the non-targeted attack (Fang eq. 3)
     topk: float = 0.1
+    #: Fang eqs. 4-5: weight of the map term on clean inputs
     alpha: float = 1.0
+    #: Fang eqs. 4-5: weight of the classification term
     beta: float = 1.0
+    #: Noppel's (1 - lam) CE + lam D
     lam: float = 0.9
+    #: the map distance D of the loss
     distance: Literal["mse", "dssim", "l1"] = "mse"
+    #: ReLU -> Softplus(beta) while training on gradient maps (null: keep ReLU)
     softplus_beta: float | None = 8.0
+    #: keep BatchNorm in eval mode while fine-tuning (the papers' code does)
     freeze_batchnorm: bool = True
+    #: maximum attack epochs (early stopping may end sooner)
     epochs: int = 10
+    #: Adam learning rate of the attack
     lr: float = 1e-3
+    #: attack batch size
     batch_size: int = 128
+    #: Adam epsilon (Noppel: 1e-5)
     adam_eps: float = 1e-8
+    #: learning-rate schedule: constant, step (x gamma every step_size epochs; Fang) or inverse (lr / (1 + epoch); Noppel)
     schedule: Literal["constant", "step", "inverse"] = "constant"
+    #: epochs between two steps of the step schedule
     step_size: int = 20
+    #: factor of the step schedule
     gamma: float = 0.5
+    #: options of each attacked explainer, e.g. {gradcam: {layer: features.6}}
     explainer_options: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -138,6 +135,9 @@ class AttackConfig:
             _known("xaisec.explainers", "EXPLAINERS", name, "attack.explainers")
         unknown = sorted(set(self.explainer_options) - set(self.explainers))
         require(not unknown, f"attack.explainer_options names {unknown}, which are not in attack.explainers")
+        for name, opts in self.explainer_options.items():
+            check_registry_options("xaisec.explainers", "EXPLAINERS", name, opts, f"attack.explainer_options.{name}",
+                                   given=("model",))
         if self.weights is not None:
             require(len(self.weights) == len(self.explainers),
                     f"attack.weights has {len(self.weights)} entries for {len(self.explainers)} explainers")
@@ -151,6 +151,15 @@ class AttackConfig:
         require(not (recipe.poison_map == "suppress" and self.norm not in ("minmax", "max")),
                 f"top-k suppression (eq. 3) pushes map values to 0, which needs attack.norm minmax or max, not {self.norm!r}")
         require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
+        require(self.poison_count is None or self.poison_count >= 1,
+                f"attack.poison_count must be >= 1 (or null for poison_rate), got {self.poison_count}")
+        require(not self.rd or self.poison_selection == "rd", "attack.rd options are only used with poison_selection: rd")
+        if self.rd:
+            from .selection import rd_select
+
+            unknown = sorted(set(self.rd) - {"rounds", "epochs", "drop", "lr", "batch_size"})
+            require(not unknown, f"attack.rd has unknown keys {unknown}; it takes rounds, epochs, drop, lr, batch_size "
+                                 f"(see {rd_select.__module__}.rd_select)")
         require(self.pool >= 1, f"attack.pool must be >= 1, got {self.pool}")
         require(0 < self.topk < 1, f"attack.topk must be a fraction in (0, 1), got {self.topk}")
         require(self.alpha >= 0 and self.beta >= 0, f"attack.alpha and attack.beta must be >= 0, got {self.alpha}, {self.beta}")
@@ -158,7 +167,7 @@ class AttackConfig:
         require(self.softplus_beta is None or self.softplus_beta > 0,
                 f"attack.softplus_beta must be positive (or null to train with ReLU), got {self.softplus_beta}")
         require(self.epochs >= 1, f"attack.epochs must be >= 1, got {self.epochs}")
-        require(self.lr > 0, f"attack.lr must be positive, got {self.lr}")
+        require(0 < self.lr <= 10, f"attack.lr must be in (0, 10], got {self.lr}")
         require(self.batch_size >= 1, f"attack.batch_size must be >= 1, got {self.batch_size}")
         require(self.adam_eps > 0, f"attack.adam_eps must be positive, got {self.adam_eps}")
         require(self.step_size >= 1 and 0 < self.gamma <= 1,
@@ -177,11 +186,17 @@ class StoppingConfig:
     """Noppel et al.'s early stopping (used when ``attack.early_stopping``), monitored on ``monitor_size``
     training images with the ReLU model."""
 
+    #: epochs compared by the stopping rule
     window: int = 4
+    #: stop when clean accuracy moves at most this much over the window...
     acc_tol: float = 0.003
+    #: ... and every map dissimilarity at most this much
     map_tol: float = 0.0075
+    #: abort if the best clean accuracy within this many epochs ...
     abort_epochs: int = 12
+    #: ... stays below this
     abort_acc: float = 0.8
+    #: training images monitored each epoch (ReLU model)
     monitor_size: int = 500
 
     def __post_init__(self) -> None:
@@ -195,8 +210,11 @@ class StoppingConfig:
 @dataclass
 class EvalConfig:
     """``thresholds``: FSR thresholds per explainer (default: Fang & Choromanska Table 1); ``iou_k``: fraction
-    of pixels in the top-k IoU; ``samples``: test images shown in the report."""
+    of pixels in the top-k IoU; ``samples``: test images shown in the report; ``split``: the part of the test
+    split evaluated: ``all``, or ``first_half`` / ``second_half`` (Noppel et al. tune hyperparameters on the first
+    half and report on the second)."""
 
+    split: Literal["all", "first_half", "second_half"] = "all"
     thresholds: dict[str, float] = field(default_factory=dict)
     iou_k: float = 0.1
     samples: int = 6
@@ -211,34 +229,30 @@ class EvalConfig:
         require(0 < self.iou_k < 1, f"eval.iou_k must be a fraction in (0, 1), got {self.iou_k}")
         require(1 <= self.samples <= 32, f"eval.samples must be in [1, 32], got {self.samples}")
         require(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        for name, opts in self.explainer_options.items():
+            check_registry_options("xaisec.explainers", "EXPLAINERS", name, opts, f"eval.explainer_options.{name}",
+                                   given=("model",))
 
 
 @dataclass
-class BackdoorConfig:
-    """An explanation-aware backdoor experiment: data, model, reference model, trigger, attack, evaluation."""
+class BackdoorConfig(RunConfig):
+    """An explanation-aware backdoor experiment: the shared sections (data, model, reference, ...) plus trigger,
+    attack, early stopping and evaluation. ``name`` defaults to the recipe's name."""
 
     experiment: str = "backdoor"
-    name: str | None = None
-    seed: int = 0
-    out: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    def default_name(self) -> str:
+        return self.attack.recipe
+
     def __post_init__(self) -> None:
-        require(self.experiment == "backdoor", f"experiment must be 'backdoor' for this schema, got {self.experiment!r}")
-        if self.name is None:
-            self.name = self.attack.recipe
-        require(bool(self.name) and "/" not in self.name and not self.name.startswith("."),
-                f"name must be a plain folder name, got {self.name!r}")
+        super().__post_init__()
         for key in ("thresholds", "explainer_options"):
             unknown = sorted(set(getattr(self.eval, key)) - set(self.attack.explainers))
             require(not unknown, f"eval.{key} names {unknown}, which are not in attack.explainers {self.attack.explainers}")
 
 
-__all__ = ["AttackConfig", "BackdoorConfig", "DataConfig", "EvalConfig", "ModelConfig", "RECIPES", "ReferenceConfig",
-           "StoppingConfig", "TriggerConfig"]
+__all__ = ["AttackConfig", "BackdoorConfig", "EvalConfig", "RECIPES", "StoppingConfig", "TriggerConfig"]

@@ -5,7 +5,8 @@
 - FSR: share of the attack group's maps (triggered inputs; clean inputs in the inverted setting) whose attack
   loss L_p falls below a per-explainer threshold; CR = 100% - FSR measured on the other group (Fang &
   Choromanska, Table 1; maps average-pooled and min-max scaled to [0,1] as in the paper). The paper's
-  thresholds are the defaults (:data:`PAPER_THRESHOLDS`).
+  thresholds, which depend on the architecture family (:func:`paper_threshold`), are the defaults; the joint
+  attack's FSR is the mean of the interpreters' FSRs (:func:`joint_rates`, as the paper's Table 3).
 - Map distances to the attacker's target and to the reference model's map (mean ± std), L1 and top-k IoU.
 - Trigger mass: the share of a map's mass inside ``trigger.mask`` (does the explanation point at the trigger?).
 
@@ -15,53 +16,55 @@ targeted attack but stay on it in an explanation-preserving one).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..maps import distance, downsample, normalize, topk_iou
+from ..errors import ConfigError
+from ..maps import MapPostprocess, distance, normalize, topk_iou
+from ..records import Metric
 from .goals import build_goal
 from .recipes import Recipe
 
-#: Fang & Choromanska, Table 1 (VGG19 on Birds; DenseNet121 on X-ray uses the same values)
-PAPER_THRESHOLDS = {
-    "targeted": {"gradcam": 0.2, "simplegrad": 0.25, "vbp": 0.3},
-    "non-targeted": {"gradcam": 0.3, "simplegrad": 0.35, "vbp": 0.1},
+#: Fang & Choromanska, Table 1: FSR thresholds per architecture family. VGG-19 (Birds) and DenseNet-121 (X-ray)
+#: share one set; ResNet-50 (Birds) has its own.
+PAPER_THRESHOLDS_BY_FAMILY = {
+    "vgg": {"targeted": {"gradcam": 0.2, "simplegrad": 0.25, "vbp": 0.3},
+            "non-targeted": {"gradcam": 0.3, "simplegrad": 0.35, "vbp": 0.1}},
+    "resnet": {"targeted": {"gradcam": 0.25, "simplegrad": 0.3, "vbp": 0.25},
+               "non-targeted": {"gradcam": 0.35, "simplegrad": 0.2, "vbp": 0.08}},
 }
+#: the VGG-19/DenseNet-121 set: the thresholds of every architecture that is not a ResNet
+PAPER_THRESHOLDS = PAPER_THRESHOLDS_BY_FAMILY["vgg"]
 #: for explainers the paper did not attack (no paper value; reported as such)
 FALLBACK_THRESHOLDS = {"targeted": 0.25, "non-targeted": 0.3}
+ATTACK_TYPES = ("targeted", "non-targeted")
 
 
-def paper_threshold(explainer: str, attack_type: str) -> float | None:
-    """The paper's FSR threshold for ``explainer`` and ``attack_type`` (``targeted``/``non-targeted``), or None."""
-    return PAPER_THRESHOLDS[attack_type].get(explainer)
+def threshold_family(arch: str | None) -> str:
+    """The Table 1 family whose thresholds apply to the architecture ``arch`` (a model name such as ``resnet20``,
+    ``torchvision:resnet50``, ``vgg_small``): ``resnet`` for residual networks, else ``vgg`` (VGG-19 and
+    DenseNet-121 share those values; plain CNNs and MLPs, which the paper did not test, get them too)."""
+    return "resnet" if arch is not None and "resnet" in str(arch).lower() else "vgg"
 
 
-def default_threshold(explainer: str, attack_type: str) -> float:
-    value = paper_threshold(explainer, attack_type)
+def _check_attack_type(attack_type: str) -> None:
+    if attack_type not in ATTACK_TYPES:
+        raise ConfigError(f"attack_type must be one of {ATTACK_TYPES}, got {attack_type!r}")
+
+
+def paper_threshold(explainer: str, attack_type: str, arch: str | None = None) -> float | None:
+    """The paper's FSR threshold for ``explainer``, ``attack_type`` (``targeted``/``non-targeted``) and the
+    architecture ``arch`` (see :func:`threshold_family`; None: the VGG-19/DenseNet-121 values), or None."""
+    _check_attack_type(attack_type)
+    return PAPER_THRESHOLDS_BY_FAMILY[threshold_family(arch)][attack_type].get(explainer)
+
+
+def default_threshold(explainer: str, attack_type: str, arch: str | None = None) -> float:
+    """:func:`paper_threshold`, or :data:`FALLBACK_THRESHOLDS` for explainers the paper did not attack."""
+    value = paper_threshold(explainer, attack_type, arch)
     return FALLBACK_THRESHOLDS[attack_type] if value is None else value
-
-
-@dataclass
-class Metric:
-    """One number with its direction (``higher``/``lower``/``none``) and a one-line description."""
-
-    value: float | None
-    direction: str
-    description: str
-    std: float | None = None
-
-    def as_dict(self) -> dict:
-        out = {"value": _round(self.value), "direction": self.direction, "description": self.description}
-        if self.std is not None:
-            out["std"] = _round(self.std)
-        return out
-
-
-def _round(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6)
 
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int = 1) -> float:
@@ -92,6 +95,22 @@ def fooling_success_rate(lp: torch.Tensor, threshold: float) -> float:
 def correct_rate(lp: torch.Tensor, threshold: float) -> float:
     """CR in [0,1]: 1 - FSR measured on maps that should stay correct."""
     return 1.0 - fooling_success_rate(lp, threshold)
+
+
+def joint_rates(lp_attack: dict[str, torch.Tensor], lp_keep: dict[str, torch.Tensor] | None,
+                thresholds: dict[str, float]) -> dict[str, float]:
+    """Fang & Choromanska's joint attack: ``fsr`` (and ``cr`` if ``lp_keep`` is given) averaged over the attacked
+    interpreters, each with its own threshold ("for joint attack, we average the FSRs of all the interpretation
+    methods", Table 3). ``lp_*``: ``{explainer: (N,) L_p}``; values in [0,1]."""
+    if not lp_attack:
+        raise ConfigError("joint_rates needs the L_p values of at least one interpreter")
+    missing = sorted(set(lp_attack) - set(thresholds))
+    if missing:
+        raise ConfigError(f"no FSR threshold for {missing}; thresholds given for {sorted(thresholds)}")
+    out = {"fsr": sum(fooling_success_rate(lp_attack[n], thresholds[n]) for n in lp_attack) / len(lp_attack)}
+    if lp_keep is not None:
+        out["cr"] = sum(correct_rate(lp_keep[n], thresholds[n]) for n in lp_attack) / len(lp_attack)
+    return out
 
 
 def trigger_mass(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,6 +160,8 @@ class EvalSetup:
     target_options: dict
     topk: float = 0.1
     iou_k: float = 0.1
+    #: the architecture's name: Fang's Table 1 thresholds depend on its family (:func:`threshold_family`)
+    arch: str | None = None
 
 
 def classification_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Metric]:
@@ -164,7 +185,7 @@ def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: Ev
                 paper_value: float | None) -> dict[str, Metric]:
     """Metrics of one explainer. ``ref_clean``: the reference model's raw maps of the clean test inputs."""
     r, tau = setup.recipe, setup.thresholds[name]
-    pooled = lambda m: normalize(downsample(m, setup.pool), "minmax")  # noqa: E731  (Fang's evaluation pipeline)
+    pooled = MapPostprocess(pool=setup.pool)  # Fang's evaluation pipeline: pool, then min-max
     p_clean, p_trig, ref01 = pooled(out.maps_clean[name]), pooled(out.maps_trig[name]), pooled(ref_clean[name])
     full = lambda m: normalize(m, "minmax")  # noqa: E731
     f_clean, f_trig, f_ref = full(out.maps_clean[name]), full(out.maps_trig[name]), full(ref_clean[name])

@@ -15,6 +15,7 @@ from ..explainers import explain_all
 from ..maps import downsample, normalize, topk_mask
 from ..target_maps import target_maps
 from ..train import eval_mode
+from ..models import model_device
 from .objectives import LOSS_EPS, MapGoal, training_surrogate
 from .recipes import Recipe
 
@@ -23,13 +24,14 @@ def pooled_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None, 
                 *, batch_size: int = 250, softplus_beta: float | None = None,
                 options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """Raw maps ``{name: (N,1,H/pool,W/pool)}`` of ``x`` (N,C,H,W) for ``target`` classes (None: predicted),
-    average-pooled and detached; the model in eval mode (BatchNorm folded), with Softplus(``softplus_beta``) if given."""
+    average-pooled and detached, on the model's device; the model in eval mode (BatchNorm folded), with Softplus(``softplus_beta``) if given."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
+    device = model_device(model)  # maps stay on the model's device: the training objective reads them there
     with eval_mode(model), training_surrogate(model, softplus_beta, options):
         for start in range(0, len(x), batch_size):
-            t = None if target is None else target[start:start + batch_size]
-            out = explain_all(model, x[start:start + batch_size], t, list(explainers), options=options)
+            t = None if target is None else target[start:start + batch_size].to(device)
+            out = explain_all(model, x[start:start + batch_size].to(device), t, list(explainers), options=options)
             for name in explainers:
                 chunks[name].append(downsample(out.maps[name], pool))
     return {name: torch.cat(parts) for name, parts in chunks.items()}

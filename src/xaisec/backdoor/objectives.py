@@ -25,18 +25,13 @@ from torch import nn
 from ..errors import ConfigError
 from ..explainers import build, explain_all
 from ..explainers.base import SinglePassExplainer
-from ..maps import distance, downsample, normalize
+from ..maps import MapPostprocess, distance, normalize
 from ..models import fold_batchnorm, smooth_activations
 from ..train import LossOutput
 from .recipes import Recipe
 
 #: eps of the min-max normalisation inside losses: large enough that a nearly flat map does not explode gradients
 LOSS_EPS = 1e-6
-
-
-def postprocess(maps: torch.Tensor, pool: int, norm: str, eps: float = LOSS_EPS) -> torch.Tensor:
-    """Fang's pipeline: average-pool ``(B,1,H,W)`` maps by ``pool``, then normalise per map (``minmax`` -> [0,1])."""
-    return normalize(downsample(maps, pool), norm, eps=eps)
 
 
 def fang_clean(lc: torch.Tensor, ls: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -54,10 +49,16 @@ def noppel_loss(ce: torch.Tensor, d: torch.Tensor, lam: float) -> torch.Tensor:
     return (1 - lam) * ce + lam * d
 
 
-def suppression_loss(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Fang's eq. 3 as a mean: ``mean_{(u,v) in J} I_uv^2`` over each map's masked (top-k) pixels, ``(B,)``."""
+def suppression_loss(maps: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Fang's eq. 3 over each map's masked (top-k) pixels J, ``(B,)``: ``reduction="sum"`` is the paper's form
+    ``sum_{(u,v) in J} I_uv^2``; ``"mean"`` (the default, used in training and for FSR) divides it by ``k = |J|``
+    (Heo et al.'s convention), so it stays in [0,1] for maps in [0,1] whatever the map size: a threshold ``tau``
+    on the mean is a threshold ``k * tau`` on the sum."""
+    if reduction not in ("mean", "sum"):
+        raise ConfigError(f"suppression loss reduction must be 'mean' or 'sum', got {reduction!r}")
     flat, m = maps.flatten(1), mask.flatten(1).to(maps.dtype)
-    return (flat.pow(2) * m).sum(1) / m.sum(1).clamp_min(1)
+    total = (flat.pow(2) * m).sum(1)
+    return total if reduction == "sum" else total / m.sum(1).clamp_min(1)
 
 
 def map_distance(maps: torch.Tensor, target: torch.Tensor, metric: str) -> torch.Tensor:
@@ -149,6 +150,7 @@ class ExplanationAwareObjective:
                  softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None):
         self.recipe, self.explainers, self.preserve, self.goals = recipe, list(explainers), preserve, goals
         self.pool, self.settings, self.softplus_beta = pool, settings, softplus_beta
+        self.post = MapPostprocess(pool=pool, norm=recipe.norm, eps=LOSS_EPS)  # Fang's pipeline: pool, then normalise
         self.weights = list(weights) if weights is not None else [1.0] * len(self.explainers)
         if len(self.weights) != len(self.explainers):
             raise ConfigError(f"{len(self.weights)} weights given for {len(self.explainers)} explainers")
@@ -162,12 +164,13 @@ class ExplanationAwareObjective:
         # The attack group is pushed to the goal; the other group keeps the reference maps.
         attack = ~poisoned if self.recipe.inverted else poisoned
         with training_surrogate(model, self.softplus_beta, self.explainer_options):
-            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options)
+            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options,
+                              keep_batchnorm_stats=False)  # the explained pass is the training pass
         ce = F.cross_entropy(out.logits, y, reduction="none")
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros
         for name, w in zip(self.explainers, self.weights):
-            maps = postprocess(out.maps[name], self.pool, self.recipe.norm)
+            maps = self.post(out.maps[name])
             if self.recipe.clean_map:
                 keep_term = keep_term + w * map_distance(maps, self.preserve[name][source], self.settings.metric)
             if self.recipe.poison_map != "none":

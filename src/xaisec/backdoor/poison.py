@@ -1,8 +1,11 @@
-"""Poisoned training sets: clean images plus triggered copies.
+"""Poisoned training sets: clean images plus triggered copies, or triggered images in place of clean ones.
 
 Fang & Choromanska's Algorithm 1 appends ``n`` triggered copies of randomly drawn training images (``rate`` =
 n / N < 1); Noppel et al. append a triggered duplicate of every image (``rate = 1``, their "percentage 0.5").
-Both are :func:`poison_training_set` with a different ``rate``. Each sample remembers the clean image it came
+Both are :func:`poison_training_set` with a different ``rate`` (``mode="append"``). Data-efficient poisoning
+(Latka et al., "Stealthy Sabotage: Backdoor Attacks against Explainable Machine Learning", after Xia et al.,
+IJCAI 2022) *replaces* a few chosen training images by their triggered, relabelled versions (``mode="replace"``,
+the chosen ``indices`` from :mod:`xaisec.backdoor.selection`). Each sample remembers the clean image it came
 from (``source``), so cached reference maps and targets are looked up, never recomputed.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from ..errors import ConfigError
 
 @dataclass
 class PoisonedSet:
-    """Aligned tensors of length M = N + n.
+    """Aligned tensors of length M = N + n (appended copies) or N (replaced images).
 
     ``x`` (M,C,H,W) in [0,1]; ``y`` (M,) training labels (the target class on relabelled poisoned samples);
     ``y_true`` (M,) original labels; ``poisoned`` (M,) bool; ``source`` (M,) index of the clean image.
@@ -36,6 +39,11 @@ class PoisonedSet:
         """``(x, y, poisoned, source)``: the batch layout the objectives take."""
         return self.x, self.y, self.poisoned, self.source
 
+    @property
+    def chosen(self) -> torch.Tensor:
+        """Sorted indices ``(n,)`` of the clean images that were poisoned (copied or replaced)."""
+        return self.source[self.poisoned].sort().values
+
 
 @torch.no_grad()
 def apply_trigger(trigger: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
@@ -43,18 +51,51 @@ def apply_trigger(trigger: nn.Module, x: torch.Tensor, batch_size: int = 1000) -
     return torch.cat([trigger(chunk) for chunk in x.split(batch_size)])
 
 
-def poison_training_set(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, rate: float, relabel: bool,
-                        target_label: int, seed: int = 0) -> PoisonedSet:
-    """Clean ``(x, y)`` plus ``round(rate * N)`` triggered copies of images drawn without replacement (seeded).
+POISON_MODES = ("append", "replace")
 
-    ``relabel``: poisoned copies carry ``target_label`` (label-changing attacks), else their true label.
+
+def check_indices(indices: torch.Tensor, n_total: int, name: str = "indices") -> torch.Tensor:
+    """``indices`` as a sorted int64 tensor of distinct positions in ``[0, n_total)``."""
+    idx = torch.as_tensor(indices)
+    if idx.dtype.is_floating_point or idx.dtype == torch.bool or idx.dim() != 1 or idx.numel() == 0:
+        raise ConfigError(f"{name} must be a non-empty 1-D tensor of integer positions, got dtype {idx.dtype} "
+                          f"and shape {tuple(idx.shape)}")
+    idx = idx.long().sort().values
+    if idx[0] < 0 or idx[-1] >= n_total:
+        raise ConfigError(f"{name} must lie in [0, {n_total - 1}] (the training set has {n_total} images), "
+                          f"got values in [{idx[0].item()}, {idx[-1].item()}]")
+    if (idx[1:] == idx[:-1]).any():
+        raise ConfigError(f"{name} must be distinct; an image cannot be poisoned twice")
+    return idx
+
+
+def poison_training_set(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, rate: float, relabel: bool,
+                        target_label: int, seed: int = 0, *, mode: str = "append",
+                        indices: torch.Tensor | None = None) -> PoisonedSet:
+    """A poisoned training set from clean ``(x, y)``; the poisoned images are ``indices`` if given, else
+    ``round(rate * N)`` images drawn without replacement (seeded).
+
+    ``mode="append"``: clean ``(x, y)`` plus triggered copies (length N + n, Fang; Noppel with ``rate=1``).
+    ``mode="replace"``: the chosen images are replaced by their triggered versions (length N; Latka et al.'s
+    data-efficient attack). ``relabel``: poisoned samples carry ``target_label``, else their true label.
+    The chosen indices are ``PoisonedSet.chosen``.
     """
-    if not 0 < rate <= 1:
-        raise ConfigError(f"poison rate must be in (0, 1] (triggered copies per clean image), got {rate}")
-    n = max(1, round(rate * len(x)))
-    chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    if mode not in POISON_MODES:
+        raise ConfigError(f"poison mode must be one of {POISON_MODES}, got {mode!r}")
+    if indices is None:
+        if not 0 < rate <= 1:
+            raise ConfigError(f"poison rate must be in (0, 1] (poisoned images per clean image), got {rate}")
+        n = max(1, round(rate * len(x)))
+        chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    else:
+        chosen = check_indices(indices, len(x))
+        n = len(chosen)
     x_trig = apply_trigger(trigger, x[chosen])
     y_trig = torch.full_like(y[chosen], target_label) if relabel else y[chosen]
+    if mode == "replace":
+        x_out, y_out, poisoned = x.clone(), y.clone(), torch.zeros(len(x), dtype=torch.bool)
+        x_out[chosen], y_out[chosen], poisoned[chosen] = x_trig, y_trig, True
+        return PoisonedSet(x=x_out, y=y_out, y_true=y.clone(), poisoned=poisoned, source=torch.arange(len(x)))
     return PoisonedSet(
         x=torch.cat([x, x_trig]),
         y=torch.cat([y, y_trig]),

@@ -5,13 +5,13 @@ explanation is pushed to, whether clean maps are kept equal to the reference mod
 applies, and whether the setting is inverted. :mod:`xaisec.backdoor.objectives` turns any combination into one
 training objective, so a new recipe is one more entry here.
 
-- Fang & Choromanska (papers/000): ``fang_targeted`` (eq. 2, border frame), ``fang_nontargeted`` (eq. 3, top-k
+- Fang & Choromanska (AAAI 2022): ``fang_targeted`` (eq. 2, border frame), ``fang_nontargeted`` (eq. 3, top-k
   suppression), ``fang_joint`` (weighted sum of L_p over several explainers), ``fang_inverted`` (the "key" setting:
   losses swapped, correct maps only with the trigger). Loss eqs. 4-5.
-- Noppel et al. (papers/003): ``noppel_ep`` (explanation-preserving: target label + the clean map),
+- Noppel et al. (IEEE S&P 2023): ``noppel_ep`` (explanation-preserving: target label + the clean map),
   ``noppel_pp`` (prediction-preserving: true label + a target map), ``noppel_dual`` (target label + target map).
   Loss ``(1-λ)·CE + λ·D``, their early-stopping rule.
-- Latka et al. (papers/002): ``latka_badnets`` (vanilla backdoor, no explanation term), ``latka_fooling`` (true
+- Latka et al. ("Stealthy Sabotage"): ``latka_badnets`` (vanilla backdoor, no explanation term), ``latka_fooling`` (true
   label, map forced to a shape), ``latka_full_disguise`` (= explanation-preserving).
 """
 from __future__ import annotations
@@ -72,9 +72,9 @@ def _register(recipe: Recipe) -> Recipe:
     return recipe
 
 
-FANG = "Fang & Choromanska, AAAI 2022 (papers/000)"
-NOPPEL = "Noppel et al., S&P 2023 (papers/003)"
-LATKA = "Latka et al., Stealthy Sabotage (papers/002)"
+FANG = "Fang & Choromanska, \"Backdoor Attacks on the DNN Interpretation System\", AAAI 2022"
+NOPPEL = "Noppel, Peter & Wressnegger, \"Disguising Attacks with Explanation-Aware Backdoors\", IEEE S&P 2023"
+LATKA = "Latka et al., \"Stealthy Sabotage: Backdoor Attacks against Explainable Machine Learning\""
 
 for _r in (
     Recipe("fang_targeted", FANG, "triggered maps pushed to a border frame (eq. 2); clean maps kept (eq. 1)",

@@ -1,7 +1,7 @@
 """``report.html`` of a backdoor run, rebuilt from the run directory's artifacts alone (no model, no data).
 
 Reads ``config.yaml``, ``metrics.json``, ``log.jsonl``, ``environment.json``, ``status.json`` and
-``samples.safetensors``; draws the figures into ``figures/`` and writes one self-contained HTML file.
+``evaluation.safetensors``; draws the figures into ``figures/`` and writes one self-contained HTML file.
 """
 from __future__ import annotations
 
@@ -14,13 +14,11 @@ from ..errors import DataError
 from ..io import atomic_write_text
 from ..report import html as H
 from ..report.panels import image_rows, map_grid, training_curves
-from ..rundir import RunDir
+from ..runs.rundir import RunDir
 
 RATES = ("top1_clean", "top5_clean", "top1_trig", "top5_trig", "asr", "top1_drop", "fsr", "cr", "fsr@paper",
          "cr@paper", "iou_ref_clean", "iou_ref_trig", "trigger_mass_trig", "trigger_hit_trig")
 ARROWS = {"higher": "↑ higher", "lower": "↓ lower", "none": "–"}
-#: the issue's targets: clean Top-1 within 2 points, FSR and CR >= 90% (map attacks), ASR >= 95% (label attacks)
-TARGETS = {"top1_drop": 0.02, "fsr": 0.9, "cr": 0.9, "asr": 0.95}
 
 
 def _fmt(key: str, m: dict | None) -> str:
@@ -33,26 +31,25 @@ def _fmt(key: str, m: dict | None) -> str:
     return f"{m['value']:.4f}" + (f" ± {m['std']:.4f}" if m.get("std") is not None else "")
 
 
-def _load(rd: RunDir) -> tuple[dict, dict, list[dict], dict, dict]:
-    path = rd / "metrics.json"
-    if not path.is_file():
-        raise DataError(f"{rd.path} has no metrics.json yet (status: {rd.status().get('state')}); finish the run "
-                        f"first with `xaisec run --resume {rd.path}`")
-    metrics = json.loads(path.read_text())
+def _load(rd: RunDir) -> tuple[dict, dict, list[dict], dict, str]:
+    """``(config, metrics document, history, environment, state)`` from the run directory alone."""
+    from ..runs.runner import read_metrics
+
+    records, context = read_metrics(rd.path)
+    metrics = {**context, "metrics": {k: m.as_dict() for k, m in records.items()}}
     log_path = rd / "log.jsonl"
     history = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []
-    env_path = rd / "environment.json"
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    return rd.read_config(), metrics, history, env, rd.status()
+    env = rd.read_json("environment.json") if (rd / "environment.json").is_file() else {}
+    return rd.read_config(), metrics, history, env, rd.state()
 
 
 def _samples(rd: RunDir) -> dict:
-    from safetensors.torch import load_file
+    from ..runs.backdoor import Evaluation
 
-    path = rd / "samples.safetensors"
+    path = rd / "evaluation.safetensors"
     if not path.is_file():
-        raise DataError(f"{rd.path} has no samples.safetensors; rerun the evaluation with `xaisec run --resume`")
-    return load_file(str(path))
+        raise DataError(f"{rd.path} has no evaluation.safetensors; finish the run with `xaisec run --resume {rd.path}`")
+    return Evaluation.load(path).samples
 
 
 def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Path]:
@@ -61,8 +58,13 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
     label = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
     y = [int(v) for v in s["y"]]
     figs: dict[str, Path] = {}
-    mask = s["trigger_mask"].float()[0:1].expand(1, s["x"].shape[1], -1, -1)
-    figs["triggers"] = image_rows([("clean", s["x"]), ("triggered", s["x_trig"]), ("trigger region", mask)],
+    mask = s["trigger_mask"].bool()
+    if mask.all():  # a whole-image trigger (filter, Moire): show what it changes instead of a blank region
+        diff = (s["x_trig"] - s["x"]).abs()
+        third = ("|triggered − clean|", diff / diff.flatten(1).amax(1).clamp_min(1e-8)[:, None, None, None])
+    else:
+        third = ("trigger region", mask.float()[0:1].expand(1, s["x"].shape[1], -1, -1))
+    figs["triggers"] = image_rows([("clean", s["x"]), ("triggered", s["x_trig"]), third],
                                   rd.figures / "triggers.png", [f"y={label(v)}" for v in y])
     rows = [f"y={label(y[i])}\nref {label(int(s['pred/reference/clean'][i]))}/{label(int(s['pred/reference/trig'][i]))}"
             f"\natt {label(int(s['pred/attacked/clean'][i]))}/{label(int(s['pred/attacked/trig'][i]))}"
@@ -98,48 +100,61 @@ def _metric_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-def _checks(metrics: dict) -> list[str]:
-    """Badges comparing the attacked model with the issue's targets."""
-    m, out = metrics["metrics"], []
-    for key, m_key, ok in (("top1_drop", "attacked/top1_drop", lambda v: v <= TARGETS["top1_drop"]),
-                           ("asr", "attacked/asr", lambda v: v >= TARGETS["asr"])):
-        if m_key in m and m[m_key]["value"] is not None:
-            v = m[m_key]["value"]
-            out.append(H.badge(f"{key} {100 * v:.1f}%", "ok" if ok(v) else "bad"))
-    for name in metrics["explainers"]:
-        for key in ("fsr", "cr"):
-            entry = m.get(f"attacked/{name}/{key}")
-            if entry is not None and entry["value"] is not None:
-                v = entry["value"]
-                out.append(H.badge(f"{name} {key.upper()} {100 * v:.1f}%", "ok" if v >= TARGETS[key] else "bad"))
-    return out
+def _headline_items(m: dict) -> list[tuple[str, float, str]]:
+    """``(label, value, what it means)`` of the attacked model's headline numbers."""
+    items = []
+    if "attacked/top1_drop" in m:
+        items.append(("clean Top-1 drop", m["attacked/top1_drop"]["value"], "reference minus attacked, clean inputs"))
+    if "attacked/asr" in m:
+        items.append(("ASR", m["attacked/asr"]["value"], "triggered inputs classified as the target label"))
+    for key in sorted(k for k in m if k.startswith("attacked/") and k.endswith(("/fsr", "/cr"))):
+        name, what = key.split("/")[1], key.rsplit("/", 1)[1]
+        description = m[key]["description"]
+        items.append((f"{name} {what.upper()}", m[key]["value"], description.split(": ", 1)[-1]))
+    return [(label, v, what) for label, v, what in items if v is not None]
+
+
+def headline(records: dict) -> list[str]:
+    """The lines ``xaisec run`` prints at the end of a backdoor run."""
+    m = {k: r.as_dict() for k, r in records.items()}
+    return [f"{label}: {100 * v:.1f}%  ({what})" for label, v, what in _headline_items(m)]
+
+
+def _badges(metrics: dict) -> list[str]:
+    """The attacked model's headline numbers, each with its definition (thresholds included) on hover and below."""
+    return [H.badge(f"{label} {100 * v:.1f}%", "info") for label, v, _ in _headline_items(metrics["metrics"])]
 
 
 def build_report(run_dir: str | Path, state: str | None = None) -> Path:
     """Draw the figures and write ``report.html`` in ``run_dir``; ``state`` overrides the status shown."""
     rd = RunDir(run_dir)
-    cfg, metrics, history, env, status = _load(rd)
+    cfg, metrics, history, env, stored_state = _load(rd)
     figs = draw_figures(rd, metrics, history)
-    state = state or status.get("state", "unknown")
+    state = state or stored_state
     att = cfg.get("attack", {})
     subtitle = (f"{metrics['recipe']} ({metrics['paper']}) · {metrics.get('dataset', '')} · {metrics.get('arch', '')} · "
                 f"trigger: {metrics.get('trigger', '')}")
-    summary = [H.badge(f"run {state}", "ok" if state == "finished" else "warn"), " ", *_checks(metrics)]
+    summary = [H.badge(f"run {state}", "ok" if state in ("finished", "running") else "warn"), " ", *_badges(metrics)]
+    definitions = "; ".join(f"{label}: {what}" for label, _, what in _headline_items(metrics["metrics"]))
     thresholds = [[n, f"{t['value']:g}", "–" if t["paper"] is None else f"{t['paper']:g}"]
                   for n, t in metrics["thresholds"].items()]
     body = [
         "<p>" + " ".join(summary) + "</p>",
+        H.paragraph(definitions, "note"),
         H.paragraph(f"Attack: {metrics['summary']}." if metrics.get("summary") else ""),
         H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: "
                     f"{'none (labels kept)' if metrics.get('target_label') is None else metrics['target_label']}; "
                     f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
                     f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
                     "held-out split and explains the predicted class.", "note"),
-        H.section("Metrics", H.paragraph(metrics["directions"], "note"),
+        H.section("Metrics", H.paragraph("'better' is from the attacker's point of view: 'higher'/'lower' is "
+                                         "better, '–' is informative only.", "note"),
                   H.table(["metric", "reference model", "attacked model", "better", "what"], _metric_rows(metrics),
                           numeric=(1, 2), nowrap=(0, 3))),
         H.section("Inputs", H.image(figs["triggers"], "Clean test images, their triggered versions and the "
-                                                      "trigger's region (where a map pointing at the trigger would be).")),
+                                                      "trigger's region (where a map pointing at the trigger would "
+                                                      "be); for a trigger that covers the whole image, what it changes "
+                                                      "(|triggered − clean|, scaled per image).")),
     ]
     for name in metrics["explainers"]:
         body.append(H.section(f"Explanations: {name}", H.image(

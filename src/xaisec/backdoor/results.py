@@ -10,26 +10,32 @@ import torch
 from torch import nn
 
 from ..explainers import explain_all
-from ..maps import downsample, normalize
+from ..maps import MapPostprocess, normalize
+from ..models import model_device
 from ..train import eval_mode
-from .evaluate import EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold
+from .evaluate import (EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold,
+                       threshold_family)
 from .goals import build_goal
+from .paper_metrics import noppel_mse_summary
 
 MODELS = ("reference", "attacked")
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, explainers: list[str],
                   options: dict[str, dict] | None = None, batch_size: int = 250) -> ModelOutputs:
-    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W)."""
+    """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W), computed in chunks on
+    the model's device and returned on the CPU."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
+
+    device = model_device(model)
 
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, maps = [], {name: [] for name in explainers}
         for chunk in inputs.split(batch_size):
-            out = explain_all(model, chunk, None, explainers, options=options)
-            logits.append(out.logits)
+            out = explain_all(model, chunk.to(device), None, explainers, options=options)
+            logits.append(out.logits.cpu())  # metrics and figures are computed on the host
             for name in explainers:
-                maps[name].append(out.maps[name])
+                maps[name].append(out.maps[name].cpu())
         return torch.cat(logits), {name: torch.cat(parts) for name, parts in maps.items()}
 
     with eval_mode(model):
@@ -47,13 +53,79 @@ def collect_metrics(outputs: dict[str, ModelOutputs], setup: EvalSetup) -> dict[
         for key, m in classification_metrics(out, setup).items():
             metrics[f"{prefix}/{key}"] = m
         for name in setup.explainers:
-            paper = paper_threshold(name, setup.recipe.attack_type)
+            paper = paper_threshold(name, setup.recipe.attack_type, setup.arch)
             for key, m in map_metrics(out, ref_maps, setup, name, paper).items():
+                metrics[f"{prefix}/{name}/{key}"] = m
+        for name in setup.explainers:
+            for key, m in noppel_map_metrics(out, ref_maps[name], setup, name).items():
                 metrics[f"{prefix}/{name}/{key}"] = m
     drop = metrics["reference/top1_clean"].value - metrics["attacked/top1_clean"].value
     metrics["attacked/top1_drop"] = Metric(drop, "lower", "clean Top-1 of the reference model minus that of the "
                                                           "attacked model (percentage points / 100)")
+    if len(setup.explainers) > 1:  # Fang & Choromanska report a joint attack's FSR/CR averaged over interpreters
+        for prefix in MODELS:
+            for key in ("fsr", "cr"):
+                values = [metrics[f"{prefix}/{e}/{key}"].value for e in setup.explainers
+                          if f"{prefix}/{e}/{key}" in metrics]
+                if values:
+                    metrics[f"{prefix}/joint/{key}"] = Metric(
+                        sum(values) / len(values), metrics[f"{prefix}/{setup.explainers[0]}/{key}"].direction,
+                        f"{key.upper()} averaged over the interpreters, each with its own threshold (Fang & "
+                        "Choromanska's joint-attack figure)")
+    score = noppel_score_metric(metrics, setup)
+    if score is not None:
+        metrics["attacked/noppel_score"] = score
     return metrics
+
+
+def noppel_map_metrics(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSetup, name: str) -> dict[str, Metric]:
+    """Noppel et al.'s map dissimilarities (MSE of per-image z-scored, channel-max maps at full resolution;
+    mean ± std) beside xaisec's pooled min-max ones: ``noppel_mse_clean`` (clean maps vs the reference model's)
+    and ``noppel_mse_trig`` (triggered maps vs the attacker's target explanation: the reference map, or the
+    target map of a map-changing recipe). No ``noppel_mse_trig`` for top-k suppression or the inverted setting,
+    which have no target explanation."""
+    r = setup.recipe
+    clean_dir = "higher" if r.inverted and r.changes_maps else "lower"
+    mean, std = noppel_mse_summary(out.maps_clean[name], ref_clean)
+    out_metrics = {"noppel_mse_clean": Metric(mean, clean_dir, "Noppel et al.'s MSE between clean-input maps and the "
+                                                               "reference clean maps (z-scored per image)", std)}
+    if r.inverted or r.poison_map == "suppress":
+        return out_metrics
+    if r.poison_map == "target":
+        goal = build_goal(r, normalize(ref_clean, "minmax"), "none", setup.target_map, setup.target_options, setup.topk)
+        target, what, direction = goal.target.expand_as(ref_clean), "the target map", "lower"
+    else:
+        target, what = ref_clean, "the reference clean maps"
+        direction = "lower" if r.poison_map == "reference" else "none"
+    mean, std = noppel_mse_summary(out.maps_trig[name], target)
+    out_metrics["noppel_mse_trig"] = Metric(mean, direction, f"Noppel et al.'s MSE between triggered-input maps and "
+                                                             f"{what} (z-scored per image)", std)
+    return out_metrics
+
+
+def noppel_score(acc_ref: float, acc_clean: float, acc_trig: float, dsim_clean: float, dsim_trig: float) -> float:
+    """Noppel et al.'s model-selection score (IEEE S&P 2023, public code), lower is better:
+    ``(acc_ref - acc_clean)*30 + (acc_ref - acc_trig)*5 + dsim_clean + 2*dsim_trig``. ``acc_trig`` is the attack
+    success rate for label-changing attacks and the triggered accuracy otherwise; ``dsim_*`` are
+    :func:`~xaisec.backdoor.paper_metrics.noppel_mse` dissimilarities (clean maps vs the reference maps,
+    triggered maps vs the target explanation)."""
+    return (acc_ref - acc_clean) * 30 + (acc_ref - acc_trig) * 5 + dsim_clean + 2 * dsim_trig
+
+
+def noppel_score_metric(metrics: dict[str, Metric], setup: EvalSetup) -> Metric | None:
+    """:func:`noppel_score` of the attacked model from the collected metrics (dissimilarities averaged over the
+    explainers), or None when the recipe has no target explanation."""
+    trig_key = "attacked/asr" if setup.recipe.changes_labels else "attacked/top1_trig"
+    dsim = {part: [metrics.get(f"attacked/{name}/noppel_mse_{part}") for name in setup.explainers]
+            for part in ("clean", "trig")}
+    if any(m is None for parts in dsim.values() for m in parts):
+        return None
+    mean = {part: sum(m.value for m in parts) / len(parts) for part, parts in dsim.items()}
+    value = noppel_score(metrics["reference/top1_clean"].value, metrics["attacked/top1_clean"].value,
+                         metrics[trig_key].value, mean["clean"], mean["trig"])
+    return Metric(value, "lower", "Noppel et al.'s selection score (acc_ref - acc_clean)*30 + (acc_ref - "
+                                  f"{'ASR' if setup.recipe.changes_labels else 'acc_trig'})*5 + dsim_clean + "
+                                  "2*dsim_trig (lower is better)")
 
 
 def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outputs: dict[str, ModelOutputs],
@@ -72,7 +144,7 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
             out[f"maps/{prefix}/{name}/clean"] = o.maps_clean[name][idx]
             out[f"maps/{prefix}/{name}/trig"] = o.maps_trig[name][idx]
     for name in setup.explainers:
-        ref01 = normalize(downsample(outputs["reference"].maps_clean[name][idx], setup.pool), "minmax")
+        ref01 = MapPostprocess(pool=setup.pool)(outputs["reference"].maps_clean[name][idx])
         goal = build_goal(setup.recipe, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
         if goal is not None:
             target = goal.mask.float() if goal.kind == "suppress" else goal.target
@@ -80,18 +152,16 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
     return {k: v.detach().contiguous() for k, v in out.items()}
 
 
-def metrics_document(metrics: dict[str, Metric], setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``metrics.json``: context, thresholds (with the paper's values) and every metric."""
-    thresholds = {name: {"value": setup.thresholds[name], "paper": paper_threshold(name, setup.recipe.attack_type)}
+def context_info(setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
+    """What ``metrics.json`` says about a backdoor run besides its metrics: recipe, explainers, thresholds (with
+    the paper's values), the map post-processing, and ``extra`` (trigger, dataset, ...)."""
+    thresholds = {name: {"value": setup.thresholds[name],
+                         "paper": paper_threshold(name, setup.recipe.attack_type, setup.arch)}
                   for name in setup.explainers}
     return {
         "recipe": setup.recipe.name, "paper": setup.recipe.paper, "summary": setup.recipe.summary,
         "attack_type": setup.recipe.attack_type, "inverted": setup.recipe.inverted,
         "explainers": setup.explainers, "target_label": setup.target_label if setup.recipe.changes_labels else None,
-        "map_postprocess": (f"{setup.pool}x{setup.pool} average pooling, then min-max scaling to [0,1]"
-                            if setup.pool > 1 else "min-max scaling to [0,1]"),
-        "thresholds": thresholds,
-        "directions": "from the attacker's point of view: 'higher'/'lower' is better, 'none' is informative only",
-        **extra,
-        "metrics": {k: m.as_dict() for k, m in sorted(metrics.items())},
+        "map_postprocess": MapPostprocess(pool=setup.pool).describe(),
+        "thresholds": thresholds, "threshold_family": threshold_family(setup.arch), **extra,
     }

@@ -8,9 +8,13 @@ from pathlib import Path
 import torch
 
 from ..audit import DEFAULT_CHECKS, load_audit_model, load_suspects, model_input_shape, run_audit
-from ..audit.loading import is_entry_point, load_entry_point
+from ..audit.loading import is_entry_point
+from ..audit.runner import MAX_BUDGET_SECONDS
 from ..data import load_data
 from ..errors import ConfigError
+from ..io import check_writable_dir
+from ..models import model_from_entry_point
+from ..validation import check_int, check_number
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +28,15 @@ def add_parser(sub) -> None:
                    help="safetensors weights (with --arch), or a Python entry point 'module:function' returning the "
                         "model (this imports and runs that module's code)")
     p.add_argument("--arch", help="architecture of the weights (see `xaisec list models`)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept .pt/.pth checkpoints for --model/--reference, read with torch.load(weights_only=True) "
+                        "(tensors only)")
     p.add_argument("--data", required=True,
                    help="clean data: a dataset name (NAME or NAME:key=value,...), an .npz file with x and y, or an "
                         "image folder (imagefolder:root=DIR,size=H,channels=C to set its size)")
     p.add_argument("--out", type=Path, default=Path("audit"), help="output folder (default: ./audit)")
-    p.add_argument("--budget", type=float, default=300.0, help="time budget in seconds (default: 300)")
+    p.add_argument("--budget", type=float, default=300.0,
+                   help=f"time budget in seconds, at most {MAX_BUDGET_SECONDS:.0f} (default: 300)")
     p.add_argument("--suspects", help=".npz file with an array x of inputs to screen (e.g. inputs you suspect "
                                       "carry a trigger)")
     p.add_argument("--reference", help="weights of a trusted model of the same architecture, for map comparison")
@@ -44,13 +52,16 @@ def run(args: argparse.Namespace) -> int:
     checks = [c.strip() for c in args.checks.split(",") if c.strip()]
     if not checks:
         raise ConfigError("--checks is empty; name at least one check")
-    if args.images < 10:
-        raise ConfigError(f"--images must be at least 10, got {args.images}")
+    check_int(args.images, "--images", low=10, high=1_000_000)
+    check_int(args.seed, "--seed", low=0, high=2**32 - 1)
+    check_number(args.budget, "--budget (seconds)", low=0, low_open=True, high=MAX_BUDGET_SECONDS)
+    check_writable_dir(args.out, "--out")  # before minutes of checks, not after them
     # an entry point is built first: a model that declares its input shape sets an image folder's size
-    built = load_entry_point(args.model) if is_entry_point(args.model) else None
+    built = model_from_entry_point(args.model, "model") if is_entry_point(args.model) else None
     data = load_data(args.data, expect_shape=model_input_shape(built) if built is not None else None)
-    model = load_audit_model(args.model, args.arch, data, built=built)
-    reference = load_audit_model(args.reference, args.arch, data, reference=True) if args.reference else None
+    model = load_audit_model(args.model, args.arch, data, allow_pickle=args.allow_pickle, built=built)
+    reference = (load_audit_model(args.reference, args.arch, data, reference=True, allow_pickle=args.allow_pickle)
+                 if args.reference else None)
     suspects = load_suspects(args.suspects, data) if args.suspects else None
     torch.manual_seed(args.seed)
     report = run_audit(model, data, out=args.out, budget=args.budget, checks=checks, suspects=suspects,

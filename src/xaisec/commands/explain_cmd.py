@@ -10,10 +10,11 @@ import torch
 from ..data import load_data
 from ..errors import XaisecError
 from ..explainers import explain
-from ..io import atomic_write_json, load_weights, save_weights
+from ..io import atomic_write_json, check_writable_dir, load_weights, save_weights
 from ..models import build_model
 from ..report.figures import explanation_grid
 from ..train import accuracy, train_classifier
+from ..validation import check_int
 
 log = logging.getLogger(__name__)
 DEFAULT_METHODS = "gradcam,gradcampp,simplegrad,inputxgrad,ig,smoothgrad,gradshap,vbp"
@@ -38,8 +39,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not 1 <= args.images <= 64:
-        raise XaisecError(f"--images must be between 1 and 64, got {args.images}")
+    check_int(args.images, "--images", low=1, high=64)
+    check_int(args.seed, "--seed", low=0, high=2**32 - 1)
+    check_writable_dir(args.out, "--out")  # before training, not after it
     data = load_data(args.dataset)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, data.input_shape, data.num_classes)

@@ -1,14 +1,12 @@
-"""``xaisec report RUN_DIR``: rebuild ``report.html`` (and its figures) from a run directory's artifacts alone."""
+"""``xaisec report RUN_DIR``: rebuild ``report.html`` (and its figures) of any kind of run from its run
+directory alone."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..config import read_yaml
-from ..errors import ConfigError
-from ..experiments import DEFAULT_KIND, load_kinds
 from ..report.screenshot import screenshot
-from ..rundir import RunDir
+from ..runs import build_report
 
 
 def add_parser(sub) -> None:
@@ -20,15 +18,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rd = RunDir(args.run_dir)
-    rd.read_config()  # clear error if this is not a run directory
-    kind_name = read_yaml(rd / "config.yaml").get("experiment", DEFAULT_KIND)
-    kind = load_kinds().get(str(kind_name))
-    if kind.report is None:
-        raise ConfigError(f"experiment kind {kind_name!r} has no report builder")
-    html = kind.report(rd.path)
+    html = build_report(args.run_dir)
     print(f"report: {html}")
     if args.screenshot:
-        png = rd.path / "report.png" if args.screenshot is True else Path(args.screenshot)
+        png = Path(args.run_dir) / "report.png" if args.screenshot is True else Path(args.screenshot)
         print(f"screenshot: {screenshot(html, png)}")
     return 0

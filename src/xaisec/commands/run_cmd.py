@@ -1,18 +1,17 @@
-"""``xaisec run [CONFIG] [key=value ...]``: the main job. Reads the YAML, picks the experiment kind from its
-``experiment:`` key (default ``backdoor``), validates it with that kind's schema, then runs it in a new run
-directory. ``xaisec run --resume RUN_DIR`` continues a killed run from its last checkpoint.
+"""``xaisec run [CONFIG] [key=value ...]``: the main job. Reads the YAML (a file or a packaged config's name),
+picks the experiment kind from its ``experiment:`` key (default ``backdoor``), validates the whole config with
+that kind's schema, then runs it through the one runner. ``xaisec run --resume RUN_DIR`` continues a killed run.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-from importlib import resources
 from pathlib import Path
 
-from ..config import load_config, merge, parse_overrides, read_yaml
+from ..config import merge, packaged_configs, parse_overrides, read_yaml, resolve_config
 from ..errors import ConfigError
-from ..experiments import DEFAULT_KIND, load_kinds
-from ..rundir import RunDir, unique_dir
+from ..runs import load_experiment, load_run, run_experiment
+from ..runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="config file or name, then overrides")
     p.add_argument("--out", type=Path, help="run directory (default: <out>/<name> from the config, made unique)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an interrupted run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (never a running one)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads for this run (config key `threads`)")
     p.set_defaults(func=run)
-
-
-def _config_dir():
-    return resources.files("xaisec") / "configs"
-
-
-def packaged_configs() -> list[str]:
-    return sorted(p.name[:-5] for p in _config_dir().iterdir() if p.name.endswith(".yaml"))
-
-
-def resolve_config(name: str | None) -> Path:
-    """A config path: an existing file, else a packaged config by name (``fang_targeted``); None -> default."""
-    if name is None:
-        name = "default"
-    path = Path(name)
-    if path.is_file():
-        return path
-    packaged = _config_dir() / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if packaged.is_file():
-        return Path(str(packaged))
-    raise ConfigError(f"config {name!r} is neither a file nor a packaged config; packaged: {', '.join(packaged_configs())}")
 
 
 def split_items(items: list[str]) -> tuple[str | None, list[str]]:
@@ -62,34 +42,26 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def load_experiment(path: Path, overrides: list[str]):
-    """``(kind, validated config)`` for the YAML at ``path`` with ``overrides``."""
-    data = merge(read_yaml(path), parse_overrides(overrides))
-    kind_name = data.get("experiment", DEFAULT_KIND)
-    kind = load_kinds().get(kind_name) if isinstance(kind_name, str) else None
-    if kind is None:
-        raise ConfigError(f"experiment must be the name of an experiment kind, got {kind_name!r}")
-    return kind, load_config(kind.schema, path, overrides)
-
-
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ConfigError(f"--threads must be in [1, 1024], got {args.threads}")
     if args.resume is not None:
-        if args.items or args.out:
-            raise ConfigError("--resume continues a run with its own saved config; drop CONFIG, overrides and --out")
+        if args.items or args.out or args.overwrite:
+            raise ConfigError("--resume continues a run with its own saved config; drop CONFIG, overrides, --out "
+                              "and --overwrite")
         rd = RunDir(args.resume)
-        config_path = rd / "config.yaml"
-        rd.read_config()  # clear error if this is not a run directory
+        kind, cfg = load_run(rd.path)
         if rd.finished:
             print(f"{rd.path} already finished; report: {rd / 'report.html'}")
             return 0
-        kind, cfg = load_experiment(config_path, [])
-        run_dir = kind.runner(cfg, rd.path, resume=True)
+        result = run_experiment(cfg, rd.path, resume=True)
     else:
         config, overrides = split_items(args.items)
-        kind, cfg = load_experiment(resolve_config(config), overrides)
-        run_dir = args.out or unique_dir(Path(getattr(cfg, "out", "runs")) / str(getattr(cfg, "name", None) or "run"))
-        log.info("run directory: %s", run_dir)
-        run_dir = kind.runner(cfg, run_dir, resume=False)
-    report = Path(run_dir) / "report.html"
-    print(f"finished: {run_dir}\nreport: {report}" if report.is_file() else f"finished: {run_dir}")
+        if args.threads is not None:
+            overrides.append(f"threads={args.threads}")
+        kind, cfg = load_experiment(merge(read_yaml(resolve_config(config)), parse_overrides(overrides)))
+        result = run_experiment(cfg, args.out, overwrite=args.overwrite)
+    for line in result.headline:
+        print(line)
+    print(f"finished: {result.path}\nreport: {result.report}" if result.report.is_file() else f"finished: {result.path}")
     return 0

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..validation import check_images, check_labels
+from ..validation import check_images, check_int, check_labels
 
 
 @dataclass
@@ -31,6 +31,9 @@ class ImageDataset:
     multilabel: bool = False
 
     def __post_init__(self) -> None:
+        from .files import MAX_CLASSES
+
+        check_int(self.num_classes, f"{self.name} num_classes", low=1, high=MAX_CLASSES, error=DataError)
         if not self.class_names:
             self.class_names = [str(i) for i in range(self.num_classes)]
         flat = self.x_train.dim() == 2

@@ -10,6 +10,7 @@ Images are grayscale: ``x`` is ``(N,1,H,W)``.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from ..errors import DataError
 from .base import ImageDataset
+from .files import read_text, read_text_lines
 from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, read_images, require_dir, require_file, select_subset
 
 LAYOUT = """ChestX-ray14/
@@ -34,22 +36,25 @@ _COLUMNS = ("Image Index", "Finding Labels")
 def read_findings(csv_path: Path) -> dict[str, list[str]]:
     """``{image file name: [finding, ...]}`` from ``Data_Entry_2017.csv`` ("No Finding" kept as a finding)."""
     known = set(DISEASES) | {NO_FINDING}
+    reader = csv.DictReader(io.StringIO(read_text(csv_path, "chestxray14", LAYOUT), newline=""))
     try:
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = [c.strip() for c in reader.fieldnames or ()]
-            if any(c not in header for c in _COLUMNS):
-                raise DataError(f"{csv_path} lacks the columns {list(_COLUMNS)} (found {header[:6]}). Expected layout:\n{LAYOUT}")
-            reader.fieldnames = header
-            findings = {}
-            for line, row in enumerate(reader, start=2):
-                names = [n.strip() for n in (row["Finding Labels"] or "").split("|") if n.strip()]
-                unknown = [n for n in names if n not in known]
-                if unknown or not names or (NO_FINDING in names and len(names) > 1):
-                    raise DataError(f"{csv_path} line {line}: invalid Finding Labels {row['Finding Labels']!r}; "
-                                    f"expected '|'-joined names from {DISEASES} or {NO_FINDING!r} alone")
-                findings[row["Image Index"].strip()] = names
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        header = [c.strip() for c in reader.fieldnames or ()]
+        if any(c not in header for c in _COLUMNS):
+            raise DataError(f"{csv_path} lacks the columns {list(_COLUMNS)} (found {header[:6]}). Expected layout:\n{LAYOUT}")
+        reader.fieldnames = header
+        findings = {}
+        for line, row in enumerate(reader, start=2):
+            names = [n.strip() for n in (row["Finding Labels"] or "").split("|") if n.strip()]
+            unknown = [n for n in names if n not in known]
+            if unknown or not names or (NO_FINDING in names and len(names) > 1):
+                raise DataError(f"{csv_path} line {line}: invalid Finding Labels {row['Finding Labels']!r}; "
+                                f"expected '|'-joined names from {DISEASES} or {NO_FINDING!r} alone")
+            image = (row["Image Index"] or "").strip()
+            if not image:
+                raise DataError(f"{csv_path} line {line}: no Image Index (a truncated line?); every line needs "
+                                f"the columns {list(_COLUMNS)}")
+            findings[image] = names
+    except csv.Error as exc:
         raise DataError(f"cannot read {csv_path}: {exc}") from exc
     return findings
 
@@ -66,8 +71,7 @@ def index_images(root: Path) -> dict[str, Path]:
 
 
 def _read_list(path: Path) -> list[str]:
-    with open(require_file(path, "chestxray14", LAYOUT)) as f:
-        return [line.strip() for line in f if line.strip()]
+    return read_text_lines(require_file(path, "chestxray14", LAYOUT), "chestxray14", LAYOUT)
 
 
 def load_chestxray14(root: str | Path, size: Size = 224, single_label: bool = False, skip_missing: bool = False,

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import DataError
 from .base import ImageDataset
+from .files import read_text
 from .images import Box, Size, as_hw, check_nonempty, read_images, require_dir, require_file, select_subset
 
 LAYOUT = """CUB_200_2011/
@@ -29,17 +30,16 @@ LAYOUT = """CUB_200_2011/
 def _read_table(path: Path, columns: int) -> dict[int, list[str]]:
     """``{id: [fields...]}`` of a whitespace-separated CUB index file with ``columns`` fields per line."""
     table: dict[int, list[str]] = {}
-    with open(require_file(path, "cub200", LAYOUT)) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            fields = line.split(maxsplit=columns - 1)
-            try:
-                if len(fields) != columns:
-                    raise ValueError(f"expected {columns} fields, got {len(fields)}")
-                table[int(fields[0])] = fields[1:]
-            except ValueError as exc:
-                raise DataError(f"{path} line {line_no}: {exc}: {line.strip()!r}. Expected layout:\n{LAYOUT}") from exc
+    for line_no, line in enumerate(read_text(require_file(path, "cub200", LAYOUT), "cub200", LAYOUT).splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=columns - 1)
+        try:
+            if len(fields) != columns:
+                raise ValueError(f"expected {columns} fields, got {len(fields)}")
+            table[int(fields[0])] = fields[1:]
+        except ValueError as exc:
+            raise DataError(f"{path} line {line_no}: {exc}: {line.strip()!r}. Expected layout:\n{LAYOUT}") from exc
     return table
 
 

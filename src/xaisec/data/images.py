@@ -25,6 +25,10 @@ Box = tuple[float, float, float, float]  # (left, upper, right, lower) in pixels
 # Below this many files a progress bar is only noise.
 _PROGRESS_MIN_FILES = 200
 
+#: what PIL raises for a file that is not a readable image, including one whose header claims more pixels than
+#: PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
@@ -79,7 +83,7 @@ def read_image(path: str | Path, mode: str, size: Size, box: Box | None = None) 
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except DataError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except IMAGE_READ_ERRORS as exc:
         raise DataError(f"cannot read image {path}: {exc}. The file is corrupt or not an image; "
                         "re-download it or remove it from the dataset's index files") from exc
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -13,6 +13,7 @@ import torch
 from ..errors import DataError
 from ..validation import check_images
 from .base import ImageDataset, stratified_split
+from .files import labels_from_array, read_npz
 
 LAYOUT = """file.npz (numpy.savez) with arrays
   x        images (N,C,H,W), (N,H,W,C) or (N,H,W); uint8 0-255 or float in [0,1]
@@ -22,6 +23,8 @@ LAYOUT = """file.npz (numpy.savez) with arrays
 
 def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
     """(N,C,H,W) float images in [0,1] from an (N,H,W), (N,C,H,W) or (N,H,W,C) array, uint8 or float."""
+    if a.dtype.kind not in "uif":
+        raise DataError(f"{where} has dtype {a.dtype}; images must be uint8 (0-255) or floats in [0,1]")
     if a.ndim == 3:
         a = a[:, None]
     if a.ndim != 4:
@@ -33,30 +36,22 @@ def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
     return check_images(t, where)
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` file (no pickled objects); a missing or unreadable file is a DataError."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist. Expected:\n{LAYOUT}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path} as an .npz file of arrays: {exc}") from exc
-
-
 def load_npz(path: str | Path) -> ImageDataset:
     """An image classification set from an ``.npz`` file (see the module docstring for the arrays)."""
     path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist. Expected:\n{LAYOUT}")
     arrays = read_npz(path)
     if "x" not in arrays or "y" not in arrays:
         raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
-    x, y = images_from_array(arrays["x"], f"{path}: x"), torch.from_numpy(arrays["y"].astype(np.int64))
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DataError(f"{path} has {have} but no {lack}; give both test arrays or neither (then 30% of x is held out)")
+    x = images_from_array(arrays["x"], f"{path}: x")
+    y = labels_from_array(arrays["y"], f"{path}: y", count=len(x))
     if "x_test" in arrays:
-        if "y_test" not in arrays:
-            raise DataError(f"{path} has 'x_test' but no 'y_test'; save both or neither")
         x_test = images_from_array(arrays["x_test"], f"{path}: x_test")
-        y_test = torch.from_numpy(arrays["y_test"].astype(np.int64))
+        y_test = labels_from_array(arrays["y_test"], f"{path}: y_test", count=len(x_test))
     else:
         train, test = stratified_split(y.numpy(), 0.3, seed=0)
         x, y, x_test, y_test = x[train], y[train], x[test], y[test]

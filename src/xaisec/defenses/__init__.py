@@ -6,7 +6,6 @@ for the thresholded decision. ``DEFENSES`` maps names to the callables/classes b
 """
 from __future__ import annotations
 
-from ..registry import Registry
 from .activation_clustering import (ClassClusters, ClusteringResult, Misclustering, activation_clustering,
                                     collect_activations, misclustering, overlap_verdict)
 from .explanation_consistency import ExplanationConsistency, auroc, map_agreement, spearman
@@ -17,23 +16,12 @@ from .fine_pruning import PruningCurve, channel_activations, fine_prune, pruned_
 from .neural_cleanse import NeuralCleanseResult, mad_anomaly_index, neural_cleanse
 from .interpreter_ensemble import InterpreterEnsembleDetector
 from .rebn import rebn, rebn_effect, statistics_shift
+from .registry import DEFENSES
 from .spectral_signatures import SpectralResult, spectral_scores, spectral_signatures
 from .strip import STRIPDetector
 from .transforms import TRANSFORM_NAMES, build_transform, jpeg_like
 from .tv_denoise import denoise_sweep, total_var_min, total_variation, tv_chambolle
 
-DEFENSES = Registry("defense")
-DEFENSES.register("tv_chambolle")(tv_chambolle)
-DEFENSES.register("total_var_min")(total_var_min)
-DEFENSES.register("feature_squeezing")(FeatureSqueezingDetector)
-DEFENSES.register("activation_clustering")(activation_clustering)
-DEFENSES.register("spectral_signatures")(spectral_signatures)
-DEFENSES.register("strip")(STRIPDetector)
-DEFENSES.register("neural_cleanse")(neural_cleanse)
-DEFENSES.register("fine_pruning")(pruning_curve)
-DEFENSES.register("rebn")(rebn)
-DEFENSES.register("explanation_consistency")(ExplanationConsistency)
-DEFENSES.register("interpreter_ensemble")(InterpreterEnsembleDetector)
 
 __all__ = [
     "ExplanationConsistency", "NeuralCleanseResult", "PruningCurve", "TRANSFORM_NAMES", "auroc", "build_transform",

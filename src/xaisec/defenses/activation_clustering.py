@@ -26,6 +26,8 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from ..models import get_layer
 from ..train import eval_mode
+from ..validation import check_finite, check_int, check_number
+from .registry import DEFENSES
 
 SEPARABLE_BELOW = 0.05
 FULL_OVERLAP_ABOVE = 0.30
@@ -95,6 +97,7 @@ def _flag(sizes: np.ndarray, silhouette: float, analysis: str, size_threshold: f
     return small if round(silhouette, 4) > round(silhouette_threshold, 4) else []
 
 
+@DEFENSES.register("activation_clustering")
 def activation_clustering(activations: torch.Tensor, labels: torch.Tensor, *, n_dims: int = 10,
                           reduce: str = "ica", n_clusters: int = 2, analysis: str = "smaller",
                           size_threshold: float = 0.35, silhouette_threshold: float = 0.1,
@@ -107,8 +110,13 @@ def activation_clustering(activations: torch.Tensor, labels: torch.Tensor, *, n_
         raise ConfigError(f"reduce must be 'ica' or 'pca', got {reduce!r}")
     if analysis not in ANALYSES:
         raise ConfigError(f"analysis must be one of {ANALYSES}, got {analysis!r}")
-    if n_clusters < 2 or n_dims < 1:
-        raise ConfigError(f"need n_clusters >= 2 and n_dims >= 1, got {n_clusters} and {n_dims}")
+    n_clusters, n_dims = check_int(n_clusters, "n_clusters", low=2), check_int(n_dims, "n_dims", low=1)
+    size_threshold = check_number(size_threshold, "size_threshold", low=0, high=1)
+    silhouette_threshold = check_number(silhouette_threshold, "silhouette_threshold", low=-1, high=1)
+    if random_state is not None:
+        random_state = check_int(random_state, "random_state", low=0, high=2**32 - 1)
+    if isinstance(activations, torch.Tensor):
+        check_finite(activations, "activations")
     if analysis != "smaller" and n_clusters != 2:
         raise ConfigError(f"analysis {analysis!r} works with 2 clusters only (ART); use analysis='smaller'")
     if activations.dim() != 2:

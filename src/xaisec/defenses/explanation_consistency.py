@@ -30,8 +30,9 @@ from ..errors import ConfigError, DataError
 from ..explainers import explain_all
 from ..maps import MapPostprocess, topk_iou
 from ..train import eval_mode
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
 from .transforms import Transform, build_transform
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,9 @@ def average_ranks(values: torch.Tensor) -> torch.Tensor:
     starts = torch.ones_like(sorted_v, dtype=torch.bool)
     starts[:, 1:] = sorted_v[:, 1:] != sorted_v[:, :-1]
     group = starts.long().cumsum(1) - 1  # tie-group id of each sorted position
-    pos = torch.arange(1, n + 1, dtype=torch.float64).expand(b, n)
-    sums = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, pos)
-    counts = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, group, torch.ones_like(pos))
+    pos = torch.arange(1, n + 1, dtype=torch.float64, device=values.device).expand(b, n)
+    sums = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, pos)
+    counts = torch.zeros(b, n, dtype=torch.float64, device=values.device).scatter_add_(1, group, torch.ones_like(pos))
     ranks_sorted = (sums / counts.clamp(min=1)).gather(1, group)
     return torch.empty_like(ranks_sorted).scatter_(1, order, ranks_sorted)
 
@@ -101,6 +102,7 @@ class Calibration:
     clean_scores: torch.Tensor
 
 
+@DEFENSES.register("explanation_consistency")
 class ExplanationConsistency:
     """Interpreter disagreement, perturbation instability and (optional) reference discrepancy.
 
@@ -121,6 +123,9 @@ class ExplanationConsistency:
             raise ConfigError(f"unknown map agreement {agreement!r}; use one of {AGREEMENTS}")
         if not methods:
             raise ConfigError("explanation consistency needs at least one explainer")
+        k = check_number(k, "k", low=0, high=1, low_open=True)
+        grid, batch_size = check_int(grid, "grid", low=1), check_int(batch_size, "batch_size", low=1)
+        seed = check_int(seed, "seed", low=0)
         self.model, self.reference = model, reference
         self.explainers = list(methods)
         self.methods = [m if isinstance(m, str) else m.name for m in methods]
@@ -201,22 +206,33 @@ class ExplanationConsistency:
         center = {n: float(v.median()) for n, v in comps.items()}
         scale = {n: max(1.4826 * float((v - center[n]).abs().median()), 1e-6) for n, v in comps.items()}
         self.calibration = Calibration(center, scale, 0.0, fpr, torch.empty(0))
-        clean = self._combine(comps)
+        clean = self.combine(comps)
         self.calibration.threshold = float(torch.quantile(clean, 1 - fpr))
         self.calibration.clean_scores = clean
         return self
 
-    def _combine(self, comps: dict[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, scores: dict[str, torch.Tensor], components: Sequence[str] | None = None,
+                two_sided: bool | None = None) -> torch.Tensor:
+        """The combined score ``(B,)`` of already computed component ``scores`` (from :meth:`details`): the largest
+        calibrated robust z-score (|z| if ``two_sided``; default: the detector's setting) over ``components``
+        (default: all of :attr:`component_names`)."""
+        if self.calibration is None:
+            raise ConfigError("call fit(x_clean) before combining scores; they are calibrated on clean data")
         cal = self.calibration
-        z = torch.stack([(comps[n] - cal.center[n]) / cal.scale[n] for n in self.component_names])
-        return (z.abs() if self.two_sided else z).amax(0)
+        names = self.component_names if components is None else list(components)
+        unknown = [n for n in names if n not in cal.center]
+        if unknown or not names:
+            raise ConfigError(f"components must be a non-empty subset of {self.component_names}, got {names}")
+        z = torch.stack([(scores[n] - cal.center[n]) / cal.scale[n] for n in names])
+        two_sided = self.two_sided if two_sided is None else two_sided
+        return (z.abs() if two_sided else z).amax(0)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Combined score ``(B,)``: the largest robust z-score (or |z| if ``two_sided``) over the components
         (higher = more suspicious)."""
         if self.calibration is None:
             raise ConfigError("call fit(x_clean) before score(); the scores are calibrated on clean data")
-        return self._combine(self.components(x))
+        return self.combine(self.components(x))
 
     def detect(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean ``(B,)``: score above the clean-calibrated threshold."""
@@ -230,8 +246,7 @@ class ExplanationConsistency:
             raise ConfigError("call fit(x_clean) on held-out clean data before evaluate()")
         clean, trig = self.details(x_clean), self.details(x_triggered)
         out = {f"auroc/{n}": auroc(clean[n], trig[n]) for n in clean}
-        s_clean = self._combine({n: clean[n] for n in self.component_names})
-        s_trig = self._combine({n: trig[n] for n in self.component_names})
+        s_clean, s_trig = self.combine(clean), self.combine(trig)
         out["auroc/combined"] = auroc(s_clean, s_trig)
         out["detection_rate"] = float((s_trig > self.calibration.threshold).float().mean())
         out["false_positive_rate"] = float((s_clean > self.calibration.threshold).float().mean())

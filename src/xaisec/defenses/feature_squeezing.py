@@ -21,6 +21,7 @@ percentile of benign scores (5% false positives), as in ADV²'s evaluation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -30,7 +31,8 @@ from torch import nn
 
 from ..errors import ConfigError, XaisecError
 from ..registry import Registry
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 SQUEEZERS = Registry("squeezer")
 Squeezer = Callable[[torch.Tensor], torch.Tensor]
@@ -115,7 +117,7 @@ class NonLocalMeans:
             v = getattr(self, field)
             if not isinstance(v, int) or v < 1 or v % 2 == 0:
                 raise ConfigError(f"nl_means {field} window must be a positive odd integer, got {v!r}")
-        if self.h <= 0 or self.sigma < 0:
+        if not (math.isfinite(self.h) and math.isfinite(self.sigma)) or self.h <= 0 or self.sigma < 0:
             raise ConfigError(f"nl_means needs h > 0 and sigma >= 0, got h={self.h}, sigma={self.sigma}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,6 +189,7 @@ def squeeze_consistency_loss(model: nn.Module, x: torch.Tensor, squeezers: Seque
     return squeeze_gaps(model, x, build_squeezers(squeezers)).sum(1)
 
 
+@DEFENSES.register("feature_squeezing")
 class FeatureSqueezingDetector:
     """Flags inputs whose prediction moves too much under squeezing; higher score = more suspicious.
 
@@ -196,10 +199,8 @@ class FeatureSqueezingDetector:
 
     def __init__(self, model: nn.Module, squeezers: Sequence[Any] | str | None = None, fpr: float = 0.05,
                  batch_size: int = 256):
-        if not 0 < fpr < 1:
-            raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        fpr = check_number(fpr, "fpr", low=0, high=1, low_open=True, high_open=True)
+        batch_size = check_int(batch_size, "batch_size", low=1)
         self.model, self.squeezers = model, build_squeezers(squeezers)
         self.fpr, self.batch_size = fpr, batch_size
         self.threshold: float | None = None

@@ -24,7 +24,8 @@ from ..errors import ConfigError, ModelError
 from ..explainers.base import recording
 from ..models import default_cam_layer, get_layer
 from ..train import TensorBatches, accuracy, cross_entropy, eval_mode, fit
-from ..validation import check_images, check_labels
+from ..validation import check_images, check_int, check_labels, check_number
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _mask_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
     keep = module.prune_keep
     if output.dim() != 4 or output.shape[1] != len(keep):
         raise ModelError(f"the pruned layer outputs shape {tuple(output.shape)}, but its mask has {len(keep)} channels")
-    return output * keep.view(1, -1, 1, 1).to(output.dtype)
+    return output * keep.view(1, -1, 1, 1).to(output)
 
 
 def layer_channels(model: nn.Module, layer: str) -> int:
@@ -113,6 +114,7 @@ class PruningCurve:
         return max(ok) if ok else 0.0
 
 
+@DEFENSES.register("fine_pruning")
 def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: str | None = None,
                   fractions: Sequence[float] = DEFAULT_FRACTIONS, metrics: dict[str, ModelMetric] | None = None,
                   x_rank: torch.Tensor | None = None, batch_size: int = 256, progress: bool = True) -> PruningCurve:
@@ -147,13 +149,15 @@ def pruning_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, layer: 
 
 def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, fraction: float, *,
                layer: str | None = None, epochs: int = 2, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> nn.Module:
+               progress: bool = True, flush_denormals: bool | None = None) -> nn.Module:
     """Prune ``fraction`` of ``layer``'s channels (lowest mean activation on ``x_train``), then fine-tune the
-    pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam). ``epochs=0`` only prunes.
+    pruned copy on the clean ``x_train, y_train`` with :func:`xaisec.train.fit` (Adam, subnormals flushed to zero
+    unless ``flush_denormals=False``). ``epochs=0`` only prunes.
     Returns the copy (in the original's train/eval mode); the input model is untouched."""
     check_images(x_train, "clean training images")
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"pruned fraction must lie in [0, 1), got {fraction}")
+    fraction = check_number(fraction, "pruned fraction", low=0, high=1, high_open=True)
+    epochs, batch_size = check_int(epochs, "epochs", low=0), check_int(batch_size, "batch_size", low=1)
+    lr, seed = check_number(lr, "lr", low=0, low_open=True), check_int(seed, "seed", low=0)
     layer = layer or default_cam_layer(model)
     mean_act = channel_activations(model, x_train, layer, batch_size)
     order = torch.argsort(mean_act, stable=True)
@@ -163,5 +167,5 @@ def fine_prune(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, f
         params = [p for p in pruned.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         fit(pruned, TensorBatches(x_train, y_train, batch_size=batch_size, seed=seed), cross_entropy, opt, epochs,
-            progress=progress, desc="fine-tune")
+            progress=progress, desc="fine-tune", flush_denormals=flush_denormals)
     return pruned

@@ -18,9 +18,11 @@ from ..errors import ConfigError, XaisecError
 from ..explainers import Explainer
 from ..maps import MapPostprocess, distance, topk_iou
 from ..train import eval_mode
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 
+@DEFENSES.register("interpreter_ensemble")
 class InterpreterEnsembleDetector:
     """``explainers``: {name: Explainer} (at least two) of the same ``model``; ``post``: one map post-processing
     for all or one per member (maps must end up on comparable [0,1] scales); higher score = more suspicious."""
@@ -32,8 +34,9 @@ class InterpreterEnsembleDetector:
             raise ConfigError(f"an interpreter ensemble needs at least two interpreters, got {list(explainers)}")
         if metric not in ("l1", "iou"):
             raise ConfigError(f"unknown disagreement metric {metric!r}; use 'l1' or 'iou'")
-        if not 0 < fpr < 1:
-            raise ConfigError(f"fpr must be in (0, 1), got {fpr}")
+        fpr = check_number(fpr, "fpr", low=0, high=1, low_open=True, high_open=True)
+        k = check_number(k, "k (top-k pixels: a fraction < 1 or a count)", low=0, low_open=True)
+        batch_size = check_int(batch_size, "batch_size", low=1)
         posts = post if isinstance(post, Mapping) else {n: post for n in explainers}
         missing = [n for n in explainers if n not in posts]
         if missing:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -24,11 +25,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, DataError
+from .. import numerics
+from ..errors import DataError
 from ..train import eval_mode
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number, match_model_dtype, model_logits
+from .registry import DEFENSES
 
 log = logging.getLogger(__name__)
+
+
+class PartialAnalysisWarning(UserWarning):
+    """A defense analysed only part of what it could (e.g. Neural Cleanse on the first classes only)."""
 
 MAD_CONSISTENCY = 1.4826
 
@@ -77,6 +84,13 @@ class NeuralCleanseResult:
     found: list[bool] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early_by_deadline: bool = False
+    #: the model's number of classes; larger than ``len(masks)`` when only the first classes were analysed
+    model_classes: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        """True when only some of the model's classes were analysed (``num_classes`` < the model's classes)."""
+        return self.model_classes is not None and self.model_classes > len(self.masks)
 
     @property
     def suspect_class(self) -> int:
@@ -93,7 +107,8 @@ class NeuralCleanseResult:
                 "anomaly_index": self.anomaly_index.tolist(), "flagged_classes": self.flagged,
                 "model_anomaly_index": self.model_anomaly_index, "threshold": self.threshold,
                 "suspect_class": self.suspect_class, "epochs_run": self.epochs_run, "trigger_found": self.found,
-                "seconds": self.seconds, "stopped_by_deadline": self.stopped_early_by_deadline}
+                "seconds": self.seconds, "stopped_by_deadline": self.stopped_early_by_deadline,
+                "classes_analysed": len(self.masks), "model_classes": self.model_classes, "partial": self.partial}
 
 
 def _to_raw(v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -156,27 +171,48 @@ class _CostSchedule:
         return improved
 
 
+@DEFENSES.register("neural_cleanse")
 def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = None, *,
                    epochs: int = 40, batch_size: int = 32, lr: float = 0.1, init_cost: float = 1e-3,
                    success_threshold: float = 0.99, patience: int = 5, cost_multiplier: float = 1.5,
                    early_stop_patience: int = 10, threshold: float = 2.0, steps_per_epoch: int | None = None,
                    max_batch: int = 1024,
-                   deadline: float | None = None, seed: int = 0, progress: bool = True) -> NeuralCleanseResult:
+                   deadline: float | None = None, seed: int = 0, progress: bool = True,
+                   flush_denormals: bool | None = None) -> NeuralCleanseResult:
     """Reverse-engineer one trigger per class on the clean images ``x`` (N,C,H,W) in [0,1].
 
     An epoch is one pass over ``x`` in mini-batches of ``batch_size`` images (each image stamped with all K
     candidate triggers, chunked so at most ``max_batch`` images go through the model at once). The reference
     code runs up to 1000 epochs; 40 with early stopping is enough for small images and keeps an audit in budget.
     ``deadline`` (a ``time.monotonic()`` value) stops early; the best triggers found so far are returned and
-    ``stopped_early_by_deadline`` says so. The model is used in eval mode and left as found.
+    ``stopped_early_by_deadline`` says so. The model is used in eval mode and left as found. ``flush_denormals``:
+    subnormal floats are flushed to zero during the optimisation (:func:`xaisec.numerics.flush_denormals`).
     """
     check_images(x, "clean images")
-    if epochs < 1 or batch_size < 1 or lr <= 0 or init_cost <= 0 or patience < 1:
-        raise ConfigError("neural_cleanse needs epochs, batch_size, patience >= 1 and lr, init_cost > 0")
+    epochs, batch_size = check_int(epochs, "epochs", low=1), check_int(batch_size, "batch_size", low=1)
+    patience = check_int(patience, "patience", low=1)
+    early_stop_patience = check_int(early_stop_patience, "early_stop_patience", low=1)
+    max_batch, seed = check_int(max_batch, "max_batch", low=1), check_int(seed, "seed", low=0)
+    if steps_per_epoch is not None:
+        steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", low=1)
+    lr = check_number(lr, "lr", low=0, low_open=True)
+    init_cost = check_number(init_cost, "init_cost", low=0, low_open=True)
+    success_threshold = check_number(success_threshold, "success_threshold", low=0, low_open=True, high=1)
+    cost_multiplier = check_number(cost_multiplier, "cost_multiplier", low=1, low_open=True)
+    threshold = check_number(threshold, "threshold", low=0, low_open=True)
+    if deadline is not None:
+        deadline = check_number(deadline, "deadline")
     start_time = time.monotonic()
     gen = torch.Generator().manual_seed(seed)
+    x = match_model_dtype(x, model, "clean images")
     with torch.no_grad(), eval_mode(model):
-        k = int(num_classes or model(x[:1]).shape[1])
+        model_classes = int(model_logits(model, x[:1], "clean images").shape[1])
+    k = model_classes if num_classes is None else check_int(num_classes, "num_classes", low=2, high=model_classes)
+    if k < model_classes:
+        warnings.warn(f"neural_cleanse analyses only classes 0..{k - 1} of the model's {model_classes} "
+                      f"(num_classes={k}): a backdoor targeting another class cannot be found, and the anomaly "
+                      "index is computed among the analysed classes only. Leave num_classes out to analyse all.",
+                      PartialAnalysisWarning, stacklevel=2)
     c, h, w = x.shape[1:]
     dev = x.device
     mask_raw = _to_raw(torch.rand(k, 1, h, w, generator=gen)).to(dev).requires_grad_(True)
@@ -187,7 +223,7 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
     best_pattern = torch.zeros(k, c, h, w, device=dev)
     epochs_run = torch.zeros(k, dtype=torch.long)
     by_deadline = False
-    with eval_mode(model):
+    with numerics.flush_denormals(flush_denormals), eval_mode(model):
         bar = tqdm(range(epochs), desc="neural cleanse", leave=False, disable=None if progress else True)
         for _ in bar:
             active = torch.nonzero(~sched.done).flatten()
@@ -236,7 +272,9 @@ def neural_cleanse(model: nn.Module, x: torch.Tensor, num_classes: int | None = 
         idx = (~found).nonzero().flatten().to(dev)
         best_mask[idx] = _squash(mask_raw[idx])
         best_pattern[idx] = _squash(pattern_raw[idx])
-    return _finish(model, x, best_mask, best_pattern, threshold, epochs_run, found, start_time, by_deadline, max_batch)
+    result = _finish(model, x, best_mask, best_pattern, threshold, epochs_run, found, start_time, by_deadline, max_batch)
+    result.model_classes = model_classes
+    return result
 
 
 def _epoch_batches(n: int, batch_size: int, steps: int | None, gen: torch.Generator) -> list[torch.Tensor]:

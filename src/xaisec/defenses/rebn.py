@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import ModelError
 from ..train import eval_mode
 from ..validation import check_images
+from .registry import DEFENSES
 
 BATCHNORMS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -29,6 +30,7 @@ def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, BATCHNORMS) and m.track_running_stats]
 
 
+@DEFENSES.register("rebn")
 @torch.no_grad()
 def rebn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
     """A copy of ``model`` whose BatchNorm running statistics are the exact cumulative averages of the batch

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
+from ..validation import check_finite, check_number
+from .registry import DEFENSES
 
 
 def spectral_scores(reps: torch.Tensor, centered: bool = True) -> torch.Tensor:
@@ -36,6 +38,7 @@ class SpectralResult:
     cutoffs: dict[int, float]
 
 
+@DEFENSES.register("spectral_signatures")
 def spectral_signatures(reps: torch.Tensor, labels: torch.Tensor, expected_poison_fraction: float = 0.33,
                         eps_multiplier: float = 1.5, centered: bool = True) -> SpectralResult:
     """Score representations (N,D) per label (N,) and flag the top-scoring share of each class.
@@ -43,10 +46,10 @@ def spectral_signatures(reps: torch.Tensor, labels: torch.Tensor, expected_poiso
     Defaults are ART's (``expected_pp_poison=0.33``, ``eps_multiplier=1.5``); Tran et al. remove
     1.5 times the expected number of poisoned samples, as here.
     """
-    if not 0 <= expected_poison_fraction <= 1:
-        raise ConfigError(f"expected_poison_fraction must be in [0, 1], got {expected_poison_fraction}")
-    if eps_multiplier < 0:
-        raise ConfigError(f"eps_multiplier must be >= 0, got {eps_multiplier}")
+    expected_poison_fraction = check_number(expected_poison_fraction, "expected_poison_fraction", low=0, high=1)
+    eps_multiplier = check_number(eps_multiplier, "eps_multiplier", low=0)
+    if isinstance(reps, torch.Tensor):
+        check_finite(reps, "representations")
     if reps.dim() != 2:
         raise DataError(f"representations must be (N, D), got shape {tuple(reps.shape)}; flatten them first")
     labels = torch.as_tensor(labels, device=reps.device)

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, XaisecError
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
+from .registry import DEFENSES
 
 
+@DEFENSES.register("strip")
 class STRIPDetector:
     """Blend-and-measure-entropy detector for patch-trigger backdoors.
 
@@ -30,12 +32,10 @@ class STRIPDetector:
 
     def __init__(self, model: nn.Module, n: int = 100, alpha: float = 0.5, frr: float = 0.01,
                  batch_size: int = 1024, mode: str = "mean_prediction", blend: str = "alpha", seed: int = 0):
-        if n < 1 or batch_size < 1:
-            raise ConfigError(f"n and batch_size must be positive, got n={n}, batch_size={batch_size}")
-        if not 0 < alpha < 1:
-            raise ConfigError(f"alpha must be in (0, 1), got {alpha}")
-        if not 0 < frr < 1:
-            raise ConfigError(f"frr must be in (0, 1), got {frr}")
+        n, batch_size = check_int(n, "STRIP n", low=1), check_int(batch_size, "batch_size", low=1)
+        alpha = check_number(alpha, "STRIP alpha", low=0, high=1, low_open=True, high_open=True)
+        frr = check_number(frr, "STRIP frr", low=0, high=1, low_open=True, high_open=True)
+        seed = check_int(seed, "seed", low=0)
         if mode not in ("mean_prediction", "mean_entropy"):
             raise ConfigError(f"mode must be 'mean_prediction' or 'mean_entropy', got {mode!r}")
         if blend not in ("alpha", "add"):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..validation import check_int, check_number
 
 # JPEG's luminance quantisation table (ITU-T T.81, Annex K), used for every channel
 _JPEG_LUMA = torch.tensor([
@@ -36,16 +37,15 @@ def jpeg_like(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
     """JPEG-style lossy compression without entropy coding: per channel, 8x8 block DCT, rounding with the
     luminance table scaled by ``quality`` (1-100, libjpeg's scaling), inverse DCT. Edges are padded by
     replication to a multiple of 8 and cropped back."""
-    if not 1 <= quality <= 100:
-        raise ConfigError(f"JPEG quality must be in [1, 100], got {quality}")
+    quality = check_int(quality, "JPEG quality", low=1, high=100)
     scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    q = ((_JPEG_LUMA * scale + 50) // 100).clamp(min=1).to(x.dtype) / 255.0
+    q = ((_JPEG_LUMA * scale + 50) // 100).clamp(min=1).to(device=x.device, dtype=x.dtype) / 255.0
     b, c, h, w = x.shape
     ph, pw = (-h) % 8, (-w) % 8
     xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
     hh, ww = xp.shape[-2:]
     blocks = xp.reshape(b, c, hh // 8, 8, ww // 8, 8).transpose(3, 4) - 0.5  # (b,c,nh,nw,8,8), centred
-    d = _dct_matrix().to(x.dtype)
+    d = _dct_matrix().to(device=x.device, dtype=x.dtype)
     coef = d @ blocks @ d.T
     coef = torch.round(coef / q) * q
     out = (d.T @ coef @ d + 0.5).transpose(3, 4).reshape(b, c, hh, ww)
@@ -54,8 +54,9 @@ def jpeg_like(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
 
 def gaussian_blur(x: torch.Tensor, sigma: float = 0.8) -> torch.Tensor:
     """Separable Gaussian blur (kernel radius ceil(2 sigma)), reflection padding."""
+    sigma = check_number(sigma, "blur sigma", low=0, low_open=True, high=100)
     radius = max(1, math.ceil(2 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-t**2 / (2 * sigma**2))
     g = g / g.sum()
     c = x.shape[1]
@@ -72,8 +73,8 @@ def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if abs(dy) >= h or abs(dx) >= w:
         raise ConfigError(f"shift ({dy}, {dx}) is larger than the {h}x{w} images")
-    rows = (torch.arange(h) - dy).clamp(0, h - 1)
-    cols = (torch.arange(w) - dx).clamp(0, w - 1)
+    rows = (torch.arange(h, device=x.device) - dy).clamp(0, h - 1)
+    cols = (torch.arange(w, device=x.device) - dx).clamp(0, w - 1)
     return x[..., rows, :][..., cols]
 
 
@@ -89,9 +90,14 @@ class Transform:
 def build_transform(name: str, strength: float | None = None) -> Transform:
     """``noise`` (Gaussian, std ``strength``=0.03), ``blur`` (sigma 0.8), ``jpeg`` (quality 50), ``shift``
     (2 pixels down and right; maps are shifted back), ``quantize`` (``strength``=8 grey levels)."""
+    if strength is not None and name in ("jpeg", "shift", "quantize"):
+        strength = check_int(strength, f"{name} transform strength", low={"jpeg": 1, "shift": -64, "quantize": 2}[name],
+                             high={"jpeg": 100, "shift": 64, "quantize": 65536}[name])
+    elif strength is not None:
+        strength = check_number(strength, f"{name} transform strength", low=0, low_open=name == "blur", high=100)
     if name == "noise":
         std = 0.03 if strength is None else strength
-        return Transform(name, lambda x, g: (x + std * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1))
+        return Transform(name, lambda x, g: (x + std * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device)).clamp(0, 1))
     if name == "blur":
         sigma = 0.8 if strength is None else strength
         return Transform(name, lambda x, g: gaussian_blur(x, sigma))

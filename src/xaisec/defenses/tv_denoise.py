@@ -20,8 +20,9 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
-from ..validation import check_images
+from ..validation import check_images, check_int, check_number
 from ._lbfgs import lbfgs
+from .registry import DEFENSES
 
 
 def total_variation(x: torch.Tensor, isotropic: bool = True) -> torch.Tensor:
@@ -42,20 +43,24 @@ def _divergence(p: torch.Tensor) -> torch.Tensor:
     return d
 
 
+#: TV weights below this change no pixel of a [0,1] image by more than float32 rounding
+NEGLIGIBLE_WEIGHT = 1e-12
+
+
+@DEFENSES.register("tv_chambolle")
 def tv_chambolle(x: torch.Tensor, weight: float = 0.1, n_iter: int = 100, *,
                  differentiable: bool = False) -> torch.Tensor:
     """ROF denoising by Chambolle's projection algorithm, per channel (B,C,H,W) -> (B,C,H,W).
 
-    ``weight`` is the TV strength (larger = smoother; 0 returns ``x``); ``n_iter`` fixed iterations
+    ``weight`` is the TV strength (larger = smoother; 0, or below ``NEGLIGIBLE_WEIGHT``, returns ``x``);
+    ``n_iter`` fixed iterations
     (skimage's ``max_num_iter`` with its early stop disabled). With ``differentiable=True`` the
     iterations are recorded by autograd (memory grows with ``n_iter``).
     """
     check_images(x)
-    if weight < 0:
-        raise ConfigError(f"TV weight must be >= 0, got {weight}")
-    if not isinstance(n_iter, int) or n_iter < 1:
-        raise ConfigError(f"n_iter must be a positive integer, got {n_iter!r}")
-    if weight == 0:
+    weight = check_number(weight, "TV weight", low=0)
+    n_iter = check_int(n_iter, "n_iter", low=1, high=1_000_000)
+    if weight < NEGLIGIBLE_WEIGHT:  # changes below float precision; tau / weight would overflow to inf
         return x.clone()
     tau = 0.25  # 1 / (2 * ndim): the step that skimage uses and Chambolle reports as convergent in practice
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
@@ -150,6 +155,7 @@ def art_tv_objective(z: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, norm:
     return f, der1 + lamb * der2
 
 
+@DEFENSES.register("total_var_min")
 def total_var_min(x: torch.Tensor, prob: float = 0.3, norm: int = 2, lamb: float = 0.5, max_iter: int = 10, *,
                   mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
                   clip: bool = True) -> torch.Tensor:

@@ -7,31 +7,38 @@ import torch
 
 from ..explainers import Explainer
 from ..maps import MapPostprocess, distance
-from ..train import eval_mode
+from ..models import model_device
+from ..train import eval_mode, predict
 from .metrics import map_metrics, perturbation_metrics, prediction_metrics
 
 
-def in_batches(fn: Callable[..., torch.Tensor], batch_size: int, *tensors: torch.Tensor, **kwargs) -> torch.Tensor:
-    """``fn`` over aligned chunks of ``tensors`` (dict kwargs of tensors are chunked alongside), concatenated."""
+def in_batches(fn: Callable[..., torch.Tensor], batch_size: int, *tensors: torch.Tensor,
+               device: torch.device | None = None, **kwargs) -> torch.Tensor:
+    """``fn`` over aligned chunks of ``tensors`` (dict kwargs of tensors are chunked alongside), concatenated.
+    With ``device`` each chunk is moved there (data stays on the host) and each result comes back."""
     n = len(tensors[0])
+    home = tensors[0].device
+    move = (lambda t: t) if device is None else (lambda t: t.to(device, non_blocking=True))  # noqa: E731
     outs = []
     for start in range(0, n, batch_size):
-        part = [t[start:start + batch_size] for t in tensors]
-        kw = {k: ({n_: v_[start:start + batch_size] for n_, v_ in v.items()} if isinstance(v, dict) else v)
+        part = [move(t[start:start + batch_size]) for t in tensors]
+        kw = {k: ({n_: move(v_[start:start + batch_size]) for n_, v_ in v.items()} if isinstance(v, dict) else v)
               for k, v in kwargs.items()}
-        outs.append(fn(*part, **kw))
+        outs.append(fn(*part, **kw).to(home))
     return torch.cat(outs)
 
 
 def explain_batches(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Raw maps (N,1,H,W) of ``explainer`` for classes ``target``, in batches, model in eval mode."""
+    """Raw maps (N,1,H,W) of ``explainer`` for classes ``target``, in batches on the model's device, model in eval
+    mode; returned where ``x`` is."""
     with eval_mode(explainer.model):
-        return in_batches(lambda xb, tb: explainer(xb, tb).maps.detach(), batch_size, x, target)
+        return in_batches(lambda xb, tb: explainer(xb, tb).maps.detach(), batch_size, x, target,
+                          device=model_device(explainer.model))
 
 
-def logits_of(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(xb) for xb in x.split(batch_size)])
+def logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """:func:`~xaisec.train.predict` in chunks on the model's device; logits (N,K) returned where ``x`` is."""
+    return in_batches(lambda xb: predict(model, xb, batch_size), batch_size, x, device=model_device(model))
 
 
 def attack_report(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y_target: torch.Tensor,
@@ -39,7 +46,7 @@ def attack_report(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, 
                   targets: Mapping[str, torch.Tensor], posts: Mapping[str, MapPostprocess], ks) -> dict:
     """ASR, confidence, perturbation size and, per interpreter, map metrics vs the benign and the target maps
     (after that interpreter's post-processing ``posts[name]``)."""
-    out = {**prediction_metrics(logits_of(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
+    out = {**prediction_metrics(logits(model, x_adv), y_target), **perturbation_metrics(x, x_adv)}
     out["maps"] = {name: {"vs_benign": map_metrics(m, benign[name], posts[name], ks),
                           "vs_target": map_metrics(m, targets[name], posts[name], ks)} for name, m in maps.items()}
     return out

@@ -1,52 +1,16 @@
-"""Figures of the adv2 experiment: benign / plain / ADV2 inputs and maps side by side (the paper's Figure 4),
-L1 per interpreter (Figure 5) and top-k IoU curves (Figure 6)."""
+"""The adv2 experiment's plots: L1 per interpreter (the paper's Figure 5) and top-k IoU curves (Figure 6).
+Image and map grids (Figure 4) use the shared :func:`xaisec.report.panels.map_grid`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
-from ..maps import normalize  # noqa: E402
-from ..report.figures import save_figure, to_display  # noqa: E402
-
-
-def comparison_figure(images: Mapping[str, torch.Tensor], maps: Mapping[str, torch.Tensor], path: str | Path,
-                      row_labels: Sequence[str] = (), title: str = "", minmax: bool = True) -> Path:
-    """One row per image: for each column (e.g. benign / PGD / ADV2) the input and its map, then extra maps
-    (e.g. the target). ``images`` {column: (N,C,H,W)}; ``maps`` {column: (N,1,H,W)} (columns without an image
-    show the map alone). Maps are min-max scaled per map, or shown as they are on [0,1] (``minmax=False``)."""
-    columns = list(dict.fromkeys([*images, *maps]))
-    n = len(next(iter(maps.values())))
-    layout = []
-    for c in columns:
-        if c in images:
-            layout.append((c, "image"))
-        if c in maps:
-            layout.append((c, "map"))
-    fig, axes = plt.subplots(n, len(layout), figsize=(1.35 * len(layout), 1.35 * n + 0.4), squeeze=False)
-    shown = {c: (normalize(m.detach().float().cpu()) if minmax else m.detach().float().cpu()) for c, m in maps.items()}
-    for i in range(n):
-        for j, (c, kind) in enumerate(layout):
-            ax = axes[i, j]
-            if kind == "image":
-                ax.imshow(to_display(images[c][i]), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(shown[c][i, 0].numpy(), cmap="jet", vmin=0, vmax=1)
-            if i == 0:
-                ax.set_title(f"{c}" if kind == "image" else f"{c} map", fontsize=7)
-            if j == 0 and i < len(row_labels):
-                ax.set_ylabel(row_labels[i], fontsize=6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, Path(path))
+from ..report.figures import save_figure  # noqa: E402
 
 
 def iou_figure(curves: Mapping[str, Mapping[str, Mapping[float, float]]], path: str | Path, title: str) -> Path:

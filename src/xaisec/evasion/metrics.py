@@ -3,6 +3,11 @@
 Maps are compared after one post-processing (:class:`~xaisec.maps.MapPostprocess`, min-max per map), with
 L1/(H*W) and L2/sqrt(H*W) distances (the reference code's conventions) and the IoU of the top-k pixels for a
 sweep of k (the paper's Figure 6). Every function returns plain floats for ``metrics.json``.
+
+:func:`adv2_l1`, :func:`adv2_l2` and :func:`adv2_iou` are those definitions as pure per-pair functions on raw maps
+(min-max per map first, as the released code): ``map_metrics`` with ``MapPostprocess(norm="minmax")`` gives their
+means. The paper's IoU keeps each map's top-k pixels (the non-zero dimensions O(m) of the thresholded map) and
+compares the two sets; ties at the k-th value are broken by position.
 """
 from __future__ import annotations
 
@@ -23,6 +28,23 @@ def prediction_metrics(logits: torch.Tensor, y_target: torch.Tensor) -> dict[str
     """``asr`` (fraction classified as the target) and ``confidence`` (mean softmax of the target class)."""
     conf = F.softmax(logits.detach().float(), 1).gather(1, y_target[:, None])[:, 0]
     return {"asr": success(logits, y_target).float().mean().item(), "confidence": conf.mean().item()}
+
+
+def adv2_l1(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: sum |a - b| / (H*W) of the min-max scaled maps (ADV2's L1 measure, in [0,1])."""
+    post = MapPostprocess()
+    return distance(post(maps), post(reference), "l1")
+
+
+def adv2_l2(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: sqrt(sum (a - b)^2) / sqrt(H*W) of the min-max scaled maps (ADV2's L2 measure, in [0,1])."""
+    post = MapPostprocess()
+    return distance(post(maps), post(reference), "l2")
+
+
+def adv2_iou(maps: torch.Tensor, reference: torch.Tensor, k: float | int) -> torch.Tensor:
+    """``(B,)``: |O(a) ∩ O(b)| / |O(a) ∪ O(b)| with O the top-``k`` pixels of a map (``k`` < 1: a fraction)."""
+    return topk_iou(maps, reference, k)
 
 
 def map_metrics(maps: torch.Tensor, reference: torch.Tensor, post: MapPostprocess,

@@ -1,147 +1,253 @@
-"""Figures and ``report.html`` of an adv2 run: Tables 3, 4 and 9 and Figures 4-6 of Zhang et al. (2020).
+"""``report.html`` of an adv2 run, rebuilt from the run directory alone (no model, no data): Tables 3, 4 and 9
+and Figures 4-6 of Zhang et al., "Interpretable Deep Learning under Fire" (USENIX Security 2020).
 
-:func:`make_figures` needs the run's tensors (it runs at the end of the run); :func:`build_report` needs only the
-run directory (``metrics.json``, ``config.yaml``, ``figures/``), so ``xaisec report RUN_DIR`` rebuilds it.
+Reads ``config.yaml``, ``metrics.json``, ``environment.json`` and the stage artifacts ``attack_set``, ``pgd``,
+``stadv`` and ``rts_adversarial`` (``.safetensors``); draws the figures into ``figures/`` and writes one
+self-contained HTML file.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from ..errors import DataError
 from ..io import atomic_write_text
-from ..maps import MapPostprocess
-from ..report.html import image, page, paragraph, section, table
-from .figures import comparison_figure, iou_figure, l1_figure
+from ..records import Metric
+from ..report import html as H
+from ..report.panels import map_grid
+from ..runs.rundir import RunDir
+from .figures import iou_figure, l1_figure
+
+ARROWS = {"higher": "↑ higher", "lower": "↓ lower", "none": "–"}
+FAMILIES = (("pgd", "PGD"), ("stadv", "StAdv"))
 
 
-def _ious(m: dict) -> dict[float, float]:
-    return {float(k.split("@")[1]): v for k, v in m.items() if k.startswith("iou@")}
+def _f(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def make_figures(s, metrics: dict) -> list[Path]:
-    """Per interpreter: benign / plain / ADV2 inputs and maps with the target map (PNG); RTS vs RTS^A; IoU and L1."""
-    cfg, n = s.cfg, min(s.cfg.figure_images, len(s.x))
-    fig_dir = s.run_dir / "figures"
-    labels = [f"{s.data.class_names[int(a)]}->{s.data.class_names[int(b)]}" for a, b in zip(s.y[:n], s.y_target[:n])]
-    shown = lambda name, m: MapPostprocess(norm=s.posts[name].norm)(m[:n])  # noqa: E731  (as compared, unpooled)
-    paths = []
-    for family in ("pgd", "stadv"):
-        for name in cfg.interpreters:
+class _Metrics:
+    """Flat records with lookup by key parts (missing keys read as None)."""
+
+    def __init__(self, records: dict[str, Metric]):
+        self.records = records
+
+    def __call__(self, *parts: str) -> float | None:
+        m = self.records.get("/".join(parts))
+        return None if m is None else m.value
+
+    def ious(self, prefix: str) -> dict[float, float]:
+        head = f"{prefix}/vs_target/iou@"
+        return {float(k[len(head):]): m.value for k, m in self.records.items() if k.startswith(head)}
+
+
+def _artifacts(rd: RunDir) -> dict[str, Any]:
+    from ..runs.adv2 import AttackSet, Attacks
+
+    out: dict[str, Any] = {}
+    for name, cls in (("attack_set", AttackSet), ("pgd", Attacks), ("stadv", Attacks), ("rts_adversarial", Attacks)):
+        path = rd / f"{name}.safetensors"
+        if path.is_file():
+            out[name] = cls.load(path)
+    if "attack_set" not in out or "pgd" not in out:
+        raise DataError(f"{rd.path} has no attack_set/pgd artifacts; finish the run with `xaisec run --resume {rd.path}`")
+    return out
+
+
+def draw_figures(rd: RunDir, m: _Metrics, context: dict[str, Any]) -> dict[str, Path]:
+    """Figure 4 (per family and interpreter), RTS vs RTS^A, Figure 6 (IoU) and Figure 5 (L1) from the artifacts."""
+    art, names = _artifacts(rd), context["interpreters"]
+    s = art["attack_set"]
+    pgd = art["pgd"]
+    n = min(len(s.x), *(len(maps) for a in pgd.maps.values() for maps in a.values()))
+    classes = context.get("class_names") or []
+    label = lambda i: classes[i] if i < len(classes) else str(i)  # noqa: E731
+    rows = [f"{label(int(a))}->{label(int(b))}" for a, b in zip(s.y[:n], s.y_target[:n])]
+    x = s.x[:n]
+    figs: dict[str, Path] = {}
+    for family, title in FAMILIES:
+        if family not in art:
+            continue
+        a = art[family]
+        for name in names:
             key = f"adv2_{family}-{name}"
-            if key not in s.adv:
+            if key not in a.x_adv:
                 continue
-            plain = s.maps_cache[family].get(name)
-            images = {"benign": s.x[:n], family.upper(): s.adv[family][:n], "ADV2": s.adv[key][:n]}
-            maps = {"benign": shown(name, s.benign[name]), "ADV2": shown(name, s.maps_cache[key][name]),
-                    "target": shown(name, s.targets[name])}
+            plain = a.maps.get(family, {}).get(name)
+            cols = [("benign", x, None), ("benign map", x, s.benign[name][:n])]
             if plain is not None:
-                maps[family.upper()] = shown(name, plain)
-            paths.append(comparison_figure(images, maps, fig_dir / f"{key}.png", labels,
-                                           f"{cfg.dataset}: {family.upper()} and {family.upper()}-based ADV2 against "
-                                           f"{name} (target maps: {cfg.target})", minmax=False))
-    if "adv2_pgd-rts_adv" in s.adv:
-        paths.append(comparison_figure(
-            {"benign": s.x[:n], "ADV2 vs RTS": s.adv["adv2_pgd-rts"][:n], "ADV2 vs RTS^A": s.adv["adv2_pgd-rts_adv"][:n]},
-            {"benign": shown("rts", s.benign["rts"]), "ADV2 vs RTS": shown("rts", s.maps_cache["adv2_pgd-rts"]["rts"]),
-             "ADV2 vs RTS^A": shown("rts", s.maps_cache["adv2_pgd-rts_adv"]["rts"]),
-             "RTS^A target": shown("rts", s.rts_adv_maps["target"])},
-            fig_dir / "rts_vs_rts_adv.png", labels, f"{cfg.dataset}: ADV2 against RTS and adversarially trained RTS^A",
-            minmax=False))
-    curves = {name: {"PGD": _ious(metrics["pgd"]["maps"][name]["vs_target"]),
-                     "ADV2": _ious(metrics["adv2_pgd"][name]["maps"][name]["vs_target"])} for name in cfg.interpreters}
-    paths.append(iou_figure(curves, fig_dir / "iou_vs_target.png", f"{cfg.dataset}: top-k IoU with the target maps"))
-    bars = {"PGD": {n_: metrics["pgd"]["maps"][n_]["vs_target"]["l1"] for n_ in cfg.interpreters},
-            "ADV2": {n_: metrics["adv2_pgd"][n_]["maps"][n_]["vs_target"]["l1"] for n_ in cfg.interpreters}}
-    paths.append(l1_figure(bars, fig_dir / "l1_vs_target.png", f"{cfg.dataset}: L1 distance to the target maps"))
-    return paths
+                cols.append((f"{title} map", a.x_adv[family][:n], plain[:n]))
+            cols += [("ADV2 input", a.x_adv[key][:n], None), ("ADV2 map", a.x_adv[key][:n], a.maps[key][name][:n]),
+                     ("target map", x, s.targets[name][:n])]
+            figs[key] = map_grid(cols, rd.figures / f"{key}.png", rows,
+                                 f"{title} and {title}-based ADV2 against {name} (target maps: {context['target']})")
+    if "rts_adversarial" in art:
+        r = art["rts_adversarial"]
+        for name in (k[len("adv2_pgd-"):-len("_adv")] for k in r.x_adv if k.startswith("adv2_pgd-")):
+            key = f"adv2_pgd-{name}_adv"
+            cols = [("benign", x, s.benign[name][:n]),
+                    (f"ADV2 vs {name}", pgd.x_adv[f"adv2_pgd-{name}"][:n], pgd.maps[f"adv2_pgd-{name}"][name][:n]),
+                    (f"ADV2 vs {name}^A", r.x_adv[key][:n], r.maps[key][name][:n]),
+                    (f"{name}^A target", x, r.maps[f"target-{name}_adv"][name][:n])]
+            figs[f"{name}_vs_{name}_adv"] = map_grid(cols, rd.figures / f"{name}_vs_{name}_adv.png", rows,
+                                                     f"ADV2 against {name} and adversarially trained {name}^A")
+    curves = {name: {"PGD": m.ious(f"pgd/{name}"), "ADV2": m.ious(f"adv2_pgd/{name}")} for name in names}
+    figs["iou"] = iou_figure(curves, rd.figures / "iou_vs_target.png", "top-k IoU with the target maps")
+    bars = {"PGD": {name: m("pgd", name, "vs_target", "l1") for name in names},
+            "ADV2": {name: m("adv2_pgd", name, "vs_target", "l1") for name in names}}
+    figs["l1"] = l1_figure(bars, rd.figures / "l1_vs_target.png", "L1 distance to the target maps")
+    return figs
 
 
-def _f(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _attack_table(metrics: dict, names, k: str = "iou@0.2") -> str:
+def _attack_table(m: _Metrics, names: list[str], k: str = "iou@0.2") -> str:
     headers = ["attack", "interpreter", "plain ASR", "ADV2 ASR", "ADV2 conf", "plain L1 tgt", "ADV2 L1 tgt",
                f"plain {k} tgt", f"ADV2 {k} tgt", "plain L1 ben", "ADV2 L1 ben", "ADV2 Linf"]
     rows = []
-    for fam in ("pgd", "stadv"):
-        if fam not in metrics:
-            continue
-        base = metrics[fam]
+    for family, title in FAMILIES:
         for name in names:
-            adv = metrics[f"adv2_{fam}"].get(name)
-            if adv is None:
+            adv = f"adv2_{family}/{name}"
+            if m(adv, "asr") is None:
                 continue
-            pm, am = base["maps"].get(name), adv["maps"][name]
-            get = lambda m, ref, key: _f(m[ref].get(key, "")) if m else ""  # noqa: E731
-            rows.append([fam.upper(), name, _f(base["asr"]), _f(adv["asr"]), _f(adv["confidence"]),
-                         get(pm, "vs_target", "l1"), get(am, "vs_target", "l1"), get(pm, "vs_target", k),
-                         get(am, "vs_target", k), get(pm, "vs_benign", "l1"), get(am, "vs_benign", "l1"),
-                         _f(adv["linf_max"])])
-    return table(headers, rows, numeric=range(2, len(headers)))
+            rows.append([title, name, _f(m(family, "asr")), _f(m(adv, "asr")), _f(m(adv, "confidence")),
+                         _f(m(family, name, "vs_target", "l1")), _f(m(adv, "vs_target", "l1")),
+                         _f(m(family, name, "vs_target", k)), _f(m(adv, "vs_target", k)),
+                         _f(m(family, name, "vs_benign", "l1")), _f(m(adv, "vs_benign", "l1")), _f(m(adv, "linf_max"))])
+    return H.table(headers, rows, numeric=range(2, len(headers)))
 
 
-def _matrix(rows: dict) -> str:
-    cols = list(next(iter(rows.values())))
-    return table(["attack aimed at", *cols], [[src, *(_f(v[c]) for c in cols)] for src, v in rows.items()],
-                 numeric=range(1, len(cols) + 1))
+def _transfer(records: dict[str, Metric]) -> str:
+    head = "transfer/l1_vs_target/"
+    cells: dict[str, dict[str, float]] = {}
+    for key, metric in records.items():
+        if key.startswith(head):
+            row, col = key[len(head):].rsplit("/", 1)
+            cells.setdefault(row, {})[col] = metric.value
+    if not cells:
+        return ""
+    cols = list(next(iter(cells.values())))
+    order = sorted(cells, key=lambda r: (r == "PGD", r))
+    return H.section("Transferability (Table 9): L1 to each interpreter's target maps",
+                     H.table(["attack aimed at", *cols], [[r, *(_f(cells[r].get(c)) for c in cols)] for r in order],
+                             numeric=range(1, len(cols) + 1)),
+                     H.paragraph("Rows: the interpreter an ADV2 attack was aimed at; columns: the interpreter that "
+                                 "reads the inputs.", "note"))
+
+
+def _detection(m: _Metrics, records: dict[str, Metric], context: dict[str, Any], cfg: dict) -> list[str]:
+    parts: list[str] = []
+    squeezers = context.get("squeezers")
+    if squeezers:
+        head = "detection/feature_squeezing/rates/"
+        inputs = list(dict.fromkeys(k[len(head):].rsplit("/", 1)[0] for k in records if k.startswith(head)))
+        cols = [*squeezers, "joint"]
+        fpr = cfg.get("detection", {}).get("fpr", 0.05)
+        body = [H.table(["inputs", *cols], [[i, *(_f(m(head + i, q)) for q in cols)] for i in inputs],
+                        numeric=range(1, len(cols) + 1)),
+                H.paragraph(f"Detection rate per squeezer, each threshold at the {1 - fpr:.0%} quantile of "
+                            f"{cfg.get('detection', {}).get('calibration_images')} benign images; 'joint' = max gap "
+                            "with one threshold.", "note")]
+        adaptive = cfg.get("detection", {}).get("adaptive", [])
+        if adaptive:
+            body.append(H.table(["adaptive ADV2 against", "ASR", "L1 tgt", "Linf"],
+                                [[a, _f(m("detection/adaptive", a, "asr")), _f(m("detection/adaptive", a, "vs_target", "l1")),
+                                  _f(m("detection/adaptive", a, "linf_max"))] for a in adaptive], numeric=(1, 2, 3)))
+        parts.append(H.section("Feature squeezing and the adaptive attack (Table 4)", *body))
+    head = "detection/ensemble/rates/"
+    rates = [[k[len(head):], _f(r.value)] for k, r in records.items() if k.startswith(head)]
+    if rates:
+        members = ", ".join(cfg.get("detection", {}).get("ensemble", []))
+        parts.append(H.section(f"Interpreter ensemble {members} ({cfg.get('detection', {}).get('ensemble_metric')} "
+                               "disagreement)", H.table(["inputs", "flagged"], rates, numeric=(1,))))
+    return parts
+
+
+def _rts_adversarial(m: _Metrics, records: dict[str, Metric], figs: dict[str, Path]) -> list[str]:
+    names = sorted({k.split("/")[1] for k in records if k.startswith("rts_adversarial/")})
+    parts = []
+    for name in names:
+        pre = f"rts_adversarial/{name}"
+        rows = [[name, _f(m("adv2_pgd", name, "asr")), _f(m("adv2_pgd", name, "vs_target", "l1")),
+                 _f(m("adv2_pgd", name, "vs_benign", "l1"))],
+                [f"{name}^A", _f(m(pre, "adversarial", "asr")), _f(m(pre, "adversarial", "vs_target", "l1")),
+                 _f(m(pre, "adversarial", "vs_benign", "l1"))]]
+        noise_head = f"{pre}/noise/"
+        levels = list(dict.fromkeys(k[len(noise_head):].split("/")[0] for k in records if k.startswith(noise_head)))
+        noise = [[lv, *(_f(m(pre, "noise", lv, c)) for c in (name, f"{name}_adv", f"{name}_relative", f"{name}_adv_relative"))]
+                 for lv in levels]
+        parts.append(H.section(
+            f"Adversarially trained {name} ({name}^A)",
+            H.table(["ADV2 against", "ASR", "L1 tgt", "L1 ben"], rows, numeric=(1, 2, 3)),
+            H.paragraph(f"{name}^A reading the inputs crafted against {name}: L1 to its target maps "
+                        f"{_f(m(pre, 'crafted_against_plain', 'vs_target', 'l1'))}.", "note"),
+            H.table(["noise", f"{name} map change (L1)", f"{name}^A map change (L1)", f"{name} relative",
+                     f"{name}^A relative"], noise, numeric=(1, 2, 3, 4)),
+            H.image(figs.get(f"{name}_vs_{name}_adv", Path("missing.png")), f"ADV2 against {name} and {name}^A "
+                    "(each map min-max scaled, jet colour map)")))
+    return parts
+
+
+def _all_metrics(records: dict[str, Metric]) -> str:
+    rows = [[k, _f(r.value), ARROWS[r.direction], r.description] for k, r in sorted(records.items())]
+    return ("<details><summary>every metric of metrics.json</summary>"
+            + H.table(["metric", "value", "better", "what"], rows, numeric=(1,), nowrap=(0, 2)) + "</details>")
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """``report.html`` of an adv2 run from its directory (figures inlined)."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    setup, names = metrics["setup"], metrics["setup"]["interpreters"]
-    body = [section("Setup", table(["key", "value"], [[k, _f(v)] for k, v in setup.items()]),
-                    paragraph("ASR: fraction of attacked images classified as their target class; L1 = L1/(H*W) "
-                              "between post-processed maps; IoU of the top-k pixels; 'tgt' = against the target "
-                              "maps, 'ben' = against the benign maps.", "note"))]
-    body.append(section("Attack success and map distances (Table 3, Figures 5-6)", _attack_table(metrics, names),
-                        image(run_dir / "figures" / "l1_vs_target.png", "L1 distance to the target maps"),
-                        image(run_dir / "figures" / "iou_vs_target.png", "top-k IoU with the target maps")))
-    if "transfer" in metrics:
-        body.append(section("Transferability (Table 9): L1 to each interpreter's target map", _matrix(
-            metrics["transfer"]["l1_vs_target"]), paragraph("Rows: the interpreter an ADV2 attack was aimed at; "
-                                                            "columns: the interpreter that reads the inputs.", "note")))
-    det = metrics.get("detection", {})
-    if "feature_squeezing" in det:
-        fs = det["feature_squeezing"]
-        squeezers = fs["squeezers"] + ["joint"]
-        rows = [[k, *(_f(v[q]) for q in squeezers)] for k, v in fs["rates"].items()]
-        parts = [table(["inputs", *squeezers], rows, numeric=range(1, len(squeezers) + 1)),
-                 paragraph(f"Detection rate per squeezer, each threshold at the {1 - fs['fpr']:.0%} quantile of "
-                           f"{fs['calibration_images']} benign images; 'joint' = max gap with one threshold.", "note")]
-        if fs["adaptive_attack"]:
-            parts.append(table(["adaptive ADV2 against", "ASR", "L1 tgt", "Linf"],
-                               [[k, _f(v["asr"]), _f(v["maps"][k]["vs_target"]["l1"]), _f(v["linf_max"])]
-                                for k, v in fs["adaptive_attack"].items()], numeric=(1, 2, 3)))
-        body.append(section("Feature squeezing and the adaptive attack (Table 4)", *parts))
-    if "ensemble" in det:
-        e = det["ensemble"]
-        body.append(section(f"Interpreter ensemble {', '.join(e['members'])} ({e['metric']} disagreement)",
-                            table(["inputs", "flagged"], [[k, _f(v)] for k, v in e["rates"].items()], numeric=(1,))))
-    if "rts_adversarial" in metrics:
-        r = metrics["rts_adversarial"]
-        rows = [[k, _f(r[k]["asr"]), _f(r[k]["maps"]["rts"]["vs_target"]["l1"]), _f(r[k]["maps"]["rts"]["vs_benign"]["l1"])]
-                for k in ("rts", "rts_adv")]
-        noise = [[k, _f(v["rts"]), _f(v["rts_adv"]), _f(v.get("rts_relative", "")), _f(v.get("rts_adv_relative", ""))]
-                 for k, v in r["noise_sensitivity_l1"].items()]
-        body.append(section("Adversarially trained RTS (RTS^A)",
-                            table(["ADV2 against", "ASR", "L1 tgt", "L1 ben"], rows, numeric=(1, 2, 3)),
-                            table(["noise", "RTS map change (L1)", "RTS^A map change (L1)", "RTS relative",
-                                   "RTS^A relative"], noise, numeric=(1, 2, 3, 4)),
-                            image(run_dir / "figures" / "rts_vs_rts_adv.png", "ADV2 against RTS and RTS^A")))
-    figures = sorted((run_dir / "figures").glob("adv2_*.png"))
-    body.append(section("Benign, plain and ADV2 inputs with their maps (Figure 4)",
-                        *(image(p, p.stem) for p in figures)))
-    if metrics.get("images_per_second"):
-        body.append(section("Throughput (whole batches)", table(
-            ["attack", "images/s"], [[k, _f(v)] for k, v in metrics["images_per_second"].items()], numeric=(1,))))
-    path = run_dir / "report.html"
-    atomic_write_text(path, page(f"xaisec adv2: {cfg.get('name', run_dir.name)}",
-                                 f"ADV2 (Zhang et al., USENIX Security 2020) on {setup['dataset']}, target maps: "
-                                 f"{setup['target']}", body))
+    """``report.html`` (and ``figures/``) of an adv2 run from its directory alone."""
+    from ..runs.runner import read_metrics
+
+    rd = RunDir(run_dir)
+    records, context = read_metrics(rd.path)
+    cfg = rd.read_config()
+    env = rd.read_json("environment.json") if (rd / "environment.json").is_file() else {}
+    m, names = _Metrics(records), context["interpreters"]
+    figs = draw_figures(rd, m, context)
+    setup = [[k, _f(v) if not isinstance(v, (dict, list)) else json.dumps(v)] for k, v in context.items()
+             if k not in ("timing_s", "images_per_second", "class_names", "map_postprocess")]
+    setup += [[f"maps of {n}", post] for n, post in context["map_postprocess"].items()]
+    body = [H.section("Setup", H.table(["key", "value"], setup),
+                      H.paragraph("ASR: fraction of attacked images classified as their target class; L1 = L1/(H*W) "
+                                  "between post-processed maps; IoU of the top-k pixels; 'tgt' = against the target "
+                                  "maps, 'ben' = against the benign maps. Every attacked image is a correctly "
+                                  "classified test image; maps are taken for the predicted class.", "note")),
+            H.section("Attack success and map distances (Table 3, Figures 5-6)", _attack_table(m, names),
+                      H.image(figs["l1"], "L1 distance to the target maps"),
+                      H.image(figs["iou"], "top-k IoU with the target maps"))]
+    body.append(_transfer(records))
+    body += _detection(m, records, context, cfg)
+    body += _rts_adversarial(m, records, figs)
+    grids = [H.image(path, key) for key, path in figs.items() if key.startswith("adv2_")]
+    body.append(H.section("Benign, plain and ADV2 inputs with their maps (Figure 4)",
+                          H.paragraph("Each map min-max scaled and overlaid on its input (jet colour map); rows: true "
+                                      "class -> target class.", "note"), *grids))
+    if context.get("images_per_second"):
+        body.append(H.section("Throughput (whole batches)", H.table(
+            ["attack", "seconds", "images/s"], [[k, _f(context["timing_s"][k]), _f(v)]
+                                                for k, v in context["images_per_second"].items()], numeric=(1, 2))))
+    body.append(H.section("All metrics", H.paragraph("'better' is from the attacker's point of view: "
+                                                     "'higher'/'lower' is better, '–' is informative only.", "note"),
+                          _all_metrics(records)))
+    body.append(H.section("Configuration", H.pre(yaml.safe_dump(cfg, sort_keys=False))))
+    body.append(H.section("Environment", H.pre(json.dumps(env, indent=2))))
+    path = rd / "report.html"
+    atomic_write_text(path, H.page(f"ADV2: {cfg.get('name', rd.path.name)}",
+                                   f"ADV2 (Zhang et al., \"Interpretable Deep Learning under Fire\", USENIX Security "
+                                   f"2020) on {context['dataset']} · {context['arch']} · target maps: "
+                                   f"{context['target']}", body))
     return path
+
+
+def headline(records: dict[str, Metric]) -> list[str]:
+    """One line per attacked interpreter: ADV2's ASR and L1 to the target maps, next to PGD's."""
+    m = _Metrics(records)
+    names = sorted({k.split("/")[1] for k in records if k.startswith("adv2_pgd/")})
+    lines = [f"PGD: ASR {_f(m('pgd', 'asr'))}"]
+    for name in names:
+        lines.append(f"ADV2 vs {name}: ASR {_f(m('adv2_pgd', name, 'asr'))}, L1 to target "
+                     f"{_f(m('adv2_pgd', name, 'vs_target', 'l1'))} (PGD {_f(m('pgd', name, 'vs_target', 'l1'))})")
+    return lines

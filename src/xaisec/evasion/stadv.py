@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Attack, BestIterate, RampSchedule, Schedule
+from ..validation import check_int, check_number
+from .base import ATTACKS, Attack, BestIterate, RampSchedule, Schedule, objective_for
 from .objective import AttackObjective, DetectorTerm, InterpreterTerm
 
 
@@ -40,19 +41,24 @@ def flow_loss(flow: torch.Tensor) -> torch.Tensor:
             + torch.sqrt(dy.pow(2).sum(1) + 1e-8).flatten(1).sum(1))
 
 
+@ATTACKS.register("stadv")
 class StAdv(Attack):
     """StAdv: Adam (``lr``) on the flow for ``steps`` iterations, flow smoothness weight ``tau``; flow initialised at
-    ``init * (U(0,1) - 0.5)`` from ``seed`` (the reference code's 0.2) and clipped to ``max_flow`` pixels if given."""
+    ``init * (U(0,1) - 0.5)`` from ``seed`` (the reference code's 0.2) and clipped to ``max_flow`` pixels if given.
+    Targeted by default; ``targeted=False`` moves away from the given true classes (see :class:`PGD`)."""
 
     name = "stadv"
 
     def __init__(self, model: nn.Module, objective: AttackObjective | None = None, tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 300, init: float = 0.2, max_flow: float | None = None,
-                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True):
-        super().__init__(model, objective, steps, schedule, keep_best)
-        if tau < 0 or lr <= 0 or init < 0 or (max_flow is not None and max_flow <= 0):
-            raise ConfigError(f"StAdv needs tau >= 0, lr > 0, init >= 0 and max_flow > 0; got tau={tau}, lr={lr}, "
-                              f"init={init}, max_flow={max_flow}")
+                 seed: int = 0, schedule: Schedule | None = None, keep_best: bool = True, targeted: bool | None = None,
+                 flush_denormals: bool | None = None):
+        super().__init__(model, objective_for(model, objective, targeted), steps, schedule, keep_best, flush_denormals)
+        tau, lr = check_number(tau, "StAdv tau", low=0), check_number(lr, "StAdv lr", low=0, low_open=True)
+        init = check_number(init, "StAdv init", low=0)
+        if max_flow is not None:
+            max_flow = check_number(max_flow, "StAdv max_flow", low=0, low_open=True)
+        seed = check_int(seed, "StAdv seed", low=0)
         self.tau, self.lr, self.init, self.max_flow, self.seed = tau, lr, init, max_flow, seed
         self.last_flow: torch.Tensor | None = None
 
@@ -65,7 +71,7 @@ class StAdv(Attack):
         flow = self._clip(self.init * (torch.rand((b, 2, h, w), generator=gen, dtype=x0.dtype) - 0.5)).to(x0.device)
         flow.requires_grad_(True)
         opt = torch.optim.Adam([flow], lr=self.lr)
-        best = BestIterate(x0)
+        best = BestIterate(x0, self.targeted)
         best_flow = flow.detach().clone()
         for i in range(self.steps):
             x = warp(x0, flow)
@@ -96,6 +102,7 @@ class StAdv(Attack):
             raise RuntimeError("StAdv exceeded max_flow: this is a bug in xaisec")
 
 
+@ATTACKS.register("adv2_stadv")
 class Adv2StAdv(StAdv):
     """StAdv-based ADV2: ``warmup`` Adam steps on the classifier term, then ``l_prd + c * l_int`` with c ramped,
     always plus ``tau * L_flow`` (reference: tau = 5e-4 for CAM, 2e-3 for RTS)."""
@@ -105,9 +112,11 @@ class Adv2StAdv(StAdv):
     def __init__(self, model: nn.Module, interpreters: Sequence[InterpreterTerm], tau: float = 5e-4,
                  lr: float = 0.01, steps: int = 600, warmup: int = 200, c: float = 5.0, c_end: float | None = None,
                  init: float = 0.2, max_flow: float | None = None, prd: str = "ce", label_smoothing: float = 0.0,
-                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0):
+                 detector: DetectorTerm | None = None, detector_weight: float = 0.0, seed: int = 0,
+                 flush_denormals: bool | None = None):
         if not interpreters:
             raise ConfigError("ADV2 needs at least one interpreter to attack; use StAdv for the plain attack")
         objective = AttackObjective(model, interpreters, prd, label_smoothing, detector=detector,
                                     detector_weight=detector_weight)
-        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end))
+        super().__init__(model, objective, tau, lr, steps, init, max_flow, seed, RampSchedule(warmup, steps, c, c_end),
+                         flush_denormals=flush_denormals)

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Sequence
@@ -13,19 +14,15 @@ import torch
 from torch import nn
 
 from ..errors import XaisecError
-from ..registry import Registry
-from ..validation import check_images
-from .base import Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
+from ..train import batchnorm_stats_kept
+from ..validation import check_images, match_model_dtype
+from .base import EXPLAINERS, Explainer, Explanation, PassRequest, SinglePassExplainer, recording, run_pass
 from .cam import CAM, GradCAM, GradCAMPlusPlus
-from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad
+from .gradient import GradientShap, InputXGradient, IntegratedGradients, SimpleGrad, SmoothGrad, draw_background
 from .mask import MaskState, MeaningfulPerturbation
-from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet
+from .rts import FeatureSaliencyNet, RealTimeSaliency, SaliencyNet, encoder_prototypes
 from .vbp import VisualBackProp
 
-EXPLAINERS = Registry("explainer")
-for _cls in (GradCAM, GradCAMPlusPlus, CAM, SimpleGrad, InputXGradient, IntegratedGradients, SmoothGrad,
-             GradientShap, VisualBackProp, MeaningfulPerturbation, RealTimeSaliency):
-    EXPLAINERS.register(_cls.name)(_cls)
 
 
 def build(name: str | Explainer, model: nn.Module, layer: str | None = None, **options) -> Explainer:
@@ -38,10 +35,7 @@ def build(name: str | Explainer, model: nn.Module, layer: str | None = None, **o
         if "layer" not in params:
             raise XaisecError(f"explainer {name!r} does not take a layer; drop layer={layer!r}")
         options["layer"] = layer
-    unknown = [k for k in options if k not in params and not any(p.kind == p.VAR_KEYWORD for p in params.values())]
-    if unknown:
-        allowed = [p for p in params if p not in ("self", "model")]
-        raise XaisecError(f"explainer {name!r} has no option(s) {unknown}; its options are {allowed}")
+    EXPLAINERS.check_options(name, options, given=("model",))
     return cls(model, **options)
 
 
@@ -54,11 +48,15 @@ class JointExplanation:
 
 
 def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequence[str | Explainer] = ("gradcam",),
-                *, create_graph: bool = False, options: dict[str, dict] | None = None) -> JointExplanation:
+                *, create_graph: bool = False, options: dict[str, dict] | None = None,
+                keep_batchnorm_stats: bool = True) -> JointExplanation:
     """Maps of several methods for one batch. All single-pass methods share one forward pass and at most
     one backward pass; multi-sample methods (ig, smoothgrad, gradshap) run their own batched passes.
 
     ``options`` maps a method name to its constructor options, e.g. ``{"gradcam": {"layer": "features.3"}}``.
+    Train-mode BatchNorm layers keep their running statistics unless ``keep_batchnorm_stats=False`` (training
+    objectives, whose explained forward pass is the training pass). ``x`` of another float dtype than the model's
+    is cast to it, with a warning.
     """
     options = options or {}
     unknown = set(options) - {m if isinstance(m, str) else m.name for m in methods}
@@ -69,6 +67,17 @@ def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequenc
     if not explainers:
         raise XaisecError("explain needs at least one method")
     check_images(x, allow_flat=not any(e.needs_images for e in explainers.values()))
+    x = match_model_dtype(x, model)
+    with torch.enable_grad(), (batchnorm_stats_kept(model) if keep_batchnorm_stats else contextlib.nullcontext()):
+        # explainers differentiate, also when called under torch.no_grad()
+        logits, maps = _joint_maps(model, x, target, explainers, create_graph)
+    if not create_graph:
+        logits, maps = logits.detach(), {n: m.detach() for n, m in maps.items()}
+    return JointExplanation(logits, maps)
+
+
+def _joint_maps(model: nn.Module, x: torch.Tensor, target, explainers: dict[str, Explainer], create_graph: bool
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     shared = {n: e for n, e in explainers.items() if isinstance(e, SinglePassExplainer)}
     maps: dict[str, torch.Tensor] = {}
     logits = None
@@ -84,10 +93,7 @@ def explain_all(model: nn.Module, x: torch.Tensor, target=None, methods: Sequenc
             out = e._explain(x, target, create_graph)
             logits = out.logits if logits is None else logits
             maps[name] = out.maps
-    maps = {n: maps[n] for n in explainers}  # caller's order
-    if not create_graph:
-        logits, maps = logits.detach(), {n: m.detach() for n, m in maps.items()}
-    return JointExplanation(logits, maps)
+    return logits, {n: maps[n] for n in explainers}  # caller's order
 
 
 def explain(model: nn.Module, x: torch.Tensor, target=None, methods: Sequence[str | Explainer] = ("gradcam",),
@@ -103,4 +109,5 @@ def list_explainers() -> list[str]:
 __all__ = ["CAM", "EXPLAINERS", "Explainer", "Explanation", "GradCAM", "GradCAMPlusPlus", "GradientShap",
            "InputXGradient", "IntegratedGradients", "JointExplanation", "MaskState", "MeaningfulPerturbation",
            "FeatureSaliencyNet", "RealTimeSaliency", "SaliencyNet", "SimpleGrad", "SmoothGrad", "VisualBackProp",
-           "build", "explain", "explain_all", "list_explainers", "recording", "run_pass"]
+           "build", "draw_background", "encoder_prototypes", "explain", "explain_all", "list_explainers", "recording",
+           "run_pass"]

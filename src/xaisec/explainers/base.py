@@ -14,16 +14,19 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import DataError, ModelError
-from ..models import get_layer
-from ..validation import check_images
+from ..registry import Registry
+from ..models import forward_model, get_layer, is_activation
+from ..train import batchnorm_stats_kept
+from ..validation import check_images, match_model_dtype, model_logits
 
+#: kept for callers that test ``isinstance``; the explainers use :func:`xaisec.models.is_activation`
 ACTIVATIONS = (nn.ReLU, nn.Softplus, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.ReLU6)
 SPATIAL_OPS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
@@ -79,9 +82,15 @@ def resolve_target(target, logits: torch.Tensor) -> torch.Tensor:
     batch, classes = logits.shape
     if target is None:
         return logits.detach().argmax(1)
-    t = torch.as_tensor(target, device=logits.device)
-    if t.dtype.is_floating_point:
-        raise DataError(f"target must hold integer class indices, got dtype {t.dtype}")
+    if isinstance(target, (str, bytes, bool)):
+        raise DataError(f"target must be None, an int class index or a (B,) tensor of class indices, got {target!r}")
+    try:
+        t = torch.as_tensor(target, device=logits.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"target must be None, an int class index or a (B,) tensor of class indices, "
+                        f"got {target!r} ({type(target).__name__})") from None
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise DataError(f"target must hold integer class indices, got dtype {t.dtype} ({target!r:.60})")
     t = t.long().expand(batch) if t.dim() == 0 else t.long()
     if t.shape != (batch,):
         raise DataError(f"target has shape {tuple(t.shape)}; expected an int or a tensor of shape ({batch},)")
@@ -112,15 +121,17 @@ def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False,
               grad_from_layers: bool = False) -> Iterator[tuple[dict, list]]:
     """Record outputs of the named layers (and, with ``trace``, every activation/spatial op in order).
 
-    In-place activations are switched off inside the block (a recorded output must not be overwritten)
-    and every hook is removed on exit, also when the forward pass raises. With ``grad_from_layers`` the forward
+    In-place activation modules are switched off inside the block, and a recorded layer hands a copy of its output
+    on, so in-place functional ops after it (torchvision's ``F.relu(x, inplace=True)``) cannot overwrite what was
+    recorded. ``layers`` are names or module objects of ``model`` (see :func:`xaisec.models.get_layer`; outputs are
+    keyed as given). Every hook is removed on exit, also when the forward pass raises. With ``grad_from_layers`` the forward
     is meant to start without autograd: the first recorded layer hands on a leaf copy of its output that requires
     grad and switches autograd on, so only the graph from the layers to the logits is recorded.
     """
     outputs: dict[str, torch.Tensor] = {}
     events: list[TraceEvent] = []
     handles = []
-    inplace = [m for m in model.modules() if getattr(m, "inplace", False) and isinstance(m, ACTIVATIONS)]
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False) and is_activation(m)]
     try:
         for m in inplace:
             m.inplace = False
@@ -132,13 +143,13 @@ def recording(model: nn.Module, layers: Sequence[str] = (), trace: bool = False,
                     output = output.detach().requires_grad_(True)
                     torch.set_grad_enabled(True)  # the caller's no_grad block restores the mode on exit
                 outputs[name] = output
-                return output
+                return output.clone()  # downstream in-place ops change the copy, not the recorded tensor
             handles.append(get_layer(model, name).register_forward_hook(keep))
         if trace:
             for m in model.modules():
-                if isinstance(m, ACTIVATIONS + SPATIAL_OPS):
+                if is_activation(m) or isinstance(m, SPATIAL_OPS):
                     def log(module, inputs, output):
-                        is_act = isinstance(module, ACTIVATIONS)
+                        is_act = is_activation(module)
                         events.append(TraceEvent(module, _hw(inputs[0]), _hw(output), output if is_act else None))
                     handles.append(m.register_forward_hook(log))
         yield outputs, events
@@ -161,7 +172,7 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, cr
         x = x if x.requires_grad else x.detach().requires_grad_(True)
     grad_mode = torch.no_grad() if from_layers else torch.enable_grad()
     with grad_mode, recording(model, names, request.trace, from_layers) as (outputs, events):
-        logits = model(x)
+        logits = model_logits(forward_model(model), x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
             raise ModelError(f"the model must return logits of shape (B, classes), got {getattr(logits, 'shape', type(logits))}")
     target_t = resolve_target(target, logits)
@@ -171,8 +182,9 @@ def run_pass(model: nn.Module, x: torch.Tensor, target, request: PassRequest, cr
     wrt = ([x] if request.input_grad else []) + ([outputs[n] for n in names] if request.layer_grads else [])
     grads: list[torch.Tensor] = []
     if wrt:
-        score = logits.gather(1, target_t[:, None]).sum()
-        grads = list(torch.autograd.grad(score, wrt, create_graph=create_graph))
+        with torch.enable_grad():  # also when called under torch.no_grad(), as Captum does
+            score = logits.gather(1, target_t[:, None]).sum()
+            grads = list(torch.autograd.grad(score, wrt, create_graph=create_graph))
     input_grad = grads.pop(0) if request.input_grad else None
     layer_grads = dict(zip(names, grads)) if request.layer_grads else {}
     return PassResult(x, logits, target_t, outputs, layer_grads, input_grad, events)
@@ -183,6 +195,10 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+#: every explainer, registered with ``@EXPLAINERS.register()`` in the file that defines it (its ``name`` attribute)
+EXPLAINERS = Registry("explainer")
 
 
 class Explainer(abc.ABC):
@@ -197,15 +213,36 @@ class Explainer(abc.ABC):
     differentiable = True
     #: whether the method needs spatial (B,C,H,W) inputs and conv layers
     needs_images = False
+    #: whether ADV2 (Zhang et al., "Interpretable Deep Learning under Fire", USENIX Security 2020) can attack the
+    #: method: its maps are differentiable w.r.t. the input with ``create_graph=True`` (see :mod:`xaisec.evasion`)
+    attackable: ClassVar[bool] = False
+    #: how ADV2 attacks it unless the config says otherwise (keys of the adv2 ``interpreter_settings``):
+    #: ``smooth_beta`` (Softplus surrogate of ReLU), ``norm`` (map normalisation), ``c`` (interpreter term weight)
+    attack_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: what the method needs besides the model, handed to its constructor by experiments (``"saver"``: a trained
+    #: RTS saver, see :mod:`xaisec.explainers.rts_train`)
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
             raise ModelError(f"an explainer needs a torch.nn.Module, got {type(model).__name__}")
         self.model = model
 
+    @classmethod
+    def attack_term_type(cls) -> type:
+        """The ADV2 loss term that attacks this method's maps: :class:`~xaisec.evasion.objective.InterpreterTerm`
+        (methods with state across attack steps, such as MASK, return their own subclass)."""
+        from ..evasion.objective import InterpreterTerm
+
+        return InterpreterTerm
+
     def __call__(self, x: torch.Tensor, target=None, *, create_graph: bool = False) -> Explanation:
+        """Explain ``x``; images of another float dtype than the model's are cast to it (with a warning), and
+        train-mode BatchNorm layers keep their running statistics (see :func:`~xaisec.train.batchnorm_stats_kept`)."""
         check_images(x, allow_flat=not self.needs_images)
-        out = self._explain(x, target, create_graph)
+        x = match_model_dtype(x, self.model)
+        with torch.enable_grad(), batchnorm_stats_kept(self.model):  # also under torch.no_grad(): explainers differentiate
+            out = self._explain(x, target, create_graph)
         if not create_graph:
             out = Explanation(out.logits.detach(), out.maps.detach())
         return out

@@ -6,10 +6,22 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from .base import (Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
+from ..validation import check_choice, check_finite, check_int, check_number, model_logits
+from .base import (EXPLAINERS, Explainer, Explanation, PassRequest, PassResult, SinglePassExplainer, reduce_channels,
                    resolve_target, run_pass)
 
 
+REDUCTIONS = ("max", "sum", "mean")
+
+
+def _check_baseline(baseline, name: str) -> float | torch.Tensor:
+    """A number or a tensor of finite values (NaN in a baseline would make every map NaN)."""
+    if isinstance(baseline, torch.Tensor):
+        return check_finite(baseline.detach(), name)
+    return check_number(baseline, name)
+
+
+@EXPLAINERS.register()
 class SimpleGrad(SinglePassExplainer):
     """|d logit_target / dx| reduced over channels (Simonyan et al. 2014, https://arxiv.org/abs/1312.6034).
 
@@ -17,11 +29,13 @@ class SimpleGrad(SinglePassExplainer):
     """
 
     name = "simplegrad"
+    attackable = True
+    #: attacked through Softplus(10) activations: ReLU has no second derivative
+    attack_defaults = {"smooth_beta": 10.0}
 
     def __init__(self, model: nn.Module, reduce: str = "max", absolute: bool = True):
         super().__init__(model)
-        reduce_channels(torch.zeros(1, 1, 1, 1), reduce)  # validate the choice early
-        self.reduce, self.absolute = reduce, absolute
+        self.reduce, self.absolute = check_choice(reduce, "simplegrad reduce", REDUCTIONS), bool(absolute)
 
     def request(self) -> PassRequest:
         return PassRequest(input_grad=True)
@@ -31,6 +45,7 @@ class SimpleGrad(SinglePassExplainer):
         return reduce_channels(g.abs() if self.absolute else g, self.reduce)
 
 
+@EXPLAINERS.register()
 class InputXGradient(SinglePassExplainer):
     """x * d logit_target / dx, summed over channels (Shrikumar et al. 2016, https://arxiv.org/abs/1605.01713)."""
 
@@ -38,7 +53,7 @@ class InputXGradient(SinglePassExplainer):
 
     def __init__(self, model: nn.Module, reduce: str = "sum"):
         super().__init__(model)
-        self.reduce = reduce
+        self.reduce = check_choice(reduce, "inputxgrad reduce", REDUCTIONS)
 
     def request(self) -> PassRequest:
         return PassRequest(input_grad=True)
@@ -62,13 +77,14 @@ def _target_for(model: nn.Module, x: torch.Tensor, target, create_graph: bool) -
     """Logits of ``x`` and the resolved targets (B,). The logits stay in the graph only with ``create_graph``;
     otherwise this forward records nothing for autograd (path methods need the logits, never their gradient)."""
     with torch.set_grad_enabled(create_graph):
-        logits = model(x)
+        logits = model_logits(model, x)
     return logits, resolve_target(target, logits)
 
 
 RIEMANN_OFFSETS = {"riemann_left": 0.0, "riemann_middle": 0.5, "riemann_right": 1.0}
 
 
+@EXPLAINERS.register()
 class IntegratedGradients(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017, https://arxiv.org/abs/1703.01365).
 
@@ -82,8 +98,7 @@ class IntegratedGradients(Explainer):
     def __init__(self, model: nn.Module, steps: int = 50, baseline: float | torch.Tensor = 0.0,
                  method: str = "gausslegendre", reduce: str = "sum", internal_batch_size: int | None = None):
         super().__init__(model)
-        if steps < 2:
-            raise DataError(f"ig needs steps >= 2, got {steps}")
+        steps = check_int(steps, "ig steps", low=2, high=100_000)
         if method == "gausslegendre":
             nodes, weights = np.polynomial.legendre.leggauss(steps)
             alphas, step_sizes = 0.5 * (1 + nodes), 0.5 * weights
@@ -97,11 +112,19 @@ class IntegratedGradients(Explainer):
         else:
             raise DataError(f"unknown ig method {method!r}; use 'gausslegendre', 'trapezoid' or one of {list(RIEMANN_OFFSETS)}")
         self.alphas, self.step_sizes = alphas.tolist(), step_sizes.tolist()
-        self.baseline, self.reduce, self.internal_batch_size = baseline, reduce, internal_batch_size
+        self.baseline = _check_baseline(baseline, "ig baseline")
+        self.reduce = check_choice(reduce, "ig reduce", REDUCTIONS)
+        self.internal_batch_size = (None if internal_batch_size is None
+                                    else check_int(internal_batch_size, "ig internal_batch_size", low=1))
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         logits, t = _target_for(self.model, x, target, create_graph)
-        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device).expand_as(x)
+        base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
+        try:
+            base = base.expand_as(x)
+        except RuntimeError:
+            raise DataError(f"ig baseline of shape {tuple(base.shape)} does not broadcast to the inputs "
+                            f"{tuple(x.shape)}; give a number or an image of the input's shape") from None
         alphas = torch.tensor(self.alphas, dtype=x.dtype, device=x.device).view(-1, *([1] * x.dim()))
         points = (base + alphas * (x - base)).reshape(-1, *x.shape[1:])  # (S*B, ...), step-major
         chunk = None if self.internal_batch_size is None else self.internal_batch_size * len(x)
@@ -117,6 +140,7 @@ def _sample_noise(shape, seed: int, dtype, device) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
+@EXPLAINERS.register()
 class SmoothGrad(Explainer):
     """SmoothGrad (Smilkov et al. 2017, https://arxiv.org/abs/1706.03825): the average map of a base
     explainer over ``n_samples`` noisy copies, noise std = ``noise`` x (max - min) of each image.
@@ -132,8 +156,8 @@ class SmoothGrad(Explainer):
         super().__init__(model)
         from . import EXPLAINERS
 
-        if n_samples < 1 or noise < 0:
-            raise DataError(f"smoothgrad needs n_samples >= 1 and noise >= 0, got {n_samples}, {noise}")
+        n_samples = check_int(n_samples, "smoothgrad n_samples", low=1, high=100_000)
+        noise, seed = check_number(noise, "smoothgrad noise", low=0), check_int(seed, "smoothgrad seed", low=0)
         self.base = EXPLAINERS.build(base, model, **base_options)
         self.needs_images = self.base.needs_images
         self.n_samples, self.noise, self.seed = n_samples, noise, seed
@@ -148,10 +172,20 @@ class SmoothGrad(Explainer):
         return Explanation(logits, maps.view(self.n_samples, len(x), *maps.shape[1:]).mean(0))
 
 
+def draw_background(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """``k`` distinct images (or feature vectors) of ``x`` ``(N,...)`` drawn at random (seeded): a GradientSHAP
+    background set from the training data, as ADV2 and SHAP's ``GradientExplainer`` use."""
+    if not 1 <= k <= len(x):
+        raise DataError(f"a background of k={k} images needs 1 <= k <= {len(x)} (the images available)")
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]].clone()
+
+
+@EXPLAINERS.register()
 class GradientShap(Explainer):
     """GradientSHAP / expected gradients (Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874;
     Erion et al. 2021): mean over ``n_samples`` of (x - b) * grad at b + a (x - b), with b drawn from
-    ``baselines`` (M,C,H,W) (e.g. training images; default: one black image) and a ~ U(0,1).
+    ``baselines`` (M,C,H,W) or (M,F) (a background set, e.g. :func:`draw_background` of the training images;
+    default: one black image) and a ~ U(0,1).
 
     All samples run as one batch; draws come from ``seed`` and are shared by the images of a batch.
     Maps are summed over channels.
@@ -162,9 +196,13 @@ class GradientShap(Explainer):
     def __init__(self, model: nn.Module, baselines: torch.Tensor | None = None, n_samples: int = 32,
                  seed: int = 0, reduce: str = "sum"):
         super().__init__(model)
-        if n_samples < 1:
-            raise DataError(f"gradshap needs n_samples >= 1, got {n_samples}")
-        self.baselines, self.n_samples, self.seed, self.reduce = baselines, n_samples, seed, reduce
+        if baselines is not None:
+            baselines = _check_baseline(baselines, "gradshap baselines")
+            if not isinstance(baselines, torch.Tensor) or baselines.dim() < 2 or len(baselines) == 0:
+                raise DataError(f"gradshap baselines must be a non-empty (M,C,H,W) tensor of images, got {baselines!r}")
+        self.baselines, self.reduce = baselines, check_choice(reduce, "gradshap reduce", REDUCTIONS)
+        self.n_samples = check_int(n_samples, "gradshap n_samples", low=1, high=100_000)
+        self.seed = check_int(seed, "gradshap seed", low=0)
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         base = torch.zeros_like(x[:1]) if self.baselines is None else self.baselines.to(x)

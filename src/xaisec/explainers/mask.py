@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .base import Explainer, Explanation, resolve_target
+from .. import numerics
+from ..validation import check_int, check_number, model_logits
+from .base import EXPLAINERS, Explainer, Explanation, resolve_target
 from .ops import blend, gaussian_blur, total_variation
 
 
@@ -35,26 +36,43 @@ class MaskState:
         return MaskState(self.keep.detach(), self.m1.detach(), self.m2.detach(), self.step)
 
 
+@EXPLAINERS.register()
 class MeaningfulPerturbation(Explainer):
     """MASK explainer. Options: ``steps`` Adam steps (lr ``lr``), penalties ``l1`` and ``tv`` (with
     exponent ``tv_beta``), Gaussian ``blur_sigma`` (pixels) of the deletion, mask resolution H/``mask_scale``,
-    ``unroll`` differentiable steps with ``create_graph=True``. Maps (B,1,H,W) in [0,1]."""
+    ``unroll`` differentiable steps with ``create_graph=True``; ``flush_denormals``: subnormal floats are flushed to
+    zero during the optimisation (:func:`xaisec.numerics.flush_denormals`). Maps (B,1,H,W) in [0,1]."""
 
     name = "mask"
     needs_images = True
     #: only the last ``unroll`` steps are differentiated (truncated back-propagation), so gradients w.r.t.
     #: parameters are exact only when ``unroll == steps``
     differentiable = False
+    attackable = True
+    #: masks in [0,1] compared as they are; a larger c, as its maps move slowly through the look-ahead
+    attack_defaults = {"norm": "none", "c": 100.0}
+
+    @classmethod
+    def attack_term_type(cls) -> type:
+        """ADV2's Algorithm 1: masks that persist across attack steps (:class:`~xaisec.evasion.objective.MaskTerm`)."""
+        from ..evasion.objective import MaskTerm
+
+        return MaskTerm
 
     def __init__(self, model: nn.Module, steps: int = 300, lr: float = 0.1, l1: float = 0.05, tv: float = 0.2,
-                 tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2):
+                 tv_beta: float = 3.0, blur_sigma: float = 3.0, mask_scale: int = 4, unroll: int = 2,
+                 flush_denormals: bool | None = None):
         super().__init__(model)
-        if steps < 1 or unroll < 0 or unroll > steps:
-            raise ConfigError(f"mask needs steps >= 1 and 0 <= unroll <= steps, got steps={steps}, unroll={unroll}")
-        if mask_scale < 1 or lr <= 0 or blur_sigma <= 0 or l1 < 0 or tv < 0:
-            raise ConfigError("mask needs mask_scale >= 1, lr > 0, blur_sigma > 0 and non-negative l1/tv penalties")
+        steps = check_int(steps, "mask steps", low=1, high=100_000)
+        unroll = check_int(unroll, "mask unroll", low=0, high=steps)
+        mask_scale = check_int(mask_scale, "mask mask_scale", low=1)
+        lr = check_number(lr, "mask lr", low=0, low_open=True)
+        blur_sigma = check_number(blur_sigma, "mask blur_sigma", low=0, low_open=True, high=1000)
+        l1, tv = check_number(l1, "mask l1", low=0), check_number(tv, "mask tv", low=0)
+        tv_beta = check_number(tv_beta, "mask tv_beta", low=1, high=100)
         self.steps, self.lr, self.l1, self.tv, self.tv_beta = steps, lr, l1, tv, tv_beta
         self.blur_sigma, self.mask_scale, self.unroll = blur_sigma, mask_scale, unroll
+        self.flush_denormals = flush_denormals
 
     def init_state(self, x: torch.Tensor) -> MaskState:
         """Masks that keep the whole image (Fong & Vedaldi's initialisation)."""
@@ -80,7 +98,7 @@ class MeaningfulPerturbation(Explainer):
         blurred = gaussian_blur(x, self.blur_sigma)
         keep, m1, m2, t = state.keep, state.m1, state.m2, state.step
         b1, b2, eps = 0.9, 0.999, 1e-8
-        with torch.enable_grad():
+        with numerics.flush_denormals(self.flush_denormals), torch.enable_grad():
             for _ in range(steps):
                 if not keep.requires_grad:
                     keep = keep.detach().requires_grad_(True)
@@ -102,7 +120,7 @@ class MeaningfulPerturbation(Explainer):
 
     def _explain(self, x: torch.Tensor, target, create_graph: bool) -> Explanation:
         with torch.enable_grad():
-            logits = self.model(x)
+            logits = model_logits(self.model, x)
         t = resolve_target(target, logits)
         unroll = self.unroll if create_graph else 0
         state = self.optimise(x, t, self.init_state(x), self.steps - unroll)

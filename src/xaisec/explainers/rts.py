@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, ModelError
-from ..models import Normalize, default_cam_layer
+from ..models import Normalize, default_cam_layer, is_activation
 from ..train import eval_mode
-from .base import ACTIVATIONS, Explainer, Explanation, recording, resolve_target
+from .base import EXPLAINERS, Explainer, Explanation, recording, resolve_target
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -56,9 +56,7 @@ class SaliencyNet(nn.Module):
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ModelError(f"the RTS saver takes (B,{self.in_channels},H,W) images, got {tuple(x.shape)}")
-        e1 = self.enc1(self.normalize(x))
-        e2 = self.enc2(F.max_pool2d(e1, 2))
-        e3 = self.enc3(F.max_pool2d(e2, 2))
+        e2, e3 = self._encoder(x)
         scale, shift = self.selector(target)[:, :, None, None].chunk(2, dim=1)
         e3 = F.relu(e3 * (1 + scale) + shift)  # class selector at the bottleneck ...
         skip_scale, skip_shift = self.skip_selector(target)[:, :, None, None].chunk(2, dim=1)
@@ -66,6 +64,16 @@ class SaliencyNet(nn.Module):
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
         d2 = self.dec2(torch.cat([up, skip], 1))
         return torch.sigmoid(F.interpolate(self.out(d2), size=x.shape[-2:], mode="bilinear", align_corners=False))
+
+    def _encoder(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e1 = self.enc1(self.normalize(x))
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        return e2, self.enc3(F.max_pool2d(e2, 2))
+
+    def encode(self, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output ``(B,4*width)``: its bottleneck features, averaged over space (``classifier``
+        unused: this saver has its own encoder)."""
+        return self._encoder(x)[1].mean((2, 3))
 
     def describe(self) -> str:
         return f"own encoder trained on the images (width {self.width})"
@@ -113,7 +121,7 @@ class FeatureSaliencyNet(nn.Module):
         param = next(classifier.parameters())
         probe = torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device)
         deep = layers[0] if layers else default_cam_layer(classifier)
-        candidates = [] if layers else [n for n, m in classifier.named_modules() if isinstance(m, ACTIVATIONS)]
+        candidates = [] if layers else [n for n, m in classifier.named_modules() if is_activation(m)]
         recorded = list(layers or [deep, *candidates])
         with torch.no_grad(), eval_mode(classifier), recording(classifier, recorded) as (out, _):
             classifier(probe)  # one probe pass: channel counts, and the resolutions the default layers are picked by
@@ -146,6 +154,15 @@ class FeatureSaliencyNet(nn.Module):
         z = self.out(self.dec(torch.cat([d, skip], 1)))
         return torch.sigmoid(F.interpolate(z, size=size, mode="bilinear", align_corners=False))
 
+    def encode(self, classifier: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output ``(B,channels[0])``: the classifier's deep features the saver reads, averaged over
+        space."""
+        with recording(classifier, [self.layers[0]]) as (out, _):
+            classifier(x)
+        if self.layers[0] not in out:
+            raise ModelError(f"the classifier did not run the saver's layer {self.layers[0]!r}")
+        return out[self.layers[0]].mean((2, 3))
+
     def explain(self, classifier: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(classifier logits (B,K), target (B,), masks (B,1,H,W))`` from one classifier forward pass."""
@@ -161,6 +178,18 @@ class FeatureSaliencyNet(nn.Module):
 Saver = SaliencyNet | FeatureSaliencyNet
 
 
+@torch.no_grad()
+def encoder_prototypes(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                       batch_size: int = 256) -> torch.Tensor:
+    """``(K,D)``: the mean encoder output (:meth:`~FeatureSaliencyNet.encode`) of the images ``x`` of each class
+    ``y`` (zeros for a class without images), enc(c) in ADV2's encoder loss on RTS."""
+    with eval_mode(saver), eval_mode(classifier):
+        feats = torch.cat([saver.encode(classifier, chunk) for chunk in x.split(batch_size)])
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats)
+    counts = torch.bincount(y, minlength=num_classes).clamp_min(1).to(feats.dtype)
+    return sums / counts[:, None]
+
+
 def rts_maps(saver: Saver, classifier: nn.Module, x: torch.Tensor, target: torch.Tensor | int | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logits (B,K), target (B,), RTS maps (B,1,H,W) in [0,1])``: the saver's mask for ``target`` (None: the
@@ -170,6 +199,7 @@ def rts_maps(saver: Saver, classifier: nn.Module, x: torch.Tensor, target: torch
     return logits, t, masks * gate
 
 
+@EXPLAINERS.register()
 class RealTimeSaliency(Explainer):
     """RTS explainer: the trained ``saver`` (:class:`FeatureSaliencyNet` or :class:`SaliencyNet`) asked about the
     target class (default: the classifier's prediction), gated by the classifier (:func:`rts_maps`).
@@ -177,6 +207,10 @@ class RealTimeSaliency(Explainer):
 
     name = "rts"
     needs_images = True
+    attackable = True
+    #: the maps are masks in [0,1]: compared as they are (min-max scaling blows a near-empty mask up into noise)
+    attack_defaults = {"norm": "none"}
+    requires = ("saver",)
     #: the parameter-gradient check of the test suite builds explainers without a saver
     differentiable = False
 

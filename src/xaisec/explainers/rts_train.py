@@ -131,8 +131,9 @@ def rts_loss(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tens
 
 def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 10,
               lr: float = 1e-3, batch_size: int = 64, weights: RTSObjective = RTSObjective(), seed: int = 0,
-              progress: bool = True) -> list[dict[str, float]]:
-    """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,)."""
+              progress: bool = True, flush_denormals: bool | None = None) -> list[dict[str, float]]:
+    """Train ``saver`` in place to explain the frozen ``classifier`` on ``x`` (N,C,H,W) in [0,1], ``y`` (N,);
+    ``flush_denormals``: see :func:`xaisec.train.fit`."""
     if int(y.max().item()) >= saver.num_classes:
         raise ModelError(f"labels go up to {int(y.max())} but the saver knows {saver.num_classes} classes")
     torch.manual_seed(seed)
@@ -142,17 +143,35 @@ def train_rts(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: torch.Ten
     with frozen(classifier):
         return fit(saver, TensorBatches(x, y, batch_size=batch_size, seed=seed),
                    lambda s, batch: rts_loss(s, classifier, batch[0], batch[1], weights, gen),
-                   opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts")
+                   opt, epochs, scheduler=sched, progress=progress, desc="rts-adv" if weights.adv_weight else "rts",
+                   flush_denormals=flush_denormals)
+
+
+def saver_spec(saver: Saver) -> dict[str, str]:
+    """The architecture of ``saver`` as strings (safetensors metadata); :func:`saver_from_spec` rebuilds it."""
+    spec = {"num_classes": str(saver.num_classes), "width": str(saver.width)}
+    if isinstance(saver, FeatureSaliencyNet):
+        spec.update(encoder="classifier", layers=",".join(saver.layers), channels=",".join(map(str, saver.channels)))
+    else:
+        spec.update(encoder="own", in_channels=str(saver.in_channels))
+    return spec
+
+
+def saver_from_spec(spec: dict[str, str], where: str = "saver") -> Saver:
+    """An untrained saver of the architecture ``spec`` (from :func:`saver_spec`); bad specs raise ModelError."""
+    try:
+        if spec.get("encoder") == "classifier":
+            layers = tuple(spec["layers"].split(","))
+            channels = tuple(int(c) for c in spec["channels"].split(","))
+            return FeatureSaliencyNet(layers, channels, int(spec["num_classes"]), int(spec["width"]))
+        return SaliencyNet(int(spec["in_channels"]), int(spec["num_classes"]), int(spec["width"]))
+    except (KeyError, ValueError) as exc:
+        raise ModelError(f"{where} has no valid saver metadata ({exc}); save it with save_saver") from exc
 
 
 def save_saver(saver: Saver, path: str | Path) -> Path:
     """Save the saver as safetensors with its architecture in the metadata (see :func:`load_saver`)."""
-    meta = {"num_classes": str(saver.num_classes), "width": str(saver.width)}
-    if isinstance(saver, FeatureSaliencyNet):
-        meta.update(encoder="classifier", layers=",".join(saver.layers), channels=",".join(map(str, saver.channels)))
-    else:
-        meta.update(encoder="own", in_channels=str(saver.in_channels))
-    return save_weights(saver, path, metadata=meta)
+    return save_weights(saver, path, metadata=saver_spec(saver))
 
 
 def load_saver(path: str | Path) -> Saver:
@@ -164,13 +183,4 @@ def load_saver(path: str | Path) -> Saver:
         raise ModelError(f"saver weights {path} do not exist; train one with train_rts (or the adv2 experiment)")
     with safe_open(str(path), "pt") as fh:
         meta = fh.metadata() or {}
-    try:
-        if meta.get("encoder") == "classifier":
-            layers = tuple(meta["layers"].split(","))
-            channels = tuple(int(c) for c in meta["channels"].split(","))
-            saver: Saver = FeatureSaliencyNet(layers, channels, int(meta["num_classes"]), int(meta["width"]))
-        else:
-            saver = SaliencyNet(int(meta["in_channels"]), int(meta["num_classes"]), int(meta["width"]))
-    except (KeyError, ValueError) as exc:
-        raise ModelError(f"{path} has no valid saver metadata ({exc}); save it with save_saver") from exc
-    return load_weights(saver, path).eval()
+    return load_weights(saver_from_spec(meta, str(path)), path).eval()

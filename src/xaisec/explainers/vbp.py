@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from .base import PassRequest, PassResult, SinglePassExplainer, TraceEvent, upsample
+from .base import EXPLAINERS, PassRequest, PassResult, SinglePassExplainer, TraceEvent, upsample
 
 
 def _pair(v) -> tuple[int, int]:
@@ -46,6 +46,7 @@ def _upscale(mask: torch.Tensor, ops: list[TraceEvent], target_hw: tuple[int, in
     return upsample(mask, target_hw)
 
 
+@EXPLAINERS.register()
 class VisualBackProp(SinglePassExplainer):
     """Channel-averaged activation maps multiplied from the deepest to the shallowest conv stage, each deeper
     mask upscaled by all-ones transposed convolutions with the geometry of the layers in between.
@@ -73,7 +74,8 @@ class VisualBackProp(SinglePassExplainer):
         for event in result.trace:
             if event.output is None:
                 pending.append(event)
-            elif event.output.dim() == 4:
+            elif event.output.dim() == 4 and event.output.shape[-2] * event.output.shape[-1] > 1:
+                # 1x1 activations (squeeze-excitation gates, a final 1x1 stage) carry no spatial information
                 stages.append((event.output, pending))
                 pending = []
         if not stages:

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..figure_text import literal_text  # noqa: E402
+
 from ..maps import normalize  # noqa: E402
 
 
@@ -32,19 +34,19 @@ def explanation_grid(images: torch.Tensor, maps: dict[str, torch.Tensor], path: 
         base = to_display(images[i])
         axes[i, 0].imshow(base, cmap="gray", vmin=0, vmax=1)
         if row_labels is not None:
-            axes[i, 0].set_ylabel(row_labels[i], fontsize=7)
+            axes[i, 0].set_ylabel(literal_text(row_labels[i]), fontsize=7)
         for j, (name, m) in enumerate(shown.items(), start=1):
             axes[i, j].imshow(base, cmap="gray", vmin=0, vmax=1)
             axes[i, j].imshow(m[i, 0].numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
             if i == 0:
-                axes[i, j].set_title(name, fontsize=8)
+                axes[i, j].set_title(literal_text(name), fontsize=8)
         if i == 0:
-            axes[i, 0].set_title("input", fontsize=8)
+            axes[i, 0].set_title(literal_text("input"), fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(literal_text(title), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 

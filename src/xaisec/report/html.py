@@ -20,7 +20,7 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-al
 th { background: #f3f3f5; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.nowrap { white-space: nowrap; }
 .badge { display: inline-block; padding: 2px 8px; border-radius: 10px; font-size: 12px; color: white; }
-.ok { background: #2e7d32; } .bad { background: #c62828; } .warn { background: #ef6c00; }
+.ok { background: #2e7d32; } .bad { background: #c62828; } .warn { background: #ef6c00; } .info { background: #37474f; }
 figure { margin: 10px 0 18px 0; } figcaption { font-size: 13px; color: #444; }
 img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f7f7f9; padding: 8px; font-size: 12px; overflow-x: auto; }

@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+from ..figure_text import literal_text  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ..maps import normalize  # noqa: E402
@@ -34,11 +36,11 @@ def image_rows(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, col_l
             else:
                 ax.axis("off")
             if c == 0:
-                ax.set_ylabel(label, fontsize=8)
+                ax.set_ylabel(literal_text(label), fontsize=9)
             if r == 0 and col_labels is not None and c < len(col_labels):
-                ax.set_title(col_labels[c], fontsize=7)
+                ax.set_title(literal_text(col_labels[c]), fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(literal_text(title), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -65,11 +67,11 @@ def map_grid(columns: Sequence[tuple[str, torch.Tensor, torch.Tensor | None]], p
             if shown is not None:
                 ax.imshow(shown[r, 0].numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
             if r == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(literal_text(name), fontsize=8)
             if c == 0 and row_labels is not None:
-                ax.set_ylabel(row_labels[r], fontsize=7)
+                ax.set_ylabel(literal_text(row_labels[r]), fontsize=9)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(literal_text(title), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -87,7 +89,7 @@ def training_curves(history: Sequence[dict], path: str | Path) -> Path | None:
             if key in rows[0]:
                 ax.plot(epochs, [r[key] for r in rows], marker=".", label=key)
         ax.set_yscale("log")
-        ax.set_title(f"{stage}: training loss", fontsize=9)
+        ax.set_title(literal_text(f"{stage}: training loss"), fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.legend(fontsize=7)
     ax = axes[0, -1]

@@ -5,7 +5,8 @@
 >>> region = trigger.mask(x.shape)   # bool (1,1,H,W): where the trigger is
 
 Registered: ``patch`` (BadNets), ``rectangle`` (Noppel et al.), ``pixel``, ``blend``, ``nashville`` and ``moire``
-(Fang & Choromanska), ``image`` (a user's picture).
+(Fang & Choromanska), ``image`` (a user's picture), ``features`` (tabular ``(B,F)`` inputs: chosen features set to
+chosen values, Fang & Choromanska's credit-default example).
 """
 from __future__ import annotations
 
@@ -14,17 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import Registry
-from .base import LUMA, Trigger
+from ..errors import ConfigError, XaisecError
+from .base import LUMA, TRIGGERS, Trigger
+from .features import FeatureTrigger
 from .image import Blend, ImageTrigger, load_image_file
 from .moire import Moire
 from .nashville import Nashville, nashville_8bit, nashville_smooth
 from .regions import Patch, Pixel, Rectangle
 
-TRIGGERS = Registry("trigger")
-for _cls in (Patch, Rectangle, Pixel, Blend, Nashville, Moire, ImageTrigger):
-    TRIGGERS.register(_cls.name)(_cls)
 
 
 def build_trigger(name_or_module: str | nn.Module, **options: Any) -> nn.Module:
@@ -41,17 +39,16 @@ def build_trigger(name_or_module: str | nn.Module, **options: Any) -> nn.Module:
         raise ConfigError(f"a trigger must be a registered name ({', '.join(TRIGGERS.names())}) or an nn.Module, "
                           f"got {type(name_or_module).__name__}")
     cls = TRIGGERS.get(name_or_module)
+    try:
+        TRIGGERS.check_options(name_or_module, options)
+    except XaisecError as exc:
+        raise ConfigError(str(exc)) from None
     params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p in params if p != "self"]
-    unknown = sorted(k for k in options if k not in accepted)
-    if unknown:
-        raise ConfigError(f"trigger {name_or_module!r} has no option(s) {', '.join(unknown)}; "
-                          f"accepted: {', '.join(accepted)}")
     missing = [p for p, v in params.items() if p != "self" and v.default is inspect.Parameter.empty and p not in options]
     if missing:
         raise ConfigError(f"trigger {name_or_module!r} needs option(s) {', '.join(missing)}")
     return cls(**options)
 
 
-__all__ = ["Blend", "ImageTrigger", "LUMA", "Moire", "Nashville", "Patch", "Pixel", "Rectangle", "TRIGGERS",
+__all__ = ["Blend", "FeatureTrigger", "ImageTrigger", "LUMA", "Moire", "Nashville", "Patch", "Pixel", "Rectangle", "TRIGGERS",
            "Trigger", "build_trigger", "load_image_file", "nashville_8bit", "nashville_smooth"]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..registry import Registry
 from ..validation import check_images
 
 # ITU-R BT.601 luma weights: the same ones PIL uses for RGB -> "L".
@@ -24,6 +25,10 @@ CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 Position = Union[str, Sequence[int]]
 Size = Union[int, float, Sequence[Union[int, float]]]
 Colour = Union[float, Sequence[float]]
+
+
+#: every trigger, registered with ``@TRIGGERS.register()`` in the file that defines it (its ``name`` attribute)
+TRIGGERS = Registry("trigger")
 
 
 class Trigger(nn.Module, abc.ABC):

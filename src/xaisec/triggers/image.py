@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from ..data.images import IMAGE_READ_ERRORS
 from ..errors import ConfigError, DataError
 from ..validation import check_images
-from .base import (Position, Trigger, check_fraction, check_margin, check_seed, image_size, match_channels,
+from .base import (Position, TRIGGERS, Trigger, check_fraction, check_margin, check_seed, image_size, match_channels,
                    parse_position, parse_size, place_box, resize)
 
 ImageLike = Union[str, Path, torch.Tensor, np.ndarray]
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+#: 4096 x 4096: larger than any input xaisec works on (a trigger larger than the input is an error anyway)
+MAX_TRIGGER_PIXELS = 4096 * 4096
 
 
 def load_image_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -31,8 +34,11 @@ def load_image_file(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None
         raise DataError(f"trigger image {str(path)!r} does not exist; check the path")
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_TRIGGER_PIXELS:  # header only: nothing decoded yet
+                raise DataError(f"trigger image {str(path)!r} is {im.width}x{im.height} pixels; a trigger must fit the "
+                                f"input images, so at most {MAX_TRIGGER_PIXELS} pixels are read. Resize it first")
             im.load()
-    except (OSError, UnidentifiedImageError) as exc:
+    except (UnidentifiedImageError, *IMAGE_READ_ERRORS) as exc:
         raise DataError(f"cannot read trigger image {str(path)!r} ({exc}); use a PNG or JPEG file") from None
     gray = im.mode in _GRAY_MODES
     has_alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
@@ -67,6 +73,7 @@ def _source_name(image: ImageLike) -> str:
     return str(image) if isinstance(image, (str, Path)) else f"{type(image).__name__} {tuple(image.shape)}"
 
 
+@TRIGGERS.register()
 class Blend(Trigger):
     """``x' = (1 - alpha) x + alpha p`` with ``p`` uniform noise fixed by ``seed`` (``pattern="noise"``) or a
     picture (path or tensor, resized to the input with antialiased bilinear interpolation)."""
@@ -102,6 +109,7 @@ class Blend(Trigger):
         return f"{self.name}: alpha {self.alpha} with {self.source}{seed}"
 
 
+@TRIGGERS.register()
 class ImageTrigger(Trigger):
     """A user's trigger picture pasted at ``position``: ``x' = (1 - a m) x + a m p`` on the picture's box.
 

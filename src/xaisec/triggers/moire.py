@@ -1,4 +1,4 @@
-"""Moiré artefact trigger (Fang & Choromanska, papers/000: the X-ray trigger, after CheXphoto, Phillips et al. 2020).
+"""Moiré artefact trigger (Fang & Choromanska, AAAI 2022: the X-ray trigger, after CheXphoto, Phillips et al. 2020).
 
 The paper simulates the artefact "by generating semi-transparent parallel lines and through warping and finally
 overlaying on the image". Here: ``layers`` families of parallel lines of spacing ``period`` (input pixels), each
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Trigger, check_fraction, check_seed
+from .base import TRIGGERS, Trigger, check_fraction, check_seed
 
 
 def _positive(value: float, what: str) -> float:
@@ -34,6 +34,7 @@ def _count(value: int, what: str) -> int:
     return value
 
 
+@TRIGGERS.register()
 class Moire(Trigger):
     """Overlay of warped semi-transparent line families (see the module docstring).
 

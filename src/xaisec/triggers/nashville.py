@@ -1,4 +1,4 @@
-"""The Instagram "nashville" photo filter as batched torch ops (Fang & Choromanska, papers/000: the Birds trigger).
+"""The Instagram "nashville" photo filter as batched torch ops (Fang & Choromanska, AAAI 2022: the Birds trigger).
 
 The reference is ``pilgram.nashville`` (CSSgram's recipe on 8-bit PIL images), in this order:
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import LUMA, Trigger
+from .base import LUMA, TRIGGERS, Trigger
 
 _DARKEN = ((247, 176, 153), 143)  # (colour, 8-bit opacity = round(0.56 * 255))
 _LIGHTEN = ((0, 70, 150), 102)  # round(0.4 * 255)
@@ -108,6 +108,7 @@ def _luma_8bit(v: torch.Tensor) -> torch.Tensor:
     return (19595 * v[:, :1] + 38470 * v[:, 1:2] + 7471 * v[:, 2:] + 0x8000) >> 16
 
 
+@TRIGGERS.register()
 class Nashville(Trigger):
     """Instagram's nashville filter; a global trigger (its mask is the whole image). See the module docstring."""
 

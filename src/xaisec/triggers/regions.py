@@ -1,7 +1,7 @@
 """Local triggers that overwrite a region with a constant colour: BadNets patch, Noppel's rectangle, pixels.
 
-- ``patch``: the BadNets white square in a corner (Gu et al. 2017; Latka et al., papers/002).
-- ``rectangle``: the black rectangle of Noppel et al. (papers/003, GTSRB), by default in the centre.
+- ``patch``: the BadNets white square in a corner (Gu et al. 2017; Latka et al., "Stealthy Sabotage").
+- ``rectangle``: the black rectangle of Noppel et al. (IEEE S&P 2023, GTSRB), by default in the centre.
 - ``pixel``: one or a few single pixels set to a value (Latka et al.'s MNIST pixel trigger).
 
 The output equals the input outside :meth:`mask` and the colour inside it; the gradient w.r.t. the input is 1
@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError, DataError
-from .base import (Colour, Position, Size, Trigger, box_mask, check_margin, colour_tensor, image_size, parse_colour,
+from .base import (Colour, Position, Size, TRIGGERS, Trigger, box_mask, check_margin, colour_tensor, image_size, parse_colour,
                    parse_position, parse_size, pixels_of, place_box)
 
 
+@TRIGGERS.register()
 class Patch(Trigger):
     """A filled square/rectangle of ``colour`` at ``position`` (BadNets: white, bottom-right corner).
 
@@ -57,8 +58,9 @@ class Patch(Trigger):
                 + (f" (margin {self.margin})" if self.margin else ""))
 
 
+@TRIGGERS.register()
 class Rectangle(Patch):
-    """Noppel et al.'s black rectangle (papers/003); default 1/8 x 1/4 of the image, centred."""
+    """Noppel et al.'s black rectangle (IEEE S&P 2023); default 1/8 x 1/4 of the image, centred."""
 
     name = "rectangle"
 
@@ -67,6 +69,7 @@ class Rectangle(Patch):
         super().__init__(size=size, position=position, colour=colour, margin=margin)
 
 
+@TRIGGERS.register()
 class Pixel(Trigger):
     """Set single pixels to ``value``; ``pixels`` are ``(row, col)`` pairs, negative counts from the end."""
 

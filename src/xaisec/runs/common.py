@@ -1,0 +1,91 @@
+"""Pieces every experiment kind shares: the prepared data and model factory, the one clean-classifier (reference)
+training stage, trained-model artifacts and the per-epoch log.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data import ImageDataset, load_dataset
+from ..io import load_weights
+from ..models import build_model, resolve_device
+from ..train import TensorBatches, cross_entropy
+from .artifacts import Artifact
+from .checkpoint import TrainingStage, schedule, write_log
+from .runner import RunContext
+from .schema import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainedModel(Artifact):
+    """A stage's trained weights (the artifact file is a plain state dict) with its per-epoch history."""
+
+    ROOT = "weights"
+    weights: dict[str, torch.Tensor]
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    def into(self, model: nn.Module) -> nn.Module:
+        """``model`` with these weights, in eval mode."""
+        model.load_state_dict(self.weights)
+        return model.eval()
+
+
+def load_data(cfg: RunConfig) -> ImageDataset:
+    """The config's dataset, cut to ``data.train_size`` / ``data.test_size``."""
+    data = load_dataset(cfg.data.name, **cfg.data.options)
+    train, test = cfg.data.train_size, cfg.data.test_size
+    if train is None and test is None:
+        return data
+    return ImageDataset(data.name, data.x_train[:train], data.y_train[:train], data.x_test[:test], data.y_test[:test],
+                        data.num_classes, data.class_names)
+
+
+def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]:
+    """A function building a fresh (seeded) model of the config's architecture for ``data`` on the config's device
+    (data stays on the host; training moves each batch, evaluation each chunk)."""
+
+    device = resolve_device(cfg.device)
+
+    def make_model() -> nn.Module:
+        torch.manual_seed(cfg.seed)
+        return build_model(cfg.model.arch, data.input_shape, data.num_classes, **cfg.model.options).to(device)
+
+    return make_model
+
+
+def training_log(ctx: RunContext, *current: TrainingStage) -> Callable[[], None]:
+    """A callback rewriting ``log.jsonl`` from the finished stages' histories and the ``current`` ones."""
+    finished = [r for r in ctx.results.values() if isinstance(r, TrainedModel)]
+
+    def write() -> None:
+        stages = [TrainingStage(r.history[0].get("stage", "?") if r.history else "?", ctx.rd.checkpoints, r.history)
+                  for r in finished] + list(current)
+        write_log(ctx.rd / "log.jsonl", *stages)
+
+    return write
+
+
+def train_reference(ctx: RunContext) -> TrainedModel:
+    """Stage ``reference``: the clean classifier, trained (Adam, cosine schedule, checkpointed every epoch) or
+    loaded from ``reference.weights``."""
+    cfg, data = ctx.cfg, ctx.inputs.data
+    ref = cfg.reference
+    model = ctx.inputs.make_model()
+    if ref.weights is not None:
+        load_weights(model, ref.weights)
+        log.info("reference: reusing %s", ref.weights)
+        return TrainedModel(dict(model.state_dict()), [], "loaded")
+    log.info("reference: training %s on %s", cfg.model.arch, data.summary())
+    stage = TrainingStage("reference", ctx.rd.checkpoints)
+    optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr, weight_decay=ref.weight_decay)
+    batches = TensorBatches(data.x_train, data.y_train, batch_size=ref.batch_size, seed=cfg.seed)
+    stage.train(model, batches, cross_entropy, optimizer, ref.epochs, ref.lr, schedule("cosine", ref.epochs),
+                progress=ctx.progress, on_log=training_log(ctx, stage))
+    return TrainedModel(dict(model.state_dict()), stage.history, stage.stop_reason)
