@@ -125,7 +125,7 @@ def test_config_show_and_reference(capsys):
 
     assert main(["config", "show", "latka_badnets", "attack.epochs=3"]) == 0
     out = capsys.readouterr().out
-    assert "recipe: latka_badnets" in out and "epochs: 3" in out and "threads: null" in out
+    assert "recipe: latka_badnets" in out and "epochs: 3" in out and "threads: 1" in out
     assert main(["config", "reference"]) == 0
     ref = capsys.readouterr().out
     assert "| `attack.lam` | float | 0.9 |" in ref and "| `data.options` | mapping | {} |" in ref

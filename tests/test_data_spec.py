@@ -7,7 +7,7 @@ from PIL import Image
 
 from xaisec.cli import main
 from xaisec.data import DataSpec, load_data, parse_data_spec
-from xaisec.errors import DataError
+from xaisec.errors import ConfigError, DataError
 
 
 @pytest.fixture
@@ -83,3 +83,18 @@ def test_commands_answer_a_missing_option_without_a_traceback(tmp_path, capsys):
     code = main(["audit", "--model", "m.safetensors", "--arch", "small_cnn", "--data", "imagefolder"])
     err = capsys.readouterr().err
     assert code == 2 and "needs option(s) root" in err and "Traceback" not in err
+
+
+def test_run_configs_take_the_same_short_forms(tmp_path):
+    """`data: mnist5k`, `data: cifar10:root=DIR`, `data: FILE.npz` in a run config mean what they mean elsewhere."""
+    import numpy as np
+
+    from xaisec.backdoor.config import BackdoorConfig
+    from xaisec.config import load_config
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 1, 8, 8), np.float32), y=np.arange(20) % 2)
+    cfg = load_config(BackdoorConfig, overrides=[f"data={tmp_path / 'd.npz'}"])
+    assert cfg.data.name == "npz" and cfg.data.options == {"path": str(tmp_path / "d.npz")}
+    assert load_config(BackdoorConfig, overrides=["data=cifar10:root=/data/cifar"]).data.options == {"root": "/data/cifar"}
+    with pytest.raises(ConfigError, match="needs option"):
+        load_config(BackdoorConfig, overrides=["data=cifar10"])

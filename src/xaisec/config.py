@@ -223,6 +223,8 @@ def build(schema: type, data: dict[str, Any] | None, where: str = "config") -> A
     data = {} if data is None else data
     if isinstance(data, schema):
         return data
+    if not isinstance(data, dict) and hasattr(schema, "from_value"):  # a section's short form (`data: mnist5k`)
+        data = schema.from_value(data, where)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(schema) if f.init}

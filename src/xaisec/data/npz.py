@@ -42,8 +42,11 @@ def load_npz(path: str | Path) -> ImageDataset:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist. Expected:\n{LAYOUT}")
     arrays = read_npz(path)
+    if "x" not in arrays and "y" not in arrays and {"x_train", "y_train"} <= set(arrays):
+        arrays["x"], arrays["y"] = arrays.pop("x_train"), arrays.pop("y_train")  # the other common spelling
     if "x" not in arrays or "y" not in arrays:
-        raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels); it has {sorted(arrays)}")
+        raise DataError(f"{path} must hold arrays 'x' (images) and 'y' (labels) (or x_train/y_train); it has "
+                        f"{sorted(arrays)}")
     if ("x_test" in arrays) != ("y_test" in arrays):
         have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
         raise DataError(f"{path} has {have} but no {lack}; give both test arrays or neither (then 30% of x is held out)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import require
 from ..errors import ConfigError, XaisecError
@@ -47,6 +48,18 @@ class DataConfig:
     train_size: int | None = None
     #: use only the first N test images (null: all)
     test_size: int | None = None
+
+    @classmethod
+    def from_value(cls, value: Any, where: str) -> dict[str, Any]:
+        """The short forms every command accepts (:func:`xaisec.data.parse_data_spec`): ``mnist5k``,
+        ``cifar10:root=/data/cifar``, ``path/to/file.npz``, ``path/to/image_folder``."""
+        from ..data import parse_data_spec
+
+        try:
+            spec = parse_data_spec(value)
+        except XaisecError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return {"name": spec.name, "options": dict(spec.options)}
 
     def __post_init__(self) -> None:
         check_registry_options("xaisec.data", "DATASETS", self.name, self.options, "data")
@@ -109,8 +122,10 @@ class RunConfig:
     seed: int = 0
     #: parent folder of run directories (`--out` names the run directory itself)
     out: str = "runs"
-    #: torch CPU threads for this run (null: torch's default; 1 is often fastest for small models on 2 cores)
-    threads: int | None = None
+    #: torch CPU threads for this run (null: torch's default, one per core). 1 by default: on 2 cores the default
+    #: run took 173 s with 1 thread and 602 s with 2 (flushing subnormals only reaches the calling thread, and the
+    #: small models here do not scale); raise it for large models on many cores
+    threads: int | None = 1
     #: flush subnormal floats to zero while training and attacking on CPU (much faster on many CPUs; results
     #: change only below float32's normal range); false for bit-exact comparisons with unflushed code
     flush_denormals: bool = True
