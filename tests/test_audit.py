@@ -184,3 +184,22 @@ def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_r
             return self.inner(x) * self.scale
 
     assert fresh_copy(Scaled()) is None
+
+
+def test_audit_a_run_directory_with_its_own_trigger(tiny_backdoor_runs, tmp_path, capsys):
+    """`xaisec audit --run RUN_DIR`: the run's config rebuilds architecture and data; `--suspects trigger` screens
+    its triggered test images; wrong combinations are refused before any check runs."""
+    from xaisec.cli import main
+
+    run = tiny_backdoor_runs[1]  # latka_badnets: a patch trigger
+    out = tmp_path / "audit"
+    assert main(["audit", "--run", str(run), "--suspects", "trigger", "--checks", "accuracy,strip",
+                 "--images", "40", "--budget", "60", "--out", str(out)]) == 0
+    doc = json.loads((out / "audit.json").read_text())
+    assert set(doc["checks"]) == {"accuracy", "strip"} and doc["checks"]["strip"]["verdict"] != "skipped"
+    capsys.readouterr()
+    assert main(["audit", "--run", str(run), "--data", "mnist5k", "--out", str(tmp_path / "x")]) == 2
+    assert "--run takes the model" in capsys.readouterr().err
+    assert main(["audit", "--run", str(run), "--stage", "nope", "--out", str(tmp_path / "y")]) == 2
+    assert "no nope.safetensors" in capsys.readouterr().err
+    assert main(["audit", "--out", str(tmp_path / "z")]) == 2
