@@ -162,9 +162,13 @@ def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimize
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits ``(N,K)`` in eval mode (mode restored), in batches."""
+    """Logits ``(N,K)`` in eval mode (mode restored), in batches computed on the model's device and returned on
+    ``x``'s device."""
+    from .models import model_device
+
+    device = model_device(model)
     with eval_mode(model):
-        return torch.cat([model(chunk) for chunk in x.split(batch_size)])
+        return torch.cat([model(chunk.to(device)).to(x.device) for chunk in x.split(batch_size)])
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, top: int = 1, batch_size: int = 512) -> float:

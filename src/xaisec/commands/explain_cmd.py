@@ -9,11 +9,11 @@ import torch
 
 from ..data import load_data
 from ..errors import XaisecError
-from ..explainers import explain
+from ..explainers import EXPLAINERS, explain
 from ..io import atomic_write_json, check_writable_dir, load_weights, save_weights
-from ..models import build_model
+from ..models import build_model, resolve_device
 from ..report.figures import explanation_grid
-from ..train import accuracy, train_classifier
+from ..train import accuracy, predict, train_classifier
 from ..validation import check_int
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/explain"), help="output folder (default: runs/explain)")
     p.add_argument("--images", type=int, default=8, help="number of test images in the grid")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable_dir(args.out, "--out")  # before training, not after it
     data = load_data(args.dataset)
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, data.input_shape, data.num_classes)
+    device = resolve_device(args.device)
+    model = build_model(args.arch, data.input_shape, data.num_classes).to(device)
     weights = args.weights or args.out / "model.safetensors"
     if weights.is_file():
         load_weights(model, weights, allow_pickle=args.allow_pickle)
@@ -58,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
     model.eval()
     acc = accuracy(model, data.x_test, data.y_test)
     x = data.x_test[: args.images]
-    maps = explain(model, x, None, methods, options=_options(methods, data))
-    preds = model(x).argmax(1)
+    options = {m: EXPLAINERS.get(m).options_from_data(data.x_train, args.seed) for m in methods}
+    maps = explain(model, x.to(device), None, methods, options={m: o for m, o in options.items() if o})
+    preds = predict(model, x).argmax(1)
     labels = [f"y={data.class_names[int(t)]} pred={data.class_names[int(p)]}" for t, p in zip(data.y_test[: args.images], preds)]
     png = explanation_grid(x, maps, args.out / "explanations.png", labels,
                            title=f"{args.arch} on {args.dataset}: test accuracy {acc:.3f}")
@@ -67,8 +70,3 @@ def run(args: argparse.Namespace) -> int:
                                                   "test_accuracy": acc, "weights": str(weights)})
     print(f"test accuracy {acc:.3f}; explanations written to {png}")
     return 0
-
-
-def _options(methods: list[str], data) -> dict[str, dict]:
-    """GradientSHAP draws its baselines from training images (expected gradients)."""
-    return {"gradshap": {"baselines": data.x_train[:64]}} if "gradshap" in methods else {}

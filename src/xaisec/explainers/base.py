@@ -229,6 +229,12 @@ class Explainer(abc.ABC):
         self.model = model
 
     @classmethod
+    def options_from_data(cls, x_train: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+        """Options this method takes from the training data when a command builds it for a dataset (default: none;
+        GradientSHAP draws its background set)."""
+        return {}
+
+    @classmethod
     def attack_term_type(cls) -> type:
         """The ADV2 loss term that attacks this method's maps: :class:`~xaisec.evasion.objective.InterpreterTerm`
         (methods with state across attack steps, such as MASK, return their own subclass)."""

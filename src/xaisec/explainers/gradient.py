@@ -193,6 +193,11 @@ class GradientShap(Explainer):
 
     name = "gradshap"
 
+    @classmethod
+    def options_from_data(cls, x_train: torch.Tensor, seed: int = 0) -> dict:
+        """A background set of 64 training images (expected gradients)."""
+        return {"baselines": draw_background(x_train, min(64, len(x_train)), seed)}
+
     def __init__(self, model: nn.Module, baselines: torch.Tensor | None = None, n_samples: int = 32,
                  seed: int = 0, reduce: str = "sum"):
         super().__init__(model)
