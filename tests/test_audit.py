@@ -133,9 +133,54 @@ def test_entry_point_with_wrong_input_size(tmp_path, capsys):
     x = np.random.default_rng(0).random((40, 1, 20, 20)).astype(np.float32)
     np.savez(tmp_path / "big.npz", x=x, y=np.arange(40) % 10)
     code, err = _err(["audit", "--model", "tiny_backdoor:mlp_14", "--data", str(tmp_path / "big.npz")], capsys)
-    assert code == 2 and "does not accept inputs of shape (1, 20, 20)" in err
+    assert code == 2 and "does not accept inputs of shape (1, 20, 20)" in err and "size=" in err
 
 
 def test_every_default_check_is_registered():
     assert set(DEFAULT_CHECKS) <= set(AUDIT_CHECKS.names())
     assert all(AUDIT_CHECKS.get(n).what_it_tests for n in DEFAULT_CHECKS)
+
+
+def test_shift_control_separates_a_global_input_shift_from_a_backdoor():
+    """A clean model handed Moiré-overlaid digits (a shift every model sees) is flagged by STRIP alone, not once the
+    suspects are also scored on a clean control; the patch-backdoored model is still flagged on its trigger."""
+    from xaisec.triggers import build_trigger
+
+    x, y, xt, yt = small_mnist()
+    data = ImageDataset("tiny", x, y, xt, yt, num_classes=10)
+    moire = build_trigger("moire", darkness=0.0, opacity=0.25)(xt[:100]).detach()
+    kwargs = dict(progress=False, fit_images=500, eval_images=300)
+    alone = run_audit(tiny_model(False), data, checks=["strip"], suspects=moire, **kwargs)["checks"]["strip"]
+    assert alone["verdict"] == "suspicious" and "No shift control" in alone["summary"]
+    report = run_audit(tiny_model(False), data, checks=["shift_control", "strip"], suspects=moire, **kwargs)
+    control, strip = report["checks"]["shift_control"], report["checks"]["strip"]
+    assert control["evidence"]["source"] == "surrogate" and control["evidence"]["control_accuracy"] > 0.5
+    assert strip["verdict"] == "no evidence" and "shift of the input distribution" in strip["summary"]
+    assert strip["evidence"]["control_detection_rate"] > 0.5  # the clean control flags the overlay too
+    patched = stamp(xt[yt != TARGET][:100])
+    report = run_audit(tiny_model(True), data, checks=["shift_control", "strip"], suspects=patched, **kwargs)
+    assert report["checks"]["strip"]["verdict"] == "suspicious"
+    assert report["checks"]["strip"]["evidence"]["control_detection_rate"] < 0.2
+    assert "shift of the input distribution" in " ".join(report["what_flagged_suspects_mean"])
+
+
+def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_reset():
+    from torch import nn
+
+    from xaisec.audit.shift_control import fresh_copy
+
+    model = tiny_model(True)
+    clone = fresh_copy(model)
+    assert clone is not None and not torch.equal(clone.head.weight, model.head.weight)
+    assert torch.equal(model.state_dict()["head.weight"], tiny_model(True).state_dict()["head.weight"])  # untouched
+
+    class Scaled(nn.Module):  # a parameter no reset_parameters() reaches: it would keep the untrusted value
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.inner = tiny_model(False)
+
+        def forward(self, x):
+            return self.inner(x) * self.scale
+
+    assert fresh_copy(Scaled()) is None

@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import tiny_cnn
 from xaisec.audit.figures import norms_figure, triggers_figure
-from xaisec.audit.loading import load_npz
+from xaisec.data.npz import load_npz
 from xaisec.cli import main
 from xaisec.data import ImageDataset
 from xaisec.data.chestxray import read_findings

@@ -30,6 +30,23 @@ WHAT_CLEAN_DOES_NOT_PROVE = [
 ]
 
 
+WHAT_FLAGGED_SUSPECTS_MEAN = [
+    "The screening checks (explanation consistency, STRIP, Activation Clustering, Spectral Signatures) flag inputs "
+    "that are unusual <em>for the model under audit</em>. An input that is unusual for <em>any</em> model of the task "
+    "is flagged on a clean model too: a global filter or overlay (Fang &amp; Choromanska's Moiré trigger), another "
+    "camera or a new domain. Without a control, such a flag measures a shift of the input distribution, not a "
+    "backdoor (on mnist5k a clean small CNN handed Moiré-overlaid digits was called suspicious by explanation "
+    "consistency and STRIP alike).",
+    "The audit therefore scores the same suspects on a clean control model (your --reference, or a model of the same "
+    "architecture it trains from scratch on the clean images) and counts only what the audited model flags clearly "
+    "more often. A control trained on few images is a weaker stand-in for a clean model than a trusted reference; "
+    "see the shift-control section for which one was used and its accuracy.",
+    "A suspicious screening verdict says the suspects behave differently on this model than on a clean one; it "
+    "does not say which inputs carry a trigger, and a backdoor whose trigger is itself a large shift can hide "
+    "behind the control (measured in docs/audit_calibration.md).",
+]
+
+
 def _badge(verdict: str) -> str:
     return badge(verdict, BADGE_KIND.get(verdict, "warn"))
 
@@ -70,6 +87,9 @@ def render_report(summary: dict[str, Any], results: list[CheckResult], what: dic
         f'<td class="num">{r.seconds:.1f} s</td></tr>' for r in results) + "</tbody></table>"
     caveats = ('<div class="caveats"><h3>What a clean verdict does NOT prove</h3><ul>'
                + "".join(f"<li>{c}</li>" for c in WHAT_CLEAN_DOES_NOT_PROVE) + "</ul></div>")
+    if summary.get("suspects"):
+        caveats += ('<div class="caveats"><h3>What flagged suspects mean (and what they do not)</h3><ul>'
+                    + "".join(f"<li>{c}</li>" for c in WHAT_FLAGGED_SUSPECTS_MEAN) + "</ul></div>")
     body = [EXTRA_STYLE, f"<p>{_badge(overall)} <strong>{esc(headline)}</strong></p>", setup,
             section("Checks", overview), caveats, *(_check_section(r, what.get(r.name, "")) for r in results)]
     return page("xaisec audit", f"{summary.get('model', 'model')} on {summary.get('data', 'data')}", body)

@@ -17,15 +17,16 @@ from ..io import atomic_write_json, atomic_write_text, check_writable_dir
 from ..validation import check_number
 from . import checks_inputs, checks_model  # noqa: F401  (importing registers the checks)
 from .context import AUDIT_CHECKS, SUSPICIOUS, AuditContext, CheckResult, skipped
-from .report import WHAT_CLEAN_DOES_NOT_PROVE, render_report
+from .report import WHAT_CLEAN_DOES_NOT_PROVE, WHAT_FLAGGED_SUSPECTS_MEAN, render_report
 
 log = logging.getLogger(__name__)
 #: one week: a larger budget is a typo (and inf would run unbounded and be written to audit.json as invalid JSON)
 MAX_BUDGET_SECONDS = 7 * 24 * 3600.0
 
-#: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them
-DEFAULT_CHECKS = ("accuracy", "neural_cleanse", "fine_pruning", "rebn", "explanation_consistency", "strip",
-                  "activation_clustering", "spectral_signatures")
+#: the order checks run in: cheap model-level first, Neural Cleanse's triggers before fine-pruning uses them, the
+#: clean control model before the input checks that compare against it
+DEFAULT_CHECKS = ("accuracy", "neural_cleanse", "fine_pruning", "rebn", "shift_control", "explanation_consistency",
+                  "strip", "activation_clustering", "spectral_signatures")
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,6 +87,8 @@ def run_audit(model: nn.Module, data: ImageDataset, *, out: str | Path | None = 
     report = {**summary, "check_order": [r.name for r in results], "checks": {r.name: r.to_dict() for r in results},
               "seconds_per_check": {r.name: round(r.seconds, 2) for r in results},
               "what_a_clean_verdict_does_not_prove": [_plain(c) for c in WHAT_CLEAN_DOES_NOT_PROVE]}
+    if suspects is not None:
+        report["what_flagged_suspects_mean"] = [_plain(c) for c in WHAT_FLAGGED_SUSPECTS_MEAN]
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "audit.json", report)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import torch
 
-from ..audit import DEFAULT_CHECKS, load_audit_data, load_audit_model, load_suspects, run_audit
+from ..audit import DEFAULT_CHECKS, load_audit_model, load_suspects, model_input_shape, run_audit
+from ..audit.loading import is_entry_point
 from ..audit.runner import MAX_BUDGET_SECONDS
+from ..data import load_data
 from ..errors import ConfigError
 from ..io import check_writable_dir
+from ..models import model_from_entry_point
 from ..validation import check_int, check_number
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ def add_parser(sub) -> None:
                         "(tensors only)")
     p.add_argument("--data", required=True,
                    help="clean data: a dataset name (NAME or NAME:key=value,...), an .npz file with x and y, or an "
-                        "image folder")
+                        "image folder (imagefolder:root=DIR,size=H,channels=C to set its size)")
     p.add_argument("--out", type=Path, default=Path("audit"), help="output folder (default: ./audit)")
     p.add_argument("--budget", type=float, default=300.0,
                    help=f"time budget in seconds, at most {MAX_BUDGET_SECONDS:.0f} (default: 300)")
@@ -53,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
     check_int(args.seed, "--seed", low=0, high=2**32 - 1)
     check_number(args.budget, "--budget (seconds)", low=0, low_open=True, high=MAX_BUDGET_SECONDS)
     check_writable_dir(args.out, "--out")  # before minutes of checks, not after them
-    data = load_audit_data(args.data)
-    model = load_audit_model(args.model, args.arch, data, allow_pickle=args.allow_pickle)
+    # an entry point is built first: a model that declares its input shape sets an image folder's size
+    built = model_from_entry_point(args.model, "model") if is_entry_point(args.model) else None
+    data = load_data(args.data, expect_shape=model_input_shape(built) if built is not None else None)
+    model = load_audit_model(args.model, args.arch, data, allow_pickle=args.allow_pickle, built=built)
     reference = (load_audit_model(args.reference, args.arch, data, reference=True, allow_pickle=args.allow_pickle)
                  if args.reference else None)
     suspects = load_suspects(args.suspects, data) if args.suspects else None

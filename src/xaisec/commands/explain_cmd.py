@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import load_dataset
+from ..data import load_data
 from ..errors import XaisecError
 from ..explainers import explain
 from ..io import atomic_write_json, check_writable_dir, load_weights, save_weights
@@ -22,7 +22,9 @@ DEFAULT_METHODS = "gradcam,gradcampp,simplegrad,inputxgrad,ig,smoothgrad,gradsha
 
 def add_parser(sub) -> None:
     p = sub.add_parser("explain", help="train or load a small model and write a grid of explanations (PNG)")
-    p.add_argument("--dataset", default="mnist5k", help="embedded dataset (default: mnist5k)")
+    p.add_argument("--dataset", default="mnist5k",
+                   help="data: a dataset name (NAME or NAME:key=value,...), an .npz file with x and y, or an image "
+                        "folder (default: mnist5k)")
     p.add_argument("--arch", default="small_cnn", help="model architecture (default: small_cnn)")
     p.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated explainers")
     p.add_argument("--weights", type=Path, help="safetensors weights to explain (default: <out>/model.safetensors, "
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     check_int(args.images, "--images", low=1, high=64)
     check_int(args.seed, "--seed", low=0, high=2**32 - 1)
     check_writable_dir(args.out, "--out")  # before training, not after it
-    data = load_dataset(args.dataset)
+    data = load_data(args.dataset)
     torch.manual_seed(args.seed)
     model = build_model(args.arch, data.input_shape, data.num_classes)
     weights = args.weights or args.out / "model.safetensors"

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 EXPERIMENTS = Registry("experiment kind", "experiments")
 
 #: modules whose import registers the packaged experiment kinds
-KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor", "xaisec.runs.adv2", "xaisec.runs.defenses")
+KIND_MODULES: tuple[str, ...] = ("xaisec.runs.backdoor", "xaisec.runs.adv2", "xaisec.runs.defenses", "xaisec.runs.tabular")
 DEFAULT_KIND = "backdoor"
 
 
