@@ -122,7 +122,7 @@ def xaisec_commands(page: Path) -> list[tuple[int, list[str]]]:
     for b in blocks(page):
         if b.lang != "bash":
             continue
-        for i, raw in enumerate(b.text.splitlines()):
+        for i, raw in enumerate(b.text.replace("\\\n", " ").splitlines()):  # continued lines are one command
             words = shlex.split(raw, comments=True)
             for j, word in enumerate(words):  # `.venv/bin/xaisec run` after an install is part of the install line
                 if word == "xaisec" and (j == 0 or words[j - 1] in ("&&", ";")) and "install" not in raw:
