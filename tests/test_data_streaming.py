@@ -126,3 +126,42 @@ def test_worker_message_keeps_plain_messages():
 def test_make_loader_rejects_bad_arguments(bad):
     with pytest.raises(DataError, match=next(iter(bad))):
         make_loader(TensorImages(torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)), **bad)
+
+
+# ----------------------------------------------------------------------------------------------- decoded cache
+def test_decoded_cache_is_lossless_hits_and_misses_on_changed_files(tmp_path, monkeypatch):
+    from xaisec.data import cache as cache_module
+    from xaisec.data.cache import CachedImages, cache_path
+
+    write_gtsrb(tmp_path / "data")
+    options = {"root": tmp_path / "data", "size": 12, "crop_roi": True}
+    plain = open_dataset("gtsrb", **options)
+    first = open_dataset("gtsrb", cache_dir=tmp_path / "cache", cache_workers=2, **options)
+    assert isinstance(first.train, CachedImages) and len(list((tmp_path / "cache").iterdir())) == 2
+    for a, b in ((plain.train, first.train), (plain.test, first.test)):
+        assert all(torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1]) for i in range(len(a)))
+    loader = make_loader(first.train, batch_size=4, workers=2)
+    assert torch.equal(torch.cat([b[1] for b in loader]).sort().values, plain.train.labels.sort().values)
+
+    decoded = []
+    monkeypatch.setattr(ImageFiles, "decode", lambda self, i: decoded.append(i) or np.zeros(self.shape, np.float32))
+    again = open_dataset("gtsrb", cache_dir=tmp_path / "cache", **options)  # a hit: nothing decoded
+    assert decoded == [] and torch.equal(again.train[3][0], first.train[3][0])
+    monkeypatch.undo()
+
+    image = plain.train.split.paths[0]
+    Image.new("RGB", (20, 22), (9, 9, 9)).save(image, format="PPM")  # a changed source file: a miss
+    assert cache_path(plain.train, tmp_path / "cache") != first.train.path
+    changed = open_dataset("gtsrb", cache_dir=tmp_path / "cache", **options)
+    assert changed.train.path != first.train.path and not torch.equal(changed.train[0][0], first.train[0][0])
+    assert cache_path(open_dataset("gtsrb", **{**options, "size": 10}).train, tmp_path) != first.train.path
+    assert cache_module.cache_key(plain.test) == cache_module.cache_key(open_dataset("gtsrb", **options).test)
+
+
+def test_cache_build_failure_leaves_no_file_and_names_the_image(tmp_path):
+    write_folder(tmp_path / "train")
+    write_folder(tmp_path / "val", per_class=1)
+    (tmp_path / "train" / "cat" / "0.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cat/0.png"):
+        open_dataset("imagefolder", root=tmp_path, size=4, cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -76,8 +76,8 @@ class StreamingData:
     """Train and test ``Dataset``s of one dataset with what a model needs to know about them."""
 
     name: str
-    train: ImageStream | TensorImages
-    test: ImageStream | TensorImages
+    train: Dataset
+    test: Dataset
     num_classes: int
     class_names: list[str]
     multilabel: bool = False
@@ -95,26 +95,28 @@ class StreamingData:
                 f"{self.num_classes} classes")
 
 
-def stream_index(index: DatasetIndex, cache_dir: str | Path | None = None) -> StreamingData:
+def stream_index(index: DatasetIndex, cache_dir: str | Path | None = None, cache_workers: int = 0) -> StreamingData:
     """:class:`StreamingData` over an index; with ``cache_dir``, through the decoded uint8 cache
-    (:mod:`xaisec.data.cache`; built on first use, reused while the files are unchanged)."""
+    (:mod:`xaisec.data.cache`; built on first use with ``cache_workers`` processes, reused while the files are
+    unchanged)."""
     splits = [ImageStream(index.train, f"{index.name} train"), ImageStream(index.test, f"{index.name} test")]
     if cache_dir is not None:
         from .cache import cached
 
-        splits = [cached(s, cache_dir) for s in splits]
+        splits = [cached(s, cache_dir, workers=cache_workers) for s in splits]
     return StreamingData(index.name, *splits, num_classes=index.num_classes, class_names=list(index.class_names),
                          multilabel=index.multilabel)
 
 
-def open_dataset(name: str, cache_dir: str | Path | None = None, **options) -> StreamingData:
+def open_dataset(name: str, cache_dir: str | Path | None = None, cache_workers: int = 0, **options) -> StreamingData:
     """The dataset registered as ``name`` (options as for :func:`xaisec.data.load_dataset`) as ``Dataset``s:
-    on-disk formats are read lazily (``cache_dir``: optional decoded cache), the embedded ones in memory."""
+    on-disk formats are read lazily (``cache_dir``: optional decoded cache, see :func:`stream_index`), the
+    embedded ones in memory."""
     from . import DATASETS, STREAMABLE
 
     DATASETS.get(name)  # unknown names raise with suggestions
     if name in STREAMABLE:
-        return stream_index(STREAMABLE[name](**options), cache_dir)
+        return stream_index(STREAMABLE[name](**options), cache_dir, cache_workers)
     data = DATASETS.get(name)(**options)
     return StreamingData(data.name, TensorImages(data.x_train, data.y_train), TensorImages(data.x_test, data.y_test),
                          num_classes=data.num_classes, class_names=list(data.class_names), multilabel=data.multilabel)
