@@ -165,3 +165,19 @@ def test_cache_build_failure_leaves_no_file_and_names_the_image(tmp_path):
     with pytest.raises(DataError, match="cat/0.png"):
         open_dataset("imagefolder", root=tmp_path, size=4, cache_dir=tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_fit_and_predict_on_a_streamed_split(tmp_path):
+    from xaisec.train import cross_entropy, fit, predict, predict_batches
+
+    write_folder(tmp_path / "train", per_class=4)
+    write_folder(tmp_path / "val", per_class=2)
+    data = open_dataset("imagefolder", root=tmp_path, size=6)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 36, 2))
+    history = fit(model, make_loader(data.train, batch_size=4, workers=2), cross_entropy,
+                  torch.optim.SGD(model.parameters(), lr=0.1), 2, progress=False)
+    assert len(history) == 2
+    logits, labels = predict_batches(model, make_loader(data.test, batch_size=3, shuffle=False))
+    memory = load_dataset("imagefolder", root=tmp_path, size=6)
+    assert torch.equal(labels, memory.y_test) and torch.allclose(logits, predict(model, memory.x_test), atol=1e-6)
