@@ -1,6 +1,6 @@
 """A decoded uint8 cache of a streamed split, memory-mapped, so the second run of a large dataset skips decoding.
 
-The cache file ``<cache_dir>/<dataset>-<key>.u8`` holds the split's images as uint8 ``(N,C,H,W)`` (a quarter of
+The cache file ``<cache_dir>/<dataset>-<key>.u8`` (raw bytes) holds the split's images as uint8 ``(N,C,H,W)`` (a quarter of
 float32; 147 KiB per 224 px RGB image). ``key`` hashes what the pixels depend on: every source file's path,
 size and modification time, the colour mode, crop boxes and output size (:meth:`ImageFiles.fingerprint`), so
 a changed file or option builds a new cache instead of reading a stale one. It is lossless: every decoder of
@@ -40,12 +40,14 @@ def cache_path(stream: ImageStream, cache_dir: str | Path) -> Path:
 
 
 class CachedImages(Dataset):
-    """Items ``(x float32 (C,H,W) in [0,1], y)`` read from a uint8 cache file (memory-mapped on first access in
-    each process, so DataLoader workers share the page cache instead of copying the array)."""
+    """Items ``(x float32 (C,H,W) in [0,1], y)`` read from a uint8 cache file, one positioned read per item (the
+    file is opened on first access in each process). Reads go through the page cache without mapping the file,
+    so the process's resident memory does not grow with the number of images read."""
 
     def __init__(self, path: Path, shape: tuple[int, int, int], labels: torch.Tensor, name: str):
         self.path, self._shape, self.labels, self.name = Path(path), tuple(shape), labels, name
-        self._pixels: np.memmap | None = None
+        self._item_bytes = int(np.prod(self._shape))
+        self._fd: int | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -55,19 +57,23 @@ class CachedImages(Dataset):
         return self._shape
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pixels": None}  # workers map the file themselves
+        return {**self.__dict__, "_fd": None}  # each worker opens the file itself
 
-    def _open(self) -> np.memmap:
-        if self._pixels is None:
-            self._pixels = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(len(self), *self._shape))
-        return self._pixels
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = int(i)
         try:
-            pixels = np.array(self._open()[i], dtype=np.float32)
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            data = os.pread(self._fd, self._item_bytes, i * self._item_bytes)
         except OSError as exc:
             raise DataError(f"{self.name}: cannot read the decoded cache {self.path}: {exc}; delete it to rebuild") from None
+        if len(data) != self._item_bytes:
+            raise DataError(f"{self.name}: the decoded cache {self.path} is truncated at image {i}; delete it to rebuild")
+        pixels = np.frombuffer(data, dtype=np.uint8).reshape(self._shape).astype(np.float32)
         return torch.from_numpy(pixels / 255.0), self.labels[i]
 
 
@@ -88,15 +94,14 @@ def cached(stream: ImageStream, cache_dir: str | Path, workers: int = 0, batch_s
     log.info("%s: building decoded cache %s (%d images)", stream.name, path, len(stream))
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(len(stream), *stream.shape))
-        start = 0
         batches = make_loader(stream, batch_size=batch_size, shuffle=False, workers=workers)
-        for x, _ in tqdm(batches, desc=f"caching {stream.name}", unit="batch", leave=False,
-                         disable=len(batches) < 20 or None):
-            out[start:start + len(x)] = (x.numpy() * 255.0).round().astype(np.uint8)
-            start += len(x)
-        out.flush()
-        del out
+        with open(tmp, "wb") as out:  # written in order, not mapped: memory stays flat however large the split
+            for x, _ in tqdm(batches, desc=f"caching {stream.name}", unit="batch", leave=False,
+                             disable=len(batches) < 20 or None):
+                out.write((x.numpy() * 255.0).round().astype(np.uint8).tobytes())
+            out.flush()
+            os.fsync(out.fileno())
+        del batches
         os.replace(tmp, path)
     finally:
         if tmp.exists():
