@@ -2,7 +2,8 @@
 
 ``fit(model, batches, objective, optimizer, epochs)`` where ``objective(model, batch) -> LossOutput``.
 Batches come from :class:`TensorBatches` (in-memory tensors, shuffled per epoch from a seed, so a run
-resumed at epoch ``e`` sees the same batches as an uninterrupted one).
+resumed at epoch ``e`` sees the same batches as an uninterrupted one) or from :func:`xaisec.data.make_loader`
+(streamed datasets, the same order); anything with ``set_epoch``, ``len`` and iteration over tuples works.
 """
 from __future__ import annotations
 
