@@ -85,3 +85,46 @@ def test_bad_indices(clean, indices, match):
 def test_bad_mode(clean):
     with pytest.raises(ConfigError, match="poison mode"):
         poison_training_set(*clean, build_trigger("patch"), rate=0.1, relabel=True, target_label=0, mode="swap")
+
+
+# ----------------------------------------------------------------------------------------------- streamed
+@pytest.mark.parametrize("mode, rate, relabel", [("append", 0.25, False), ("append", 1.0, True),
+                                                 ("replace", 0.3, True)])
+def test_poisoned_stream_equals_the_in_memory_set(clean, mode, rate, relabel):
+    from xaisec.backdoor.poison import PoisonedStream, TriggerBatches
+    from xaisec.data import TensorImages, make_loader
+
+    x, y = clean
+    trigger = build_trigger("patch", size=2)
+    memory = poison_training_set(x, y, trigger, rate, relabel, target_label=3, seed=4, mode=mode)
+    stream = PoisonedStream(TensorImages(x, y), trigger, rate, relabel, 3, seed=4, mode=mode)
+    assert len(stream) == len(memory) and torch.equal(stream.chosen, memory.chosen)
+    items = [torch.stack(column) for column in zip(*(stream[j] for j in range(len(stream))))]
+    for got, want in zip(items, memory.tensors()):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+    # per batch: the loader's batches with the trigger applied to the poisoned rows give the same data
+    per_batch = PoisonedStream(TensorImages(x, y), trigger, rate, relabel, 3, seed=4, mode=mode, per_batch=True)
+    for xb, yb, pb, sb in TriggerBatches(make_loader(per_batch, batch_size=7, seed=1), trigger):
+        torch.testing.assert_close(xb, memory.x[_rows(memory, sb, pb)], rtol=0, atol=1e-7)
+        assert torch.equal(yb, memory.y[_rows(memory, sb, pb)])
+
+
+def _rows(memory, source, poisoned):
+    """Rows of ``memory`` holding ``(source, poisoned)``."""
+    return torch.tensor([int(((memory.source == s) & (memory.poisoned == p)).nonzero()[0]) for s, p in zip(source, poisoned)])
+
+
+def test_poisoned_stream_chosen_indices_and_errors(clean):
+    from xaisec.backdoor.poison import PoisonedStream
+    from xaisec.data import TensorImages
+
+    x, y = clean
+    data = PoisonedStream(TensorImages(x, y), build_trigger("patch"), 1.0, True, 0, mode="replace",
+                          indices=torch.tensor([5, 2]))
+    assert data.chosen.tolist() == [2, 5] and len(data) == 20 and data[5][2] and not data[4][2]
+    with pytest.raises(IndexError):
+        data[20]
+    with pytest.raises(ConfigError, match="poison mode"):
+        PoisonedStream(TensorImages(x, y), build_trigger("patch"), 0.1, True, 0, mode="mix")
+    with pytest.raises(ConfigError, match="rate"):
+        PoisonedStream(TensorImages(x, y), build_trigger("patch"), 1.5, True, 0)

@@ -2,14 +2,15 @@
 
 ``fit(model, batches, objective, optimizer, epochs)`` where ``objective(model, batch) -> LossOutput``.
 Batches come from :class:`TensorBatches` (in-memory tensors, shuffled per epoch from a seed, so a run
-resumed at epoch ``e`` sees the same batches as an uninterrupted one).
+resumed at epoch ``e`` sees the same batches as an uninterrupted one) or from :func:`xaisec.data.make_loader`
+(streamed datasets, the same order); anything with ``set_epoch``, ``len`` and iteration over tuples works.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +170,21 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     device = model_device(model)
     with eval_mode(model):
         return torch.cat([model(chunk.to(device)).to(x.device) for chunk in x.split(batch_size)])
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, batches: Iterable[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (N,K), labels)`` over every ``(x, y, ...)`` batch of a loader (a streamed test split, e.g.
+    :func:`xaisec.data.make_loader` with ``shuffle=False``), in eval mode (mode restored), on the host."""
+    from .models import model_device
+
+    device = model_device(model)
+    logits, labels = [], []
+    with eval_mode(model):
+        for batch in batches:
+            logits.append(model(batch[0].to(device, non_blocking=True)).cpu())
+            labels.append(batch[1])
+    return torch.cat(logits), torch.cat(labels)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, top: int = 1, batch_size: int = 512) -> float:

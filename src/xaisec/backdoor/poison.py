@@ -11,9 +11,11 @@ from (``source``), so cached reference maps and targets are looked up, never rec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 
@@ -69,6 +71,17 @@ def check_indices(indices: torch.Tensor, n_total: int, name: str = "indices") ->
     return idx
 
 
+def choose_poisoned(n_total: int, rate: float, seed: int = 0, indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted indices ``(n,)`` of the images to poison: ``indices`` (checked) if given, else ``round(rate * N)``
+    (at least one) drawn without replacement from ``seed``."""
+    if indices is not None:
+        return check_indices(indices, n_total)
+    if not 0 < rate <= 1:
+        raise ConfigError(f"poison rate must be in (0, 1] (poisoned images per clean image), got {rate}")
+    n = max(1, round(rate * n_total))
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def poison_training_set(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, rate: float, relabel: bool,
                         target_label: int, seed: int = 0, *, mode: str = "append",
                         indices: torch.Tensor | None = None) -> PoisonedSet:
@@ -82,14 +95,8 @@ def poison_training_set(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, ra
     """
     if mode not in POISON_MODES:
         raise ConfigError(f"poison mode must be one of {POISON_MODES}, got {mode!r}")
-    if indices is None:
-        if not 0 < rate <= 1:
-            raise ConfigError(f"poison rate must be in (0, 1] (poisoned images per clean image), got {rate}")
-        n = max(1, round(rate * len(x)))
-        chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    else:
-        chosen = check_indices(indices, len(x))
-        n = len(chosen)
+    chosen = choose_poisoned(len(x), rate, seed, indices)
+    n = len(chosen)
     x_trig = apply_trigger(trigger, x[chosen])
     y_trig = torch.full_like(y[chosen], target_label) if relabel else y[chosen]
     if mode == "replace":
@@ -103,3 +110,67 @@ def poison_training_set(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, ra
         poisoned=torch.cat([torch.zeros(len(x), dtype=torch.bool), torch.ones(n, dtype=torch.bool)]),
         source=torch.cat([torch.arange(len(x)), chosen]),
     )
+
+
+class PoisonedStream(Dataset):
+    """:func:`poison_training_set` over a ``Dataset`` of ``(x, y)`` items, computed per item: item ``j`` is
+    ``(x, y, poisoned, source)`` exactly as row ``j`` of the :class:`PoisonedSet` built from the same clean data,
+    ``rate``, ``seed`` / ``indices`` and ``mode`` (``append``: N + n items, the triggered copies last;
+    ``replace``: N items). ``per_batch``: items keep the clean image and :class:`TriggerBatches` applies the
+    trigger to the poisoned rows of each batch (one batched call, e.g. on the GPU) instead of each worker
+    applying it to one image."""
+
+    def __init__(self, clean: Dataset, trigger: nn.Module, rate: float, relabel: bool, target_label: int,
+                 seed: int = 0, *, mode: str = "append", indices: torch.Tensor | None = None, per_batch: bool = False):
+        if mode not in POISON_MODES:
+            raise ConfigError(f"poison mode must be one of {POISON_MODES}, got {mode!r}")
+        self.clean, self.trigger, self.relabel, self.target_label = clean, trigger, relabel, target_label
+        self.mode, self.per_batch = mode, per_batch
+        self.chosen = choose_poisoned(len(clean), rate, seed, indices)
+        self._is_chosen = torch.zeros(len(clean), dtype=torch.bool)
+        self._is_chosen[self.chosen] = True
+
+    def __len__(self) -> int:
+        return len(self.clean) + (len(self.chosen) if self.mode == "append" else 0)
+
+    def source_of(self, j: int) -> tuple[int, bool]:
+        """``(index of the clean image, poisoned?)`` of item ``j``."""
+        n_clean = len(self.clean)
+        if not 0 <= j < len(self):
+            raise IndexError(f"item {j} of a poisoned set of {len(self)}")
+        if self.mode == "append":
+            return (j, False) if j < n_clean else (int(self.chosen[j - n_clean]), True)
+        return j, bool(self._is_chosen[j])
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        source, poisoned = self.source_of(int(j))
+        x, y = self.clean[source][:2]
+        if poisoned:
+            if not self.per_batch:
+                with torch.no_grad():
+                    x = self.trigger(x[None])[0]
+            if self.relabel:
+                y = torch.full_like(torch.as_tensor(y), self.target_label)
+        return x, torch.as_tensor(y), torch.tensor(poisoned), torch.tensor(source)
+
+
+class TriggerBatches:
+    """Batches ``(x, y, poisoned, source)`` of a ``PoisonedStream(per_batch=True)`` with the trigger applied to
+    the poisoned rows of ``x`` (on ``x``'s device; move the trigger there first)."""
+
+    def __init__(self, batches, trigger: nn.Module):
+        self.batches, self.trigger = batches, trigger
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for x, y, poisoned, source in self.batches:
+            if poisoned.any():
+                x = x.clone()
+                with torch.no_grad():
+                    x[poisoned] = self.trigger(x[poisoned])
+            yield x, y, poisoned, source

@@ -1,19 +1,24 @@
 """Datasets: the embedded ones (``mnist5k``, ``shapes``) and loaders for on-disk formats.
 
-``load_dataset(name, **options)`` builds any registered dataset (``xaisec list datasets``).
+``load_dataset(name, **options)`` builds any registered dataset in memory (``xaisec list datasets``);
+``open_dataset(name, **options)`` gives the same data as ``torch.utils.data.Dataset``s, the on-disk formats
+decoded lazily (:data:`STREAMABLE`), with :func:`make_loader` for the batches.
 """
 from __future__ import annotations
 
 from ..registry import Registry
 from .base import ImageDataset, stratified_split
-from .chestxray import load_chestxray14
-from .cifar import load_cifar10
-from .cub import load_cub200
-from .gtsrb import load_gtsrb
-from .imagefolder import load_imagefolder
+from .chestxray import index_chestxray14, load_chestxray14
+from .cifar import index_cifar10, load_cifar10
+from .cub import index_cub200, load_cub200
+from .gtsrb import index_gtsrb, load_gtsrb
+from .imagefolder import index_imagefolder, load_imagefolder
+from .index import DatasetIndex, ImageFiles, PixelArray
+from .loader import SeededOrder, StreamBatches, make_loader
 from .mnist import load_mnist5k
 from .npz import images_from_array, load_npz
 from .shapes import SHAPE_NAMES, load_shapes, make_shapes
+from .streaming import ImageStream, StreamingData, TensorImages, open_dataset, stream_index
 from .tabular import (CREDIT_DEFAULT_FEATURES, TABULAR_SETS, load_credit_default, load_sklearn_tabular,
                       read_credit_default, tabular_feature_names)
 
@@ -24,6 +29,10 @@ for _name, _loader in (("mnist5k", load_mnist5k), ("shapes", load_shapes), ("cif
                        ("credit_default", load_credit_default), ("npz", load_npz)):
     DATASETS.register(_name)(_loader)
 
+#: the on-disk datasets' index readers (same options as their loaders): what ``open_dataset`` streams
+STREAMABLE = {"cifar10": index_cifar10, "gtsrb": index_gtsrb, "cub200": index_cub200,
+              "chestxray14": index_chestxray14, "imagefolder": index_imagefolder}
+
 
 def load_dataset(name: str, **options) -> ImageDataset:
     """Load the dataset registered as ``name``; on-disk formats take ``root=PATH``."""
@@ -33,8 +42,11 @@ def load_dataset(name: str, **options) -> ImageDataset:
 from .spec import DataSpec, load_data, parse_data_spec  # noqa: E402  (needs DATASETS)
 
 
-__all__ = ["CREDIT_DEFAULT_FEATURES", "DATASETS", "DataSpec", "ImageDataset", "SHAPE_NAMES", "TABULAR_SETS",
-           "images_from_array", "load_chestxray14", "load_cifar10", "load_credit_default", "load_cub200", "load_data",
-           "load_dataset", "load_gtsrb", "load_imagefolder", "load_mnist5k", "load_npz", "load_shapes",
-           "load_sklearn_tabular", "make_shapes", "parse_data_spec", "read_credit_default", "stratified_split",
-           "tabular_feature_names"]
+__all__ = ["CREDIT_DEFAULT_FEATURES", "DATASETS", "DataSpec", "DatasetIndex", "ImageDataset", "ImageFiles",
+           "ImageStream", "PixelArray", "SHAPE_NAMES", "STREAMABLE", "SeededOrder", "StreamBatches",
+           "StreamingData", "TABULAR_SETS", "TensorImages", "images_from_array", "index_chestxray14",
+           "index_cifar10", "index_cub200", "index_gtsrb", "index_imagefolder", "load_chestxray14",
+           "load_cifar10", "load_credit_default", "load_cub200", "load_data", "load_dataset", "load_gtsrb",
+           "load_imagefolder", "load_mnist5k", "load_npz", "load_shapes", "load_sklearn_tabular",
+           "make_loader", "make_shapes", "open_dataset", "parse_data_spec", "read_credit_default",
+           "stratified_split", "stream_index", "tabular_feature_names"]

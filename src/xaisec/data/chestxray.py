@@ -14,12 +14,12 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from .base import ImageDataset
 from .files import read_text, read_text_lines
-from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, read_images, require_dir, require_file, select_subset
+from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, require_dir, require_file, select_subset
+from .index import DatasetIndex, ImageFiles
 
 LAYOUT = """ChestX-ray14/
   Data_Entry_2017.csv   columns "Image Index", "Finding Labels" (e.g. "Effusion|Mass" or "No Finding"), ...
@@ -76,7 +76,15 @@ def _read_list(path: Path) -> list[str]:
 
 def load_chestxray14(root: str | Path, size: Size = 224, single_label: bool = False, skip_missing: bool = False,
                      max_samples: int | None = None, max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
-    """ChestX-ray14 as ``(N,1,H,W)`` float32 in [0,1] with the official train_val / test lists.
+    """ChestX-ray14 as ``(N,1,H,W)`` float32 in [0,1] (in memory: ~200 KiB per 224 px image; stream the full
+    112,120 images with :func:`xaisec.data.open_dataset`); the options are those of :func:`index_chestxray14`."""
+    return index_chestxray14(root, size, single_label, skip_missing, max_samples, max_per_class, seed).load()
+
+
+def index_chestxray14(root: str | Path, size: Size = 224, single_label: bool = False, skip_missing: bool = False,
+                      max_samples: int | None = None, max_per_class: int | None = None,
+                      seed: int = 0) -> DatasetIndex:
+    """ChestX-ray14's image paths and findings with the official train_val / test lists, not yet decoded.
 
     ``single_label``: keep images with exactly one finding, int labels in 15 classes (else float ``(N,14)``
     multi-hot, ``multilabel=True``). ``skip_missing``: drop listed images whose file is absent (a partial
@@ -113,7 +121,6 @@ def load_chestxray14(root: str | Path, size: Size = 224, single_label: bool = Fa
                 labels[i, [column[f] for f in findings[n] if f != NO_FINDING]] = 1.0
         check_nonempty(len(names), f"chestxray14 {list_name}", "No listed image is present (and single-label).")
         keep = select_subset(labels if single_label else None, len(names), max_samples, max_per_class, seed)
-        x = read_images([files[names[i]] for i in keep], "L", size, desc=f"chestxray14 {list_name}")
-        splits.append((x, torch.from_numpy(labels[keep])))
-    return ImageDataset("chestxray14", *splits[0], *splits[1], num_classes=len(class_names),
-                        class_names=class_names, multilabel=not single_label)
+        splits.append(ImageFiles([files[names[i]] for i in keep], labels[keep], "L", size))
+    return DatasetIndex("chestxray14", *splits, num_classes=len(class_names), class_names=class_names,
+                        multilabel=not single_label)

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from .base import ImageDataset
-from .images import Size, as_hw, require_dir, require_file, resize_uint8, select_subset
+from .images import Size, as_hw, require_dir, require_file, select_subset
+from .index import DatasetIndex, PixelArray
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; old pickles still name numpy.core
     from numpy._core import multiarray as _multiarray, numeric as _numeric
@@ -101,7 +101,14 @@ def _class_names(folder: Path) -> list[str]:
 
 def load_cifar10(root: str | Path, size: Size = 32, max_samples: int | None = None,
                  max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
-    """CIFAR-10 as ``(N,3,H,W)`` float32 in [0,1] (50,000 train / 10,000 test, 10 classes).
+    """CIFAR-10 as ``(N,3,H,W)`` float32 in [0,1] (50,000 train / 10,000 test, 10 classes); the options are
+    those of :func:`index_cifar10`."""
+    return index_cifar10(root, size, max_samples, max_per_class, seed).load()
+
+
+def index_cifar10(root: str | Path, size: Size = 32, max_samples: int | None = None,
+                  max_per_class: int | None = None, seed: int = 0) -> DatasetIndex:
+    """CIFAR-10's uint8 pixels (60,000 x 3 KiB) and labels, resized one image at a time on decode.
 
     ``root``: the ``cifar-10-batches-py`` folder (or its parent). ``size``: output size (PIL bilinear
     when not 32). ``max_samples`` / ``max_per_class``: a random subset of each split, fixed by ``seed``.
@@ -117,5 +124,5 @@ def load_cifar10(root: str | Path, size: Size = 32, max_samples: int | None = No
         pixels = np.concatenate([p for p, _ in parts])
         labels = np.concatenate([y for _, y in parts])
         keep = select_subset(labels, len(labels), max_samples, max_per_class, seed)
-        splits[split] = (resize_uint8(pixels[keep], size, desc=f"cifar10 {split}"), torch.from_numpy(labels[keep]))
-    return ImageDataset("cifar10", *splits["train"], *splits["test"], num_classes=10, class_names=_class_names(folder))
+        splits[split] = PixelArray(pixels[keep], labels[keep], size, origin=f"{folder} {split} batches")
+    return DatasetIndex("cifar10", splits["train"], splits["test"], num_classes=10, class_names=_class_names(folder))

@@ -10,12 +10,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from .base import ImageDataset
 from .files import read_text
-from .images import Box, Size, as_hw, check_nonempty, read_images, require_dir, require_file, select_subset
+from .images import Box, Size, as_hw, check_nonempty, require_dir, require_file, select_subset
+from .index import DatasetIndex, ImageFiles
 
 LAYOUT = """CUB_200_2011/
   images.txt               <image_id> <class_dir>/<file>.jpg
@@ -58,7 +58,13 @@ def _as_number(text: str, path: Path, kind: type = int) -> float:
 
 def load_cub200(root: str | Path, size: Size = 224, crop_bbox: bool = False, masks: bool = False,
                 max_samples: int | None = None, max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
-    """CUB-200-2011 as ``(N,3,H,W)`` float32 in [0,1], 200 classes, labels 0-based.
+    """CUB-200-2011 as ``(N,3,H,W)`` float32 in [0,1]; the options are those of :func:`index_cub200`."""
+    return index_cub200(root, size, crop_bbox, masks, max_samples, max_per_class, seed).load()
+
+
+def index_cub200(root: str | Path, size: Size = 224, crop_bbox: bool = False, masks: bool = False,
+                 max_samples: int | None = None, max_per_class: int | None = None, seed: int = 0) -> DatasetIndex:
+    """CUB-200-2011's image paths, labels (200 classes, 0-based) and boxes from its index files, not yet decoded.
 
     ``root``: the ``CUB_200_2011`` folder (or its parent). ``crop_bbox``: crop to ``bounding_boxes.txt``
     before resizing to ``size`` (PIL bilinear). ``masks``: also read ``segmentations/`` into bool
@@ -111,14 +117,13 @@ def load_cub200(root: str | Path, size: Size = 224, crop_bbox: bool = False, mas
         y = np.asarray(labels, dtype=np.int64)
         keep = select_subset(y, len(y), max_samples, max_per_class, seed)
         kept_boxes = [boxes[i] for i in keep] if crop_bbox else None
-        x = read_images([image_dir / rels[i] for i in keep], "RGB", size, kept_boxes, desc=f"cub200 {name}")
+        x = ImageFiles([image_dir / rels[i] for i in keep], y[keep], "RGB", size, kept_boxes)
         m = None
         if seg_dir is not None:
-            seg_paths = [seg_dir / Path(rels[i]).with_suffix(".png") for i in keep]
-            m = read_images(seg_paths, "L", size, kept_boxes, desc=f"cub200 {name} masks") > 0.5
-        splits.append((x, torch.from_numpy(y[keep]), m))
-    (x_tr, y_tr, m_tr), (x_te, y_te, m_te) = splits
-    return ImageDataset("cub200", x_tr, y_tr, x_te, y_te, num_classes=num_classes, class_names=class_names,
+            m = ImageFiles([seg_dir / Path(rels[i]).with_suffix(".png") for i in keep], y[keep], "L", size, kept_boxes)
+        splits.append((x, m))
+    (x_tr, m_tr), (x_te, m_te) = splits
+    return DatasetIndex("cub200", x_tr, x_te, num_classes=num_classes, class_names=class_names,
                         masks_train=m_tr, masks_test=m_te)
 
 

@@ -9,11 +9,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from .base import ImageDataset
-from .images import Box, Size, as_hw, check_nonempty, read_images, require_dir, select_subset
+from .images import Box, Size, as_hw, check_nonempty, require_dir, select_subset
+from .index import DatasetIndex, ImageFiles
 
 LAYOUT = """GTSRB/
   Final_Training/Images/00000/GT-00000.csv   Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId
@@ -80,16 +80,22 @@ def _find_test_csv(root: Path) -> Path:
                     f"Download GTSRB_Final_Test_GT.zip and extract it into {root}. Expected layout:\n{LAYOUT}")
 
 
-def _load_split(paths: list[Path], labels: np.ndarray, boxes: list[Box], crop_roi: bool, size: Size,
-                max_samples: int | None, max_per_class: int | None, seed: int, desc: str):
+def _split(paths: list[Path], labels: np.ndarray, boxes: list[Box], crop_roi: bool, size: Size,
+           max_samples: int | None, max_per_class: int | None, seed: int) -> ImageFiles:
     keep = select_subset(labels, len(labels), max_samples, max_per_class, seed)
-    x = read_images([paths[i] for i in keep], "RGB", size, [boxes[i] for i in keep] if crop_roi else None, desc)
-    return x, torch.from_numpy(labels[keep])
+    return ImageFiles([paths[i] for i in keep], labels[keep], "RGB", size, [boxes[i] for i in keep] if crop_roi else None)
 
 
 def load_gtsrb(root: str | Path, size: Size = 32, crop_roi: bool = False, max_samples: int | None = None,
                max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
-    """GTSRB as ``(N,3,H,W)`` float32 in [0,1], 43 classes (39,209 train / 12,630 test in full).
+    """GTSRB as ``(N,3,H,W)`` float32 in [0,1], 43 classes (39,209 train / 12,630 test in full); the options are
+    those of :func:`index_gtsrb`."""
+    return index_gtsrb(root, size, crop_roi, max_samples, max_per_class, seed).load()
+
+
+def index_gtsrb(root: str | Path, size: Size = 32, crop_roi: bool = False, max_samples: int | None = None,
+                max_per_class: int | None = None, seed: int = 0) -> DatasetIndex:
+    """GTSRB's image paths, labels and sign boxes from its annotation files, not yet decoded.
 
     ``root``: the ``GTSRB`` folder (holding ``Final_Training`` and ``Final_Test``). ``crop_roi``: crop each
     image to its annotated sign box before resizing to ``size`` (PIL bilinear). ``max_samples`` /
@@ -121,6 +127,6 @@ def load_gtsrb(root: str | Path, size: Size = 32, crop_roi: bool = False, max_sa
     check_nonempty(len(test_labels), "gtsrb GT-final_test.csv", "The file lists no images.")
 
     opts = dict(crop_roi=crop_roi, size=size, max_samples=max_samples, max_per_class=max_per_class, seed=seed)
-    train = _load_split(paths, labels, boxes, desc="gtsrb train", **opts)
-    test = _load_split(test_paths, test_labels, test_boxes, desc="gtsrb test", **opts)
-    return ImageDataset("gtsrb", *train, *test, num_classes=NUM_CLASSES, class_names=list(GTSRB_CLASSES))
+    train = _split(paths, labels, boxes, **opts)
+    test = _split(test_paths, test_labels, test_boxes, **opts)
+    return DatasetIndex("gtsrb", train, test, num_classes=NUM_CLASSES, class_names=list(GTSRB_CLASSES))

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from .base import ImageDataset, stratified_split
-from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, read_images, require_dir, select_subset
+from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, require_dir, select_subset
+from .index import DatasetIndex, ImageFiles
 
 LAYOUT = f"""root/
   train/<class name>/<image>       one folder per class; extensions {', '.join(IMAGE_EXTENSIONS)}
@@ -42,7 +42,15 @@ def _flatten(classes: dict[str, list[Path]], index: dict[str, int]) -> tuple[lis
 def load_imagefolder(root: str | Path, size: Size = 224, channels: int = 3, test_split: str | None = None,
                      test_fraction: float = 0.2, max_samples: int | None = None, max_per_class: int | None = None,
                      seed: int = 0) -> ImageDataset:
-    """Class folders as ``(N,C,H,W)`` float32 in [0,1] (``C`` = ``channels``: 3 RGB or 1 grayscale).
+    """Class folders as ``(N,C,H,W)`` float32 in [0,1] (``C`` = ``channels``: 3 RGB or 1 grayscale); the options
+    are those of :func:`index_imagefolder`."""
+    return index_imagefolder(root, size, channels, test_split, test_fraction, max_samples, max_per_class, seed).load()
+
+
+def index_imagefolder(root: str | Path, size: Size = 224, channels: int = 3, test_split: str | None = None,
+                      test_fraction: float = 0.2, max_samples: int | None = None, max_per_class: int | None = None,
+                      seed: int = 0) -> DatasetIndex:
+    """The class folders' image paths and labels, not yet decoded.
 
     ``test_split``: the test folder name (default: ``val``, else ``test``, else a stratified split of
     ``root`` with ``test_fraction`` and ``seed``). Images are resized to ``size`` with PIL bilinear.
@@ -85,7 +93,5 @@ def load_imagefolder(root: str | Path, size: Size = 224, channels: int = 3, test
     for name, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):
         check_nonempty(len(paths), f"imagefolder {name} split of {root}", f"Expected layout:\n{LAYOUT}")
         keep = select_subset(labels, len(labels), max_samples, max_per_class, seed)
-        x = read_images([paths[i] for i in keep], mode, size, desc=f"imagefolder {name}")
-        splits.append((x, torch.from_numpy(labels[keep])))
-    return ImageDataset("imagefolder", *splits[0], *splits[1], num_classes=len(index),
-                        class_names=list(index))
+        splits.append(ImageFiles([paths[i] for i in keep], labels[keep], mode, size))
+    return DatasetIndex("imagefolder", *splits, num_classes=len(index), class_names=list(index))

@@ -10,9 +10,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data import ImageDataset, load_dataset
+from ..data import ImageDataset, StreamingData, load_dataset, make_loader
+from ..data.augment import Augment, AugmentedBatches
 from ..io import load_weights
 from ..models import build_model, resolve_device
+from ..multilabel import binary_cross_entropy
 from ..train import TensorBatches, cross_entropy
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule, write_log
@@ -85,7 +87,22 @@ def train_reference(ctx: RunContext) -> TrainedModel:
     log.info("reference: training %s on %s", cfg.model.arch, data.summary())
     stage = TrainingStage("reference", ctx.rd.checkpoints)
     optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr, weight_decay=ref.weight_decay)
-    batches = TensorBatches(data.x_train, data.y_train, batch_size=ref.batch_size, seed=cfg.seed)
-    stage.train(model, batches, cross_entropy, optimizer, ref.epochs, ref.lr, schedule("cosine", ref.epochs),
+    batches = reference_batches(data, ref.batch_size, cfg.seed, device=resolve_device(cfg.device))
+    objective = binary_cross_entropy if data.multilabel else cross_entropy
+    stage.train(model, batches, objective, optimizer, ref.epochs, ref.lr, schedule("cosine", ref.epochs),
                 progress=ctx.progress, on_log=training_log(ctx, stage))
     return TrainedModel(dict(model.state_dict()), stage.history, stage.stop_reason)
+
+
+# ---- streamed data (issue 13): the reference training's batches for in-memory or streamed data ----------------
+def reference_batches(data: ImageDataset | StreamingData, batch_size: int, seed: int, *, workers: int = 0,
+                      device: str | None = None, augment: Augment | None = None):
+    """The clean classifier's training batches: ``TensorBatches`` over an in-memory dataset, or
+    :func:`xaisec.data.make_loader` over a streamed one (:func:`xaisec.data.open_dataset`; ``workers`` decoding
+    processes, pinned memory on CUDA). Both follow the order ``randperm(N, seed + epoch)``, so a resumed run sees
+    the same batches. ``augment``: training augmentation (:mod:`xaisec.data.augment`), seeded from ``seed``."""
+    if isinstance(data, StreamingData):
+        batches = make_loader(data.train, batch_size, seed=seed, workers=workers, device=device or "cpu")
+    else:
+        batches = TensorBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed)
+    return batches if augment is None else AugmentedBatches(batches, augment, seed)
