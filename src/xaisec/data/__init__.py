@@ -6,8 +6,7 @@ decoded lazily (:data:`STREAMABLE`), with :func:`make_loader` for the batches.
 """
 from __future__ import annotations
 
-from ..registry import Registry
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 from .chestxray import index_chestxray14, load_chestxray14
 from .cifar import index_cifar10, load_cifar10
 from .cub import index_cub200, load_cub200
@@ -22,12 +21,6 @@ from .streaming import ImageStream, StreamingData, TensorImages, open_dataset, s
 from .tabular import (CREDIT_DEFAULT_FEATURES, TABULAR_SETS, load_credit_default, load_sklearn_tabular,
                       read_credit_default, tabular_feature_names)
 
-DATASETS = Registry("dataset")
-for _name, _loader in (("mnist5k", load_mnist5k), ("shapes", load_shapes), ("cifar10", load_cifar10),
-                       ("gtsrb", load_gtsrb), ("cub200", load_cub200), ("chestxray14", load_chestxray14),
-                       ("imagefolder", load_imagefolder), ("sklearn_tabular", load_sklearn_tabular),
-                       ("credit_default", load_credit_default), ("npz", load_npz)):
-    DATASETS.register(_name)(_loader)
 
 #: the on-disk datasets' index readers (same options as their loaders): what ``open_dataset`` streams
 STREAMABLE = {"cifar10": index_cifar10, "gtsrb": index_gtsrb, "cub200": index_cub200,
@@ -39,7 +32,7 @@ def load_dataset(name: str, **options) -> ImageDataset:
     return DATASETS.get(name)(**options)
 
 
-from .spec import DataSpec, load_data, parse_data_spec  # noqa: E402  (needs DATASETS)
+from .spec import DataSpec, load_data, parse_data_spec  # noqa: E402
 
 
 __all__ = ["CREDIT_DEFAULT_FEATURES", "DATASETS", "DataSpec", "DatasetIndex", "ImageDataset", "ImageFiles",

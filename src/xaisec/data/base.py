@@ -7,7 +7,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..registry import Registry
 from ..validation import check_images, check_int, check_labels
+
+
+#: every dataset loader, registered with ``@DATASETS.register("name")`` in the file that defines it
+DATASETS = Registry("dataset")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset
+from .base import DATASETS, ImageDataset
 from .files import read_text, read_text_lines
 from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, require_dir, require_file, select_subset
 from .index import DatasetIndex, ImageFiles
@@ -74,6 +74,7 @@ def _read_list(path: Path) -> list[str]:
     return read_text_lines(require_file(path, "chestxray14", LAYOUT), "chestxray14", LAYOUT)
 
 
+@DATASETS.register("chestxray14")
 def load_chestxray14(root: str | Path, size: Size = 224, single_label: bool = False, skip_missing: bool = False,
                      max_samples: int | None = None, max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     """ChestX-ray14 as ``(N,1,H,W)`` float32 in [0,1] (in memory: ~200 KiB per 224 px image; stream the full

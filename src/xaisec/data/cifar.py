@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset
+from .base import DATASETS, ImageDataset
 from .images import Size, as_hw, require_dir, require_file, select_subset
 from .index import DatasetIndex, PixelArray
 
@@ -99,6 +99,7 @@ def _class_names(folder: Path) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
+@DATASETS.register("cifar10")
 def load_cifar10(root: str | Path, size: Size = 32, max_samples: int | None = None,
                  max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     """CIFAR-10 as ``(N,3,H,W)`` float32 in [0,1] (50,000 train / 10,000 test, 10 classes); the options are

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset
+from .base import DATASETS, ImageDataset
 from .files import read_text
 from .images import Box, Size, as_hw, check_nonempty, require_dir, require_file, select_subset
 from .index import DatasetIndex, ImageFiles
@@ -56,6 +56,7 @@ def _as_number(text: str, path: Path, kind: type = int) -> float:
         raise DataError(f"{path}: {text!r} is not a number") from exc
 
 
+@DATASETS.register("cub200")
 def load_cub200(root: str | Path, size: Size = 224, crop_bbox: bool = False, masks: bool = False,
                 max_samples: int | None = None, max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     """CUB-200-2011 as ``(N,3,H,W)`` float32 in [0,1]; the options are those of :func:`index_cub200`."""

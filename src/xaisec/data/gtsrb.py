@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset
+from .base import DATASETS, ImageDataset
 from .images import Box, Size, as_hw, check_nonempty, require_dir, select_subset
 from .index import DatasetIndex, ImageFiles
 
@@ -86,6 +86,7 @@ def _split(paths: list[Path], labels: np.ndarray, boxes: list[Box], crop_roi: bo
     return ImageFiles([paths[i] for i in keep], labels[keep], "RGB", size, [boxes[i] for i in keep] if crop_roi else None)
 
 
+@DATASETS.register("gtsrb")
 def load_gtsrb(root: str | Path, size: Size = 32, crop_roi: bool = False, max_samples: int | None = None,
                max_per_class: int | None = None, seed: int = 0) -> ImageDataset:
     """GTSRB as ``(N,3,H,W)`` float32 in [0,1], 43 classes (39,209 train / 12,630 test in full); the options are

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 from .images import IMAGE_EXTENSIONS, Size, as_hw, check_nonempty, require_dir, select_subset
 from .index import DatasetIndex, ImageFiles
 
@@ -39,6 +39,7 @@ def _flatten(classes: dict[str, list[Path]], index: dict[str, int]) -> tuple[lis
     return paths, labels
 
 
+@DATASETS.register("imagefolder")
 def load_imagefolder(root: str | Path, size: Size = 224, channels: int = 3, test_split: str | None = None,
                      test_fraction: float = 0.2, max_samples: int | None = None, max_per_class: int | None = None,
                      seed: int = 0) -> ImageDataset:

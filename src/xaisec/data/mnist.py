@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 
 
 def mnist5k_path() -> Path:
@@ -22,6 +22,7 @@ def mnist5k_path() -> Path:
     return path
 
 
+@DATASETS.register("mnist5k")
 def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     """Images ``(N,1,28,28)`` float32 in [0,1]; default split 4,000 train / 1,000 test, stratified."""
     table = np.loadtxt(mnist5k_path(), delimiter=",", dtype=np.float32)

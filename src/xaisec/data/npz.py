@@ -12,7 +12,7 @@ import torch
 
 from ..errors import DataError
 from ..validation import check_images
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 from .files import labels_from_array, read_npz
 
 LAYOUT = """file.npz (numpy.savez) with arrays
@@ -36,6 +36,7 @@ def images_from_array(a: np.ndarray, where: str) -> torch.Tensor:
     return check_images(t, where)
 
 
+@DATASETS.register("npz")
 def load_npz(path: str | Path) -> ImageDataset:
     """An image classification set from an ``.npz`` file (see the module docstring for the arrays)."""
     path = Path(path).expanduser()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 
 SHAPE_NAMES = ["circle", "square", "triangle", "cross"]
 
@@ -52,6 +52,7 @@ def make_shapes(n: int = 3000, size: int = 32, seed: int = 0, noise: float = 0.0
     return np.clip(images, 0, 1).astype(np.float32), labels.astype(np.int64), masks[:, None]
 
 
+@DATASETS.register("shapes")
 def load_shapes(n: int = 3000, size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> ImageDataset:
     """The ``shapes`` dataset with a stratified train/test split (default 2,400 / 600)."""
     images, labels, masks = make_shapes(n, size, seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..errors import DataError
-from .base import ImageDataset, stratified_split
+from .base import DATASETS, ImageDataset, stratified_split
 from .images import select_subset
 
 
@@ -65,6 +65,7 @@ def minmax_fit_transform(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarra
     return (train - low) / span, np.clip((test - low) / span, 0.0, 1.0)
 
 
+@DATASETS.register("sklearn_tabular")
 def load_sklearn_tabular(table: str = "breast_cancer", test_fraction: float = 0.2, seed: int = 0,
                          max_samples: int | None = None, max_per_class: int | None = None) -> ImageDataset:
     """A scikit-learn tabular set as ``x`` float32 ``(N,F)`` in [0,1] and int64 labels.
@@ -133,6 +134,7 @@ def read_credit_default(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], labels.astype(np.int64)
 
 
+@DATASETS.register("credit_default")
 def load_credit_default(root: str | Path, test_fraction: float = 0.2, seed: int = 0,
                         max_samples: int | None = None, max_per_class: int | None = None) -> ImageDataset:
     """The UCI credit-default table at ``root`` (a file) as ``x`` float32 ``(N,23)`` in [0,1] (train-split
