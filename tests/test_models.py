@@ -157,3 +157,29 @@ def test_fold_batchnorm_unfolds_a_conv_hooked_inside_the_block():
     torch.testing.assert_close(seen[0], conv_out, rtol=1e-12, atol=1e-12)  # the hook sees the conv's own output
     torch.testing.assert_close(hooked_logits, logits, rtol=1e-12, atol=1e-12)  # and its BatchNorm is applied
     torch.testing.assert_close(folded_logits, logits, rtol=1e-12, atol=1e-12)
+
+
+def test_smooth_activations_smooth_the_forward_pass_only():
+    """Inside smooth_activations the model's ReLUs are Softplus, but an explainer's own ReLU on its map (Grad-CAM's)
+    stays a ReLU: the maps equal those of a copy whose ReLU modules were swapped by hand (a leak of the functional
+    ReLU replacement into the explainer once made training maps differ from evaluation maps)."""
+    import copy
+
+    from torch import nn
+
+    from xaisec.explainers import explain_all
+    from xaisec.models import build_model, smooth_activations
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 12, 12), 4, width=8, batchnorm=False).eval()
+    by_hand = copy.deepcopy(model)
+    for name, module in list(by_hand.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.ReLU):
+                setattr(module, child_name, nn.Softplus(beta=8.0))
+    x = torch.rand(3, 1, 12, 12)
+    with smooth_activations(model, 8.0):
+        smoothed = explain_all(model, x, None, ["gradcam", "simplegrad"]).maps
+    expected = explain_all(by_hand, x, None, ["gradcam", "simplegrad"]).maps
+    for name in expected:
+        torch.testing.assert_close(smoothed[name], expected[name])

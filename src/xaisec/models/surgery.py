@@ -55,7 +55,8 @@ def smooth_activations(model: nn.Module, beta: float = 8.0) -> Iterator[nn.Modul
     """Inside the block every ReLU of ``model`` computes ``softplus(x, beta)``: ``nn.ReLU`` modules are swapped for
     ``nn.Softplus(beta)`` (visible to hooks, e.g. VisualBackProp's trace), and functional ReLUs called inside a
     ``forward`` (torchvision's ``F.relu(x, inplace=True)`` in DenseNet, ``torch.relu``, ``x.relu_()``) go through
-    :class:`SoftplusForReLU`. Modules are restored on exit.
+    :class:`SoftplusForReLU` while the model's forward runs (not outside it: an explainer's own ReLU on its map,
+    Grad-CAM's, stays a ReLU). Modules and hooks are restored on exit.
 
     ReLU has zero second derivative, so losses on gradient maps need a smooth surrogate while training
     (Dombrowski et al., "Explanations can be manipulated and geometry is to blame", NeurIPS 2019; Noppel et al.,
@@ -67,10 +68,24 @@ def smooth_activations(model: nn.Module, beta: float = 8.0) -> Iterator[nn.Modul
     if beta <= 0:
         raise ModelError(f"softplus beta must be positive, got {beta}")
     swapped = _replace_modules(model, nn.ReLU, lambda _: nn.Softplus(beta=beta))
+    modes: list[SoftplusForReLU] = []
+
+    def enter(_module, _inputs):  # only the model's own forward is smoothed: an explainer's ReLU on its map is not
+        modes.append(SoftplusForReLU(beta))
+        modes[-1].__enter__()
+
+    def leave(_module, _inputs, _output):
+        if modes:
+            modes.pop().__exit__(None, None, None)
+
+    handles = [model.register_forward_pre_hook(enter), model.register_forward_hook(leave, always_call=True)]
     try:
-        with SoftplusForReLU(beta):
-            yield model
+        yield model
     finally:
+        for handle in handles:
+            handle.remove()
+        while modes:
+            modes.pop().__exit__(None, None, None)
         for parent, child_name, original in swapped:
             parent._modules[child_name] = original
 
