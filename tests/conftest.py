@@ -93,6 +93,36 @@ def backdoor_target() -> int:
     return tiny_backdoor.TARGET
 
 
+class _HiddenNet(nn.Module):
+    """The hidden layer is the last child, so ART's PyTorchClassifier takes it as the last hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(24, 3)
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(32, 24), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _clustered_inputs(n: int, poison_fraction: float, strength: float):
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % 3
+    x = (torch.randn(3, 32, generator=g) * 2)[y] + torch.randn(n, 32, generator=g)
+    is_poisoned = torch.rand(n, generator=g) < poison_fraction
+    x[is_poisoned] += strength * torch.randn(32, generator=g).abs()
+    return _HiddenNet().eval(), x.view(n, 1, 4, 8), y, is_poisoned
+
+
+@pytest.fixture(scope="session")
+def clustered_inputs():
+    """Factory ``clustered_inputs(n, poison_fraction, strength)`` -> ``(model, x (n,1,4,8), y, is_poisoned)``: 3
+    classes; poisoned inputs carry a strong shared offset. The data of the poison detectors that read hidden
+    activations (activation clustering, spectral signatures)."""
+    return _clustered_inputs
+
+
 def quadrant_data(n: int = 320, seed: int = 0):
     """(x (n,1,12,12) in [0,1], y (n,)): class k = a bright 3x3 square in quadrant k on uniform noise."""
     gen = torch.Generator().manual_seed(seed)
