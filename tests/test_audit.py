@@ -140,12 +140,12 @@ def test_every_default_check_is_registered():
     assert all(AUDIT_CHECKS.get(n).what_it_tests for n in DEFAULT_CHECKS)
 
 
-def test_shift_control_separates_a_global_input_shift_from_a_backdoor():
+def test_shift_control_separates_a_global_input_shift_from_a_backdoor(backdoor_target, small_mnist, stamp, tiny_model):
     """A clean model handed Moiré-overlaid digits (a shift every model sees) is flagged by STRIP alone, not once the
     suspects are also scored on a clean control; the patch-backdoored model is still flagged on its trigger."""
     from xaisec.triggers import build_trigger
 
-    x, y, xt, yt = small_mnist()
+    x, y, xt, yt = small_mnist
     data = ImageDataset("tiny", x, y, xt, yt, num_classes=10)
     moire = build_trigger("moire", darkness=0.0, opacity=0.25)(xt[:100]).detach()
     kwargs = dict(progress=False, fit_images=500, eval_images=300)
@@ -156,14 +156,14 @@ def test_shift_control_separates_a_global_input_shift_from_a_backdoor():
     assert control["evidence"]["source"] == "surrogate" and control["evidence"]["control_accuracy"] > 0.5
     assert strip["verdict"] == "no evidence" and "shift of the input distribution" in strip["summary"]
     assert strip["evidence"]["control_detection_rate"] > 0.5  # the clean control flags the overlay too
-    patched = stamp(xt[yt != TARGET][:100])
+    patched = stamp(xt[yt != backdoor_target][:100])
     report = run_audit(tiny_model(True), data, checks=["shift_control", "strip"], suspects=patched, **kwargs)
     assert report["checks"]["strip"]["verdict"] == "suspicious"
     assert report["checks"]["strip"]["evidence"]["control_detection_rate"] < 0.2
     assert "shift of the input distribution" in " ".join(report["what_flagged_suspects_mean"])
 
 
-def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_reset():
+def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_reset(tiny_model):
     from torch import nn
 
     from xaisec.audit.shift_control import fresh_copy
