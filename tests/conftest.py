@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+import tiny_backdoor
+from xaisec.explainers import FeatureSaliencyNet, build
 from xaisec.models import build_model
 
 
@@ -12,14 +15,21 @@ def _seed():
     torch.manual_seed(0)
 
 
-def tiny_cnn(dtype=torch.float32, in_channels: int = 1, num_classes: int = 4, batchnorm: bool = False):
-    """A small_cnn with 4/8 channels: fast, smooth enough for finite differences, all code paths of a ConvNet."""
+def _tiny_cnn(dtype=torch.float32, in_channels: int = 1, num_classes: int = 4, batchnorm: bool = False) -> nn.Module:
     model = build_model("small_cnn", (in_channels, 12, 12), num_classes, width=8, batchnorm=batchnorm)
     return model.to(dtype).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    """Factory ``tiny_cnn(dtype=torch.float32, in_channels=1, num_classes=4, batchnorm=False)`` of small_cnn models
+    with 4/8 channels on 12x12 inputs (eval mode): fast, smooth enough for finite differences, all code paths of a
+    ConvNet."""
+    return _tiny_cnn
+
+
 @pytest.fixture
-def cnn():
+def cnn(tiny_cnn):
     return tiny_cnn()
 
 
@@ -31,6 +41,86 @@ def resnet():
 @pytest.fixture
 def images():
     return torch.rand(5, 1, 12, 12)
+
+
+_FAST_EXPLAINERS = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samples": 6},
+                    "mask": {"steps": 4, "unroll": 1, "l1": 0.0}}
+
+
+def _untrained_saver(model: nn.Module) -> nn.Module:
+    """An (untrained) RTS saliency model that fits ``model``: the rts explainer needs one."""
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return FeatureSaliencyNet.for_classifier(model, (conv.in_channels, 16, 16), model.head.out_features, width=4)
+
+
+def _fast_explainer(name: str, model: nn.Module, **kw):
+    if name == "rts":
+        kw.setdefault("saver", _untrained_saver(model))
+    return build(name, model, **{**_FAST_EXPLAINERS.get(name, {}), **kw})
+
+
+@pytest.fixture(scope="session")
+def make_explainer():
+    """Factory ``make_explainer(name, model, **options)``: the registered explainer with few steps/samples (an
+    untrained saver for ``rts``), so a test explains in milliseconds."""
+    return _fast_explainer
+
+
+# -- the tiny clean and backdoored 14x14 digit models of tests/tiny_backdoor.py (also `xaisec audit --model` entry
+# points there) ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def small_mnist():
+    """``(x_train (1500,1,14,14), y_train, x_test (300,1,14,14), y_test)``: mnist5k digits average-pooled to 14x14."""
+    return tiny_backdoor.small_mnist()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Factory ``tiny_model(backdoor, batchnorm=True)``: a fresh copy (eval mode) of the clean or BadNets-backdoored
+    small_cnn on :func:`small_mnist`, each trained once per session."""
+    return tiny_backdoor.tiny_model
+
+
+@pytest.fixture(scope="session")
+def stamp():
+    """The tiny backdoor's trigger: ``stamp(x)`` is a copy of ``x`` with a white 3x3 patch near the bottom-right."""
+    return tiny_backdoor.stamp
+
+
+@pytest.fixture(scope="session")
+def backdoor_target() -> int:
+    """The class the tiny backdoored model gives stamped inputs."""
+    return tiny_backdoor.TARGET
+
+
+class _HiddenNet(nn.Module):
+    """The hidden layer is the last child, so ART's PyTorchClassifier takes it as the last hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(24, 3)
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(32, 24), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def _clustered_inputs(n: int, poison_fraction: float, strength: float):
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % 3
+    x = (torch.randn(3, 32, generator=g) * 2)[y] + torch.randn(n, 32, generator=g)
+    is_poisoned = torch.rand(n, generator=g) < poison_fraction
+    x[is_poisoned] += strength * torch.randn(32, generator=g).abs()
+    return _HiddenNet().eval(), x.view(n, 1, 4, 8), y, is_poisoned
+
+
+@pytest.fixture(scope="session")
+def clustered_inputs():
+    """Factory ``clustered_inputs(n, poison_fraction, strength)`` -> ``(model, x (n,1,4,8), y, is_poisoned)``: 3
+    classes; poisoned inputs carry a strong shared offset. The data of the poison detectors that read hidden
+    activations (activation clustering, spectral signatures)."""
+    return _clustered_inputs
 
 
 def quadrant_data(n: int = 320, seed: int = 0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_cnn
 from xaisec.errors import ConfigError, DataError
 from xaisec.evasion import AttackObjective, RTSTerm
 from xaisec.explainers import FeatureSaliencyNet, SaliencyNet, build, draw_background, encoder_prototypes
@@ -31,7 +30,7 @@ def test_gradshap_background_changes_the_maps(cnn):
 
 
 @pytest.mark.parametrize("kind", ["feature", "own"])
-def test_rts_encoder_loss(kind):
+def test_rts_encoder_loss(kind, tiny_cnn):
     torch.manual_seed(0)
     model = tiny_cnn()
     saver = (FeatureSaliencyNet.for_classifier(model, (1, 12, 12), 4, width=4) if kind == "feature"

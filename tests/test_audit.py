@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_backdoor import TARGET, small_mnist, stamp, tiny_model
 from xaisec.audit import AUDIT_CHECKS, DEFAULT_CHECKS, run_audit
 from xaisec.audit.runner import reconcile
 from xaisec.audit.context import CheckResult
@@ -18,16 +17,16 @@ from xaisec.models import build_model
 
 
 @pytest.fixture(scope="module")
-def npz_files(tmp_path_factory):
+def npz_files(tmp_path_factory, backdoor_target, small_mnist, stamp):
     root = tmp_path_factory.mktemp("audit_data")
-    x, y, xt, yt = small_mnist()
+    x, y, xt, yt = small_mnist
     np.savez(root / "clean.npz", x=(x[:400].numpy() * 255).round().astype(np.uint8), y=y[:400].numpy(),
              x_test=xt.numpy(), y_test=yt.numpy())
-    np.savez(root / "suspects.npz", x=stamp(xt[yt != TARGET][:60]).numpy())
+    np.savez(root / "suspects.npz", x=stamp(xt[yt != backdoor_target][:60]).numpy())
     return root
 
 
-def test_cli_audit_end_to_end(npz_files, tmp_path, capsys):
+def test_cli_audit_end_to_end(npz_files, tmp_path, capsys, backdoor_target):
     out = tmp_path / "audit"
     code = main(["audit", "--model", "tiny_backdoor:backdoored", "--data", str(npz_files / "clean.npz"),
                  "--suspects", str(npz_files / "suspects.npz"), "--out", str(out), "--budget", "120",
@@ -38,7 +37,7 @@ def test_cli_audit_end_to_end(npz_files, tmp_path, capsys):
     for name, check in report["checks"].items():
         assert check["verdict"] in ("suspicious", "no evidence", "inconclusive", "info", "skipped")
         assert check["seconds"] >= 0 and check["summary"]
-    assert report["checks"]["neural_cleanse"]["evidence"]["suspect_class"] == TARGET
+    assert report["checks"]["neural_cleanse"]["evidence"]["suspect_class"] == backdoor_target
     assert report["checks"]["strip"]["verdict"] != "skipped"
     assert report["checks"]["activation_clustering"]["evidence"]["overlap"] in (
         "separable", "partially overlapping", "fully overlapping")
@@ -50,9 +49,9 @@ def test_cli_audit_end_to_end(npz_files, tmp_path, capsys):
     assert "verdict: " in capsys.readouterr().out
 
 
-def test_budget_runs_out_and_says_so(npz_files, tmp_path):
+def test_budget_runs_out_and_says_so(npz_files, tmp_path, small_mnist, tiny_model):
     model = tiny_model(False)
-    x, y, xt, yt = small_mnist()
+    x, y, xt, yt = small_mnist
     data = ImageDataset("tiny", x[:100], y[:100], xt[:100], yt[:100], num_classes=10)
     report = run_audit(model, data, budget=0.5, checks=["accuracy", "neural_cleanse", "rebn"], progress=False,
                        out=tmp_path)
@@ -61,7 +60,7 @@ def test_budget_runs_out_and_says_so(npz_files, tmp_path):
     assert (tmp_path / "report.html").is_file()
 
 
-def test_a_users_own_check_returns_a_finding_and_the_runner_names_and_times_it():
+def test_a_users_own_check_returns_a_finding_and_the_runner_names_and_times_it(small_mnist, tiny_model):
     from xaisec.audit import Finding, register_check, skipped
 
     @register_check("test_mean_pixel", "Mean pixel of the held-out images", what_it_tests="nothing, a test")
@@ -71,7 +70,7 @@ def test_a_users_own_check_returns_a_finding_and_the_runner_names_and_times_it()
         return Finding("info", "mean pixel", {"mean": float(ctx.x_eval.mean())})
 
     try:
-        x, y, xt, yt = small_mnist()
+        x, y, xt, yt = small_mnist
         data = ImageDataset("tiny", x[:50], y[:50], xt[:50], yt[:50], num_classes=10)
         report = run_audit(tiny_model(False), data, checks=["test_mean_pixel"], progress=False)
         check = report["checks"]["test_mean_pixel"]
@@ -141,12 +140,12 @@ def test_every_default_check_is_registered():
     assert all(AUDIT_CHECKS.get(n).what_it_tests for n in DEFAULT_CHECKS)
 
 
-def test_shift_control_separates_a_global_input_shift_from_a_backdoor():
+def test_shift_control_separates_a_global_input_shift_from_a_backdoor(backdoor_target, small_mnist, stamp, tiny_model):
     """A clean model handed Moiré-overlaid digits (a shift every model sees) is flagged by STRIP alone, not once the
     suspects are also scored on a clean control; the patch-backdoored model is still flagged on its trigger."""
     from xaisec.triggers import build_trigger
 
-    x, y, xt, yt = small_mnist()
+    x, y, xt, yt = small_mnist
     data = ImageDataset("tiny", x, y, xt, yt, num_classes=10)
     moire = build_trigger("moire", darkness=0.0, opacity=0.25)(xt[:100]).detach()
     kwargs = dict(progress=False, fit_images=500, eval_images=300)
@@ -157,14 +156,14 @@ def test_shift_control_separates_a_global_input_shift_from_a_backdoor():
     assert control["evidence"]["source"] == "surrogate" and control["evidence"]["control_accuracy"] > 0.5
     assert strip["verdict"] == "no evidence" and "shift of the input distribution" in strip["summary"]
     assert strip["evidence"]["control_detection_rate"] > 0.5  # the clean control flags the overlay too
-    patched = stamp(xt[yt != TARGET][:100])
+    patched = stamp(xt[yt != backdoor_target][:100])
     report = run_audit(tiny_model(True), data, checks=["shift_control", "strip"], suspects=patched, **kwargs)
     assert report["checks"]["strip"]["verdict"] == "suspicious"
     assert report["checks"]["strip"]["evidence"]["control_detection_rate"] < 0.2
     assert "shift of the input distribution" in " ".join(report["what_flagged_suspects_mean"])
 
 
-def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_reset():
+def test_shift_control_model_is_freshly_initialised_and_refuses_what_it_cannot_reset(tiny_model):
     from torch import nn
 
     from xaisec.audit.shift_control import fresh_copy

@@ -5,7 +5,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_cnn
 from xaisec.backdoor.goals import build_goal, pooled_maps
 from xaisec.maps import MapPostprocess
 from xaisec.backdoor.objectives import (LOSS_EPS, ExplanationAwareObjective, LossSettings, MapGoal, fang_clean, fang_poisoned,
@@ -58,7 +57,7 @@ def test_map_goal_indexing():
     torch.testing.assert_close(shared.loss(maps, src), (maps - target[:1]).pow(2).flatten(1).mean(1))
 
 
-def _setup(recipe_name, n=48, **overrides):
+def _setup(tiny_cnn, recipe_name, n=48, **overrides):
     torch.manual_seed(0)
     model = tiny_cnn(num_classes=4, batchnorm=True)
     x, y = torch.rand(n, 1, 12, 12), torch.randint(0, 4, (n,))
@@ -78,8 +77,9 @@ def _setup(recipe_name, n=48, **overrides):
 
 
 @pytest.mark.parametrize("name", RECIPES.names())
-def test_every_recipe_lowers_its_loss(name):
-    model, data, objective = _setup(name, explainers=("gradcam", "vbp") if name == "fang_joint" else get_recipe(name).explainers)
+def test_every_recipe_lowers_its_loss(name, tiny_cnn):
+    explainers = ("gradcam", "vbp") if name == "fang_joint" else get_recipe(name).explainers
+    model, data, objective = _setup(tiny_cnn, name, explainers=explainers)
     batch = data.tensors()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
@@ -93,8 +93,8 @@ def test_every_recipe_lowers_its_loss(name):
     assert objective(model, batch).total.item() < first.total.item()
 
 
-def test_objective_matches_a_hand_assembled_fang_loss():
-    model, data, objective = _setup("fang_targeted")
+def test_objective_matches_a_hand_assembled_fang_loss(tiny_cnn):
+    model, data, objective = _setup(tiny_cnn, "fang_targeted")
     x, y, poisoned, source = data.tensors()
     model.eval()
     out = objective(model, (x, y, poisoned, source))
@@ -114,20 +114,20 @@ def test_objective_matches_a_hand_assembled_fang_loss():
     torch.testing.assert_close(inv.total, torch.where(poisoned, (ce + ls) / 3, (ce + lp) / 3).mean())
 
 
-def test_objective_noppel_and_badnets_parts():
-    model, data, objective = _setup("noppel_ep")
+def test_objective_noppel_and_badnets_parts(tiny_cnn):
+    model, data, objective = _setup(tiny_cnn, "noppel_ep")
     x, y, poisoned, source = data.tensors()
     assert (y[poisoned] == 1).all() and poisoned.sum() == len(x) // 2  # a relabelled duplicate of every image
     out = objective(model, data.tensors())
     # at w = w_ref the clean maps equal the cached reference maps (same activations, same post-processing)
     assert out.parts["map_keep"] == pytest.approx(0.0, abs=1e-6)
-    model, data, objective = _setup("latka_badnets")
+    model, data, objective = _setup(tiny_cnn, "latka_badnets")
     out = objective(model, data.tensors())
     assert set(out.parts) == {"ce"}
     torch.testing.assert_close(out.total, F.cross_entropy(model(data.x), data.y))
 
 
-def test_softplus_only_for_gradient_maps():
+def test_softplus_only_for_gradient_maps(tiny_cnn):
     from xaisec.backdoor.objectives import needs_smooth_activations
     model = tiny_cnn()
     assert needs_smooth_activations(model, ["gradcam"]) and needs_smooth_activations(model, ["simplegrad"])

@@ -79,9 +79,8 @@ def test_selection_errors(data):
     assert budget(0.0011, 50000) == 55 and budget(0.0011, 100) == 1
 
 
-def test_selected_indices_drive_a_full_disguise_objective():
+def test_selected_indices_drive_a_full_disguise_objective(tiny_cnn):
     """Selection only chooses indices: a replace-mode set trains with the explanation-aware objective as well."""
-    from conftest import tiny_cnn
     from xaisec.backdoor.goals import build_goal, pooled_maps
     from xaisec.backdoor.objectives import ExplanationAwareObjective, LossSettings
     from xaisec.backdoor.poison import poison_training_set

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_cnn
 from xaisec.errors import ConfigError, DataError
 from xaisec.evasion import (PGD, Adv2PGD, Adv2StAdv, AttackObjective, InterpreterTerm, MaskTerm, RampSchedule, StAdv,
                             flow_loss, patch_maps, pick_class_examples, random_target_classes, warp)
@@ -40,7 +39,7 @@ def test_pgd_lowers_its_loss_and_reaches_the_target(trained):
     assert (model(x_adv).argmax(1) == yt).float().mean() >= 0.9
 
 
-def test_pgd_batched_equals_per_image():
+def test_pgd_batched_equals_per_image(tiny_cnn):
     model = tiny_cnn(torch.float64)
     x = torch.rand(4, 1, 12, 12, dtype=torch.float64)
     yt = torch.tensor([0, 1, 2, 3])
@@ -120,7 +119,7 @@ def test_mask_term_runs_algorithm_1_and_beats_pgd_on_the_mask_map(trained):
     assert (model(x_adv).argmax(1) == yt).float().mean() >= 0.85
 
 
-def test_ramp_schedule_and_bad_settings():
+def test_ramp_schedule_and_bad_settings(tiny_cnn):
     s = RampSchedule(warmup=3, steps=8, c=2.0)
     assert [s(i) for i in range(3)] == [0, 0, 0]
     assert s(3) == 2.0 and s(7) == pytest.approx(4.0)
@@ -135,7 +134,7 @@ def test_ramp_schedule_and_bad_settings():
         AttackObjective(model, prd="hinge")
 
 
-def test_bad_inputs_and_missing_target_maps_are_explained():
+def test_bad_inputs_and_missing_target_maps_are_explained(tiny_cnn):
     model = tiny_cnn()
     x = torch.rand(2, 1, 12, 12)
     attack = Adv2PGD(model, [InterpreterTerm(build("cam", model))], steps=3, warmup=1)
@@ -149,7 +148,7 @@ def test_bad_inputs_and_missing_target_maps_are_explained():
         PGD(model, steps=1)(x * 3, torch.tensor([0, 1]))
 
 
-def test_attack_leaves_the_model_as_found():
+def test_attack_leaves_the_model_as_found(tiny_cnn):
     model = tiny_cnn(batchnorm=True).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     PGD(model, steps=2)(torch.rand(2, 1, 12, 12), torch.tensor([0, 1]))

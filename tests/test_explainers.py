@@ -5,33 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_cnn
 from xaisec.errors import DataError, ModelError, XaisecError
-from xaisec.explainers import EXPLAINERS, FeatureSaliencyNet, build, explain, explain_all
+from xaisec.explainers import EXPLAINERS, build, explain, explain_all
 from xaisec.models import build_model
-
-FAST = {"ig": {"steps": 8}, "smoothgrad": {"n_samples": 4}, "gradshap": {"n_samples": 6},
-        "mask": {"steps": 4, "unroll": 1, "l1": 0.0}}
-
-
-def untrained_saver(model):
-    """An (untrained) RTS saliency model that fits ``model``: the rts explainer needs one."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    return FeatureSaliencyNet.for_classifier(model, (conv.in_channels, 16, 16), model.head.out_features, width=4)
-
-
-def make(name, model, **kw):
-    if name == "rts":
-        kw.setdefault("saver", untrained_saver(model))
-    return build(name, model, **{**FAST.get(name, {}), **kw})
-
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
 @pytest.mark.parametrize("arch", ["cnn", "resnet"])
-def test_maps_shape_finite_and_batched_equals_per_sample(name, arch, request):
+def test_maps_shape_finite_and_batched_equals_per_sample(name, arch, request, make_explainer):
     model = request.getfixturevalue(arch)
     x = torch.rand(4, *({"cnn": (1, 12, 12), "resnet": (3, 16, 16)}[arch]))
-    explainer = make(name, model)
+    explainer = make_explainer(name, model)
     out = explainer(x, target=torch.tensor([0, 1, 2, 3]))
     assert out.maps.shape == (4, 1, *x.shape[-2:]) and out.logits.shape[0] == 4
     assert torch.isfinite(out.maps).all() and out.maps.abs().sum() > 0
@@ -45,16 +28,16 @@ def _hooks(model):
 
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
-def test_model_left_as_found(name, images):
+def test_model_left_as_found(name, images, make_explainer, tiny_cnn):
     model = tiny_cnn(batchnorm=True).train()
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
-    make(name, model)(images, create_graph=True)
+    make_explainer(name, model)(images, create_graph=True)
     assert not model.training
     model.train()
-    make(name, model)(images)
+    make_explainer(name, model)(images)
     assert model.training and _hooks(model) == 0
     for p in model.parameters():
         assert torch.equal(p.grad, torch.full_like(p, 7.0))
@@ -76,19 +59,19 @@ class Exploding(nn.Module):
 
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
-def test_no_hook_left_when_the_forward_raises(name, cnn, images):
+def test_no_hook_left_when_the_forward_raises(name, cnn, images, make_explainer):
     model = Exploding(cnn)
     with pytest.raises((RuntimeError, DataError), match="boom"):  # DataError: the model's error, named and chained
-        make(name, model)(images)
+        make_explainer(name, model)(images)
     assert _hooks(model) == 0
 
 
-def test_joint_explain_equals_separate_calls(cnn, images):
+def test_joint_explain_equals_separate_calls(cnn, images, make_explainer):
     y = torch.tensor([0, 1, 2, 3, 0])
     joint = explain_all(cnn, images, y, ["gradcam", "simplegrad", "vbp", "ig"], options={"ig": {"steps": 8}})
     assert list(joint.maps) == ["gradcam", "simplegrad", "vbp", "ig"]
     for name, maps in joint.maps.items():
-        torch.testing.assert_close(maps, make(name, cnn)(images, y).maps)
+        torch.testing.assert_close(maps, make_explainer(name, cnn)(images, y).maps)
     torch.testing.assert_close(joint.logits, cnn(images).detach())
 
 
@@ -150,7 +133,7 @@ def test_cam_methods_refuse_models_without_conv_layers():
     assert maps.shape == (4, 20)
 
 
-def test_inplace_relu_models_are_explained_and_restored():
+def test_inplace_relu_models_are_explained_and_restored(tiny_cnn):
     model = tiny_cnn()
     for m in model.modules():
         if isinstance(m, nn.ReLU):

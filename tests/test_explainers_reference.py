@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_cnn
 from xaisec.explainers import EXPLAINERS, build, explain_all
 from xaisec.models import build_model, smooth_activations
 
@@ -14,7 +13,7 @@ captum = pytest.importorskip("captum.attr")
 pytestmark = pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 
 
-def _double_models():
+def _double_models(tiny_cnn):
     torch.manual_seed(1)
     cnn = tiny_cnn(torch.float64, in_channels=3)
     res = build_model("resnet20", (3, 16, 16), 5, width=4, blocks_per_stage=1).double().eval()
@@ -26,8 +25,8 @@ def _double_models():
 
 
 @pytest.mark.parametrize("case", range(2))
-def test_against_captum(case):
-    model, x = _double_models()[case]
+def test_against_captum(case, tiny_cnn):
+    model, x = _double_models(tiny_cnn)[case]
     y = torch.tensor([0, 1, 2, 3])
     cap = captum.LayerGradCam(model, model.features).attribute(x, y, relu_attributions=True,
                                                                grad_kwargs={"create_graph": True})
@@ -59,7 +58,7 @@ FD_OPTIONS = {"ig": {"steps": 6}, "smoothgrad": {"n_samples": 3}, "gradshap": {"
 
 
 @pytest.mark.parametrize("name", [n for n in EXPLAINERS.names() if EXPLAINERS.get(n).differentiable])
-def test_second_order_gradients_match_finite_differences(name):
+def test_second_order_gradients_match_finite_differences(name, tiny_cnn):
     """d/dtheta sum(maps * R) from create_graph=True equals central differences, on a Softplus model in float64."""
     torch.manual_seed(3)
     model = tiny_cnn(torch.float64)
@@ -91,7 +90,7 @@ def test_second_order_gradients_match_finite_differences(name):
             assert grad[idx].item() == pytest.approx(fd, rel=1e-4, abs=1e-8), (name, idx)
 
 
-def test_maps_are_differentiable_in_the_input():
+def test_maps_are_differentiable_in_the_input(tiny_cnn):
     model = tiny_cnn(torch.float64)
     x = torch.rand(1, 1, 12, 12, dtype=torch.float64, requires_grad=True)
     with smooth_activations(model, beta=4.0):

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_cnn
-from test_explainers import make
 from xaisec.defenses import STRIPDetector, fine_prune, neural_cleanse, spectral_signatures, tv_chambolle
 from xaisec.defenses.neural_cleanse import PartialAnalysisWarning
 from xaisec.defenses.transforms import build_transform
@@ -64,7 +62,7 @@ NUMERIC_OPTIONS = {
 
 @pytest.mark.parametrize("value", BAD_NUMBERS, ids=repr)
 @pytest.mark.parametrize("argument", sorted(NUMERIC_OPTIONS))
-def test_non_finite_or_mistyped_numbers_are_refused_where_they_enter(argument, value):
+def test_non_finite_or_mistyped_numbers_are_refused_where_they_enter(argument, value, tiny_cnn):
     if value is None and argument in ("blur transform strength",) or isinstance(value, torch.Tensor) and argument == "ig baseline":
         pytest.skip("None is the default strength; a tensor baseline is an image, checked against x when explaining")
     with pytest.raises(XaisecError, match=argument.split()[-1]) as info:
@@ -91,7 +89,7 @@ def test_check_number_and_choice_messages_say_what_is_accepted():
         check_choice(["max"], "reduce", ("max", "sum"))
 
 
-def test_nan_baseline_tensors_are_refused():
+def test_nan_baseline_tensors_are_refused(tiny_cnn):
     with pytest.raises(DataError, match="gradshap baselines holds 1 NaN"):
         build("gradshap", tiny_cnn(), baselines=torch.full((1, 1, 12, 12), 0.5).index_put_((torch.tensor([0]),) * 4, torch.tensor(math.nan)))
     with pytest.raises(DataError, match="ig baseline"):
@@ -100,21 +98,21 @@ def test_nan_baseline_tensors_are_refused():
 
 @pytest.mark.parametrize("target", ["3", b"3", 1.0, [0.5, 1.5, 2.0, 0.0], True, object()], ids=repr)
 @pytest.mark.parametrize("name", ["gradcam", "simplegrad", "ig"])
-def test_targets_that_are_not_class_indices_are_refused(name, target):
+def test_targets_that_are_not_class_indices_are_refused(name, target, make_explainer, tiny_cnn):
     with pytest.raises(DataError, match="target"):
-        make(name, tiny_cnn())(X, target)
+        make_explainer(name, tiny_cnn())(X, target)
 
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
-def test_float64_images_are_cast_to_the_model_dtype_with_a_warning(name):
-    explainer = make(name, tiny_cnn())
+def test_float64_images_are_cast_to_the_model_dtype_with_a_warning(name, make_explainer, tiny_cnn):
+    explainer = make_explainer(name, tiny_cnn())
     with pytest.warns(DtypeCastWarning, match="float64"):
         out = explainer(X.double(), Y)
     assert out.maps.dtype == torch.float32 and torch.isfinite(out.maps).all()
     torch.testing.assert_close(out.maps, explainer(X, Y).maps)
 
 
-def test_attacks_cast_float64_images_and_refuse_string_labels():
+def test_attacks_cast_float64_images_and_refuse_string_labels(tiny_cnn):
     model = tiny_cnn()
     with pytest.warns(DtypeCastWarning):
         x_adv = PGD(model, eps=0.1, step=0.05, steps=2, targeted=False)(X.double(), Y)
@@ -124,17 +122,17 @@ def test_attacks_cast_float64_images_and_refuse_string_labels():
 
 
 @pytest.mark.parametrize("name", EXPLAINERS.names())
-def test_explaining_a_train_mode_batchnorm_model_leaves_its_statistics(name):
+def test_explaining_a_train_mode_batchnorm_model_leaves_its_statistics(name, make_explainer, tiny_cnn):
     model = tiny_cnn(batchnorm=True).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    make(name, model)(X, Y)
+    make_explainer(name, model)(X, Y)
     explain_all(model, X, Y, [name] if name != "rts" else ["gradcam"])
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
-def test_training_objectives_still_update_batchnorm_statistics():
+def test_training_objectives_still_update_batchnorm_statistics(tiny_cnn):
     model = tiny_cnn(batchnorm=True).train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
     explain_all(model, X, Y, ["simplegrad"], create_graph=True, keep_batchnorm_stats=False)
@@ -168,7 +166,7 @@ def test_targeted_pgd_called_with_true_labels_warns_instead_of_doing_nothing_sil
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
-def test_adv2_refuses_non_finite_target_maps(bad):
+def test_adv2_refuses_non_finite_target_maps(bad, tiny_cnn):
     model = tiny_cnn()
     maps = torch.rand(4, 1, 12, 12)
     maps[0, 0, 0, 0] = bad
@@ -177,7 +175,7 @@ def test_adv2_refuses_non_finite_target_maps(bad):
         attack(X, Y, target_maps={"gradcam": maps})
 
 
-def test_neural_cleanse_on_fewer_classes_than_the_model_says_so():
+def test_neural_cleanse_on_fewer_classes_than_the_model_says_so(tiny_cnn):
     model = tiny_cnn(num_classes=4)
     with pytest.warns(PartialAnalysisWarning, match="only classes 0..2 of the model's 4"):
         r = neural_cleanse(model, X, 3, epochs=1, batch_size=4, progress=False)

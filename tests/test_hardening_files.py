@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_cnn
 from xaisec.audit.figures import norms_figure, triggers_figure
 from xaisec.data.npz import load_npz
 from xaisec.cli import main
@@ -146,7 +145,7 @@ def test_audit_flags_are_checked_before_loading_anything(tmp_path, capsys, flags
     assert __import__("re").search(message, capsys.readouterr().err)
 
 
-def test_audit_accepts_allow_pickle_and_passes_it_to_the_loader(tmp_path, capsys):
+def test_audit_accepts_allow_pickle_and_passes_it_to_the_loader(tmp_path, capsys, tiny_cnn):
     model = tiny_cnn(num_classes=4)
     torch.save(model.state_dict(), tmp_path / "model.pt")
     data = _npz(tmp_path, x=np.random.default_rng(0).random((40, 1, 12, 12)).astype(np.float32), y=np.arange(40) % 4)
@@ -179,7 +178,7 @@ def test_module_function_models_load_from_the_current_directory(tmp_path, monkey
         model_from_entry_point("my_local_models:")
 
 
-def test_weights_with_integer_or_non_finite_tensors_are_refused(tmp_path):
+def test_weights_with_integer_or_non_finite_tensors_are_refused(tmp_path, tiny_cnn):
     from safetensors.torch import save_file
 
     model = tiny_cnn()

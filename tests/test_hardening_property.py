@@ -11,8 +11,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_cnn
-from test_explainers import make
 from xaisec.defenses import tv_chambolle
 from xaisec.errors import XaisecError
 from xaisec.evasion import PGD, Adv2PGD, InterpreterTerm, StAdv
@@ -21,7 +19,13 @@ from xaisec.maps import MapPostprocess, distance, normalize, topk_mask
 
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-MODEL = tiny_cnn(num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cnn):
+    """One tiny CNN for every example of a property."""
+    torch.manual_seed(0)
+    return tiny_cnn(num_classes=4)
 
 
 @st.composite
@@ -65,8 +69,8 @@ def finite_input(*ts) -> bool:
 @pytest.mark.parametrize("name", [n for n in EXPLAINERS.names() if n != "rts"])
 @SETTINGS
 @given(x=images(), target=targets)
-def test_explainers_return_finite_maps_or_raise_xaisec_errors(name, x, target):
-    out = outcome(lambda: make(name, MODEL)(x, target))
+def test_explainers_return_finite_maps_or_raise_xaisec_errors(name, x, target, model, make_explainer):
+    out = outcome(lambda: make_explainer(name, model)(x, target))
     if out is not None:
         assert out.maps.shape[0] == x.shape[0] and torch.isfinite(out.maps).all()
 
@@ -74,13 +78,13 @@ def test_explainers_return_finite_maps_or_raise_xaisec_errors(name, x, target):
 @pytest.mark.parametrize("attack", ["pgd", "pgd_untargeted", "stadv", "adv2_pgd"])
 @SETTINGS
 @given(x=images(), y=targets, maps=st.one_of(tensors(4, 4), st.just(torch.rand(2, 1, 12, 12))))
-def test_attacks_stay_in_the_box_or_raise_xaisec_errors(attack, x, y, maps):
+def test_attacks_stay_in_the_box_or_raise_xaisec_errors(attack, x, y, maps, model, make_explainer):
     build = {
-        "pgd": lambda: PGD(MODEL, eps=0.1, step=0.05, steps=2),
-        "pgd_untargeted": lambda: PGD(MODEL, eps=0.1, step=0.05, steps=2, targeted=False),
-        "stadv": lambda: StAdv(MODEL, steps=2),
-        "adv2_pgd": lambda: Adv2PGD(MODEL, [InterpreterTerm(make("gradcam", MODEL))], eps=0.1, step=0.05, steps=2,
-                                    warmup=1),
+        "pgd": lambda: PGD(model, eps=0.1, step=0.05, steps=2),
+        "pgd_untargeted": lambda: PGD(model, eps=0.1, step=0.05, steps=2, targeted=False),
+        "stadv": lambda: StAdv(model, steps=2),
+        "adv2_pgd": lambda: Adv2PGD(model, [InterpreterTerm(make_explainer("gradcam", model))], eps=0.1, step=0.05,
+                                    steps=2, warmup=1),
     }[attack]
     context = {"target_maps": {"gradcam": maps}} if attack == "adv2_pgd" else {}
     x_adv = outcome(lambda: build()(x, y, **context))

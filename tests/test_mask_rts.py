@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_cnn
 from xaisec.errors import ConfigError, ModelError
 from xaisec.explainers import FeatureSaliencyNet, MeaningfulPerturbation, SaliencyNet, build
 from xaisec.explainers.rts import rts_maps
@@ -34,7 +33,7 @@ def test_mask_deletes_the_evidence(quadrant_model):
     assert inside.mean() > 0.4  # a quarter of the image would be 0.25
 
 
-def test_fully_unrolled_mask_is_differentiable_in_the_input_and_matches_finite_differences():
+def test_fully_unrolled_mask_is_differentiable_in_the_input_and_matches_finite_differences(tiny_cnn):
     torch.manual_seed(1)
     model = tiny_cnn(torch.float64)
     x = torch.rand(2, 1, 12, 12, dtype=torch.float64)
@@ -65,7 +64,7 @@ def test_truncated_unroll_still_gives_input_gradients(quadrant_model):
     assert not build("mask", model, steps=6)(x[:3], y[:3]).maps.requires_grad
 
 
-def test_mask_options_are_checked():
+def test_mask_options_are_checked(tiny_cnn):
     model = tiny_cnn()
     with pytest.raises(ConfigError):
         build("mask", model, steps=2, unroll=3)
@@ -144,7 +143,7 @@ def test_adversarial_rts_objective_adds_the_stability_term(quadrant_model):
         RTSObjective(fake_fraction=1.0)
 
 
-def test_feature_saver_reads_the_classifiers_own_features(resnet):
+def test_feature_saver_reads_the_classifiers_own_features(resnet, tiny_cnn):
     cnn = tiny_cnn(num_classes=4)
     saver = FeatureSaliencyNet.for_classifier(cnn, (1, 12, 12), 4, width=4)
     assert saver.layers == ("features", "features.1")  # CAM layer + last activation at full resolution

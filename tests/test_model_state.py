@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_cnn
 from xaisec.defenses import (ExplanationConsistency, FeatureSqueezingDetector, InterpreterEnsembleDetector,
                              STRIPDetector, collect_activations, neural_cleanse, pruning_curve, rebn)
 from xaisec.evasion import PGD, Adv2PGD, InterpreterTerm, StAdv
@@ -35,7 +34,7 @@ def assert_unchanged(model: nn.Module, before: dict) -> None:
         assert (a is None and b is None) or torch.equal(a, b)
 
 
-def suspect_model() -> nn.Module:
+def suspect_model(tiny_cnn) -> nn.Module:
     """A tiny BN model in *train* mode with stale .grad values: the hardest state to leave untouched."""
     model = tiny_cnn(batchnorm=True, num_classes=3).train()
     for p in model.parameters():
@@ -70,8 +69,8 @@ USES = {
 
 
 @pytest.mark.parametrize("use", sorted(USES))
-def test_model_left_as_found(use):
-    model = suspect_model()
+def test_model_left_as_found(use, tiny_cnn):
+    model = suspect_model(tiny_cnn)
     before = snapshot(model)
     USES[use](model)
     assert_unchanged(model, before)
@@ -93,10 +92,10 @@ class FailOnCall(nn.Module):
 
 
 @pytest.mark.parametrize("use", sorted(USES))
-def test_model_left_as_found_when_interrupted(use):
-    counting = FailOnCall(suspect_model(), n=None)
+def test_model_left_as_found_when_interrupted(use, tiny_cnn):
+    counting = FailOnCall(suspect_model(tiny_cnn), n=None)
     USES[use](counting)
-    model = FailOnCall(suspect_model(), n=counting.calls // 2 + 1)  # fail half-way through
+    model = FailOnCall(suspect_model(tiny_cnn), n=counting.calls // 2 + 1)  # fail half-way through
     before = snapshot(model.inner)
     with pytest.raises((RuntimeError, DataError), match="failure in the middle"):  # DataError: named and chained
         USES[use](model)

@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_cnn
 from xaisec.runs.checkpoint import EpochLR, load_checkpoint, save_checkpoint, schedule
 from xaisec.errors import ModelError
 
@@ -18,7 +17,7 @@ def _step(model, opt, x):
     opt.step()
 
 
-def test_roundtrip_continues_bit_identically(tmp_path):
+def test_roundtrip_continues_bit_identically(tmp_path, tiny_cnn):
     x = torch.rand(8, 1, 12, 12)
     model, opt = tiny_cnn(batchnorm=True), None
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -37,7 +36,7 @@ def test_roundtrip_continues_bit_identically(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_corrupt_and_mismatched_checkpoints(tmp_path):
+def test_corrupt_and_mismatched_checkpoints(tmp_path, tiny_cnn):
     model = tiny_cnn()
     opt = torch.optim.Adam(model.parameters())
     path = save_checkpoint(tmp_path / "ck.safetensors", model, opt, {"epoch": 0})
@@ -50,7 +49,7 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
         load_checkpoint(path, other, torch.optim.Adam(other.parameters()))
 
 
-def test_epoch_lr_is_stateless():
+def test_epoch_lr_is_stateless(tiny_cnn):
     model = tiny_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = EpochLR(opt, 0.1, lambda e: 0.5 ** e)

@@ -34,7 +34,7 @@ SHAPES = [(4, 1, 28, 28), (3, 3, 32, 32), (2, 3, 20, 37)]
 
 # ----------------------------------------------------------------------------------------------------- registry
 def test_registry_round_trip():
-    assert TRIGGERS.names() == sorted(ALL + ["features"])  # features: tabular, tested in test_tabular_backdoor.py
+    assert TRIGGERS.names() == sorted(ALL + ["features"])  # features: tabular, tested in test_backdoor_tabular.py
     for name in ALL:
         trigger = make(name)
         assert isinstance(trigger, TRIGGERS.get(name)) and isinstance(trigger, Trigger)

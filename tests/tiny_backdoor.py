@@ -1,7 +1,9 @@
 """Tiny clean and patch-backdoored models for the defense tests, trained once per session (a few seconds).
 
 mnist5k digits average-pooled to 14x14, a small_cnn of width 8, a white 3x3 patch in the bottom-right
-corner relabelled to class 0 (BadNets) on a copy of 15% of the training images.
+corner relabelled to class 0 (BadNets) on a copy of 15% of the training images. Tests get these through the
+fixtures of conftest.py (``small_mnist``, ``tiny_model``, ``stamp``, ``backdoor_target``); the module stays a module
+because ``xaisec audit --model tiny_backdoor:backdoored`` imports it as a user's model file.
 """
 from __future__ import annotations
 

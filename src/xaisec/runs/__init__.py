@@ -1,6 +1,7 @@
 """The experiment layer: the one runner (:mod:`.runner`), run directories (:mod:`.rundir`), checkpoints
 (:mod:`.checkpoint`), typed stage artifacts (:mod:`.artifacts`), the shared config sections (:mod:`.schema`) and
-the experiment kinds (:mod:`.backdoor`, :mod:`.adv2`, :mod:`.defenses`).
+the experiment kinds (:mod:`.backdoor`, :mod:`.adv2`, :mod:`.defenses`) and hyperparameter sweeps over them
+(:mod:`.sweep`).
 
 >>> from xaisec.runs import run_experiment
 >>> from xaisec.config import load_config

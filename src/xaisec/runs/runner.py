@@ -162,6 +162,11 @@ def load_experiment(data: dict[str, Any]) -> tuple["Experiment", Any]:
     return kind, build(kind.schema, {k: v for k, v in data.items() if k != "sweep"})
 
 
+def stored_config(cfg: Any) -> dict[str, Any]:
+    """The validated config ``cfg`` as the plain mapping a run's ``config.yaml`` holds (YAML types only)."""
+    return yaml.safe_load(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+
+
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -195,7 +200,7 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
     ``overwrite`` replaces a finished or dead run there. Nothing is created before ``prepare`` succeeded."""
     kind = get_kind(cfg.experiment)
     rd = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
-    config = yaml.safe_load(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    config = stored_config(cfg)
     if resume:
         stored = rd.read_config()
         changes = _diff(stored, config)
@@ -288,4 +293,4 @@ def build_report(run_dir: str | Path) -> Path:
 
 __all__ = ["DEFAULT_KIND", "EXPERIMENTS", "Experiment", "RunContext", "RunResult", "Stage", "build_report",
            "get_kind", "load_experiment", "load_kinds", "load_run", "read_metrics", "register_experiment",
-           "run_experiment"]
+           "run_experiment", "stored_config"]

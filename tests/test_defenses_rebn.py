@@ -4,13 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_backdoor import small_mnist, tiny_model
 from xaisec.defenses.rebn import batchnorm_layers, rebn, rebn_effect, statistics_shift
 from xaisec.errors import XaisecError
 from xaisec.models import build_model
 
 
-def test_only_batchnorm_buffers_change_and_original_untouched():
+def test_only_batchnorm_buffers_change_and_original_untouched(tiny_model):
     model = tiny_model(False).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(70, 1, 14, 14)
@@ -28,9 +27,9 @@ def test_only_batchnorm_buffers_change_and_original_untouched():
             assert m.momentum == 0.1
 
 
-def test_statistics_are_those_of_the_clean_data():
+def test_statistics_are_those_of_the_clean_data(small_mnist, tiny_model):
     model = tiny_model(False)
-    x = small_mnist()[0][:96]
+    x = small_mnist[0][:96]
     repaired = rebn(model, x, batch_size=96)  # one batch: exactly the data's mean and unbiased variance
     name, bn = batchnorm_layers(repaired)[0]
     # the input of the first BN is the first conv's output (BN statistics do not depend on the BN itself)
@@ -42,9 +41,9 @@ def test_statistics_are_those_of_the_clean_data():
     assert set(shift) == {n for n, _ in batchnorm_layers(model)} and all(v >= 0 for v in shift.values())
 
 
-def test_rebn_on_own_training_distribution_is_nearly_a_no_op_but_repairs_corrupted_statistics():
+def test_rebn_on_own_training_distribution_is_nearly_a_no_op_but_repairs_corrupted_statistics(small_mnist, tiny_model):
     model = tiny_model(False)
-    x, y, xt, yt = small_mnist()
+    x, y, xt, yt = small_mnist
     acc = lambda m: float((m(xt).argmax(1) == yt).float().mean())  # noqa: E731
     same = rebn_effect(model, x[:500], {"acc": acc})["acc"]
     assert abs(same["change"]) < 0.05
@@ -57,7 +56,7 @@ def test_rebn_on_own_training_distribution_is_nearly_a_no_op_but_repairs_corrupt
         statistics_shift(model, rebn(model, x[:500])).values())
 
 
-def test_errors():
+def test_errors(tiny_model):
     with pytest.raises(XaisecError, match="no BatchNorm"):
         rebn(build_model("small_cnn", (1, 14, 14), 10, width=8, batchnorm=False), torch.rand(4, 1, 14, 14))
     with pytest.raises(XaisecError, match="at least 2"):

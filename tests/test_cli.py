@@ -1,4 +1,4 @@
-"""Registries and the command line (in-process and as a real subprocess)."""
+"""The command line: ``xaisec list`` and ``xaisec explain`` in-process, and as a real subprocess."""
 from __future__ import annotations
 
 import os
@@ -6,27 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from xaisec.cli import main
-from xaisec.errors import XaisecError
 from xaisec.io import save_weights
 from xaisec.models import build_model
-from xaisec.registry import Registry
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-def test_registry():
-    reg = Registry("thing")
-    reg.register("alpha")(lambda k=1: ("alpha", k))
-    assert reg.build("alpha", k=2) == ("alpha", 2) and reg.build(obj := object()) is obj
-    assert "ALPHA" in reg and reg.names() == ["alpha"]
-    with pytest.raises(KeyError):
-        reg.register("alpha")(lambda: None)
-    with pytest.raises(XaisecError, match="Did you mean 'alpha'"):
-        reg.get("alpah")
 
 
 def test_list(capsys):

@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from tiny_backdoor import TARGET, small_mnist, tiny_model
 from xaisec.defenses.neural_cleanse import (MAD_CONSISTENCY, _CostSchedule, flag_small_outliers, mad_anomaly_index,
                                             neural_cleanse, trigger_success)
 from xaisec.errors import XaisecError
@@ -50,34 +49,34 @@ def test_cost_schedule_follows_reference_rules():
     assert s.best_reg[0] == 10.0 and math.isinf(s.best_reg[1])
 
 
-def test_flags_the_backdoor_target_and_returns_triggers():
-    _, _, x, _ = small_mnist()
+def test_flags_the_backdoor_target_and_returns_triggers(backdoor_target, small_mnist, tiny_model):
+    _, _, x, _ = small_mnist
     backdoored, clean = tiny_model(True), tiny_model(False)
     before = {k: v.clone() for k, v in backdoored.state_dict().items()}
     r_bad = neural_cleanse(backdoored, x[:100], epochs=100, steps_per_epoch=3, batch_size=16, progress=False)
     r_clean = neural_cleanse(clean, x[:100], epochs=100, steps_per_epoch=3, batch_size=16, progress=False)
     assert r_bad.masks.shape == (10, 1, 14, 14) and r_bad.patterns.shape == (10, 1, 14, 14)
     assert 0 <= r_bad.masks.min() and r_bad.masks.max() <= 1
-    assert r_bad.suspect_class == TARGET  # the target class needs the smallest trigger
+    assert r_bad.suspect_class == backdoor_target  # the target class needs the smallest trigger
     # the backdoor's trigger is smaller than any trigger found on the clean model (the anomaly indices of these tiny
     # models are too close to compare: 1.41 vs 1.55 or the reverse depending on the float reduction order)
-    assert r_bad.l1_norms[TARGET] < r_clean.l1_norms.min()
-    assert r_bad.l1_norms[TARGET] < 0.6 * r_bad.l1_norms.median()
+    assert r_bad.l1_norms[backdoor_target] < r_clean.l1_norms.min()
+    assert r_bad.l1_norms[backdoor_target] < 0.6 * r_bad.l1_norms.median()
     # the reverse-engineered trigger works on the images it was found on
-    assert r_bad.attack_success[TARGET] > 0.9
+    assert r_bad.attack_success[backdoor_target] > 0.9
     torch.testing.assert_close(trigger_success(backdoored, x[:100], r_bad.masks, r_bad.patterns), r_bad.attack_success)
     assert all(torch.equal(v, before[k]) for k, v in backdoored.state_dict().items())
     assert all(p.grad is None for p in backdoored.parameters()) and not backdoored.training
 
 
-def test_deadline_stops_early_and_says_so():
-    _, _, x, _ = small_mnist()
+def test_deadline_stops_early_and_says_so(small_mnist, tiny_model):
+    _, _, x, _ = small_mnist
     r = neural_cleanse(tiny_model(False), x[:32], epochs=50, deadline=0.0, progress=False)
     assert r.stopped_early_by_deadline and max(r.epochs_run) == 0
     assert r.to_dict()["stopped_by_deadline"]
 
 
-def test_bad_options_raise():
+def test_bad_options_raise(tiny_model):
     with pytest.raises(XaisecError):
         neural_cleanse(tiny_model(False), torch.rand(4, 1, 14, 14), epochs=0)
     with pytest.raises(XaisecError, match=r"\[0,1\]"):

@@ -6,7 +6,6 @@ import torch
 from scipy.stats import rankdata, spearmanr
 from sklearn.metrics import roc_auc_score
 
-from tiny_backdoor import small_mnist, tiny_model
 from xaisec.defenses.explanation_consistency import (ExplanationConsistency, auroc, average_ranks, map_agreement,
                                                      spearman)
 from xaisec.errors import XaisecError
@@ -84,9 +83,9 @@ def test_calibration_hand_made():
     assert two.fit(clean, fpr=0.1).evaluate(clean, trig)["auroc/combined"] == 1.0
 
 
-def test_real_pass_shapes_and_self_reference_is_zero():
+def test_real_pass_shapes_and_self_reference_is_zero(small_mnist, tiny_model):
     model = tiny_model(False)
-    x = small_mnist()[2][:12]
+    x = small_mnist[2][:12]
     det = ExplanationConsistency(model, methods=("gradcam", "simplegrad", "vbp"), reference=tiny_model(False),
                                  batch_size=5)
     d = det.details(x)

@@ -6,14 +6,13 @@ from torch import nn
 
 from xaisec.defenses.activation_clustering import (activation_clustering, collect_activations, misclustering,
                                                    overlap_verdict)
-from poisoned_activations import clustered_inputs
 from xaisec.errors import XaisecError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.fixture(scope="module")
-def poisoned():
+def poisoned(clustered_inputs):
     """3 classes of 80 inputs (1,4,8); ~20% carry a strong shared offset (the 'trigger')."""
     return clustered_inputs(240, 0.2, 8)
 

@@ -5,12 +5,11 @@ import torch
 from torch import nn
 
 from xaisec.defenses.spectral_signatures import spectral_scores, spectral_signatures
-from poisoned_activations import clustered_inputs
 from xaisec.errors import XaisecError
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(clustered_inputs):
     return clustered_inputs(300, 0.1, 4)
 
 

@@ -1,17 +1,12 @@
-"""The training loop, batching, evaluation helpers and safetensors weights."""
+"""The training loop, batching and evaluation helpers."""
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
-from torch import nn
 
 from xaisec.data import load_dataset
-from xaisec.errors import ModelError
-from xaisec.io import atomic_write_json, load_weights, save_weights
 from xaisec.models import build_model
-from xaisec.train import TensorBatches, accuracy, cross_entropy, fit, predict, train_classifier
+from xaisec.train import TensorBatches, accuracy, cross_entropy, fit, train_classifier
 
 
 def test_tensor_batches_reshuffle_per_epoch_and_are_reproducible():
@@ -55,33 +50,3 @@ def test_fit_refuses_nan_loss():
     with pytest.raises(FloatingPointError, match="learning rate"):
         fit(model, TensorBatches(torch.rand(4, 1, 12, 12), torch.zeros(4, dtype=torch.long)), bad,
             torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
-
-
-def test_weights_round_trip_and_errors(tmp_path):
-    model = build_model("small_cnn", (1, 28, 28), 10)
-    path = save_weights(model, tmp_path / "m.safetensors")
-    other = build_model("small_cnn", (1, 28, 28), 10)
-    load_weights(other, path)
-    x = torch.rand(2, 1, 28, 28)
-    torch.testing.assert_close(predict(other, x), predict(model, x))
-    with pytest.raises(ModelError, match="do not match"):
-        load_weights(build_model("small_cnn", (1, 28, 28), 5), path)
-    truncated = tmp_path / "t.safetensors"
-    truncated.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ModelError, match="truncated or corrupt"):
-        load_weights(other, truncated)
-    with pytest.raises(ModelError, match="pickle"):
-        (tmp_path / "m.pt").write_bytes(b"x")
-        load_weights(other, tmp_path / "m.pt")
-    with pytest.raises(ModelError, match="does not exist"):
-        load_weights(other, tmp_path / "none.safetensors")
-
-
-def test_atomic_json(tmp_path):
-    path = atomic_write_json(tmp_path / "a" / "m.json", {"acc": torch.tensor(0.5), "n": 3})
-    assert json.loads(path.read_text()) == {"acc": 0.5, "n": 3}
-    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
-    with pytest.raises(TypeError):
-        atomic_write_json(path, {"bad": object()})
-    assert json.loads(path.read_text()) == {"acc": 0.5, "n": 3}  # the old file survives a failed write
-    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
