@@ -202,3 +202,13 @@ def test_joint_attacks_report_fangs_averaged_rates(tmp_path):
     m = metrics(out)["metrics"]
     fsr = [m[f"attacked/{e}/fsr"]["value"] for e in ("gradcam", "simplegrad", "vbp")]
     assert m["attacked/joint/fsr"]["value"] == pytest.approx(sum(fsr) / 3, abs=1e-6)
+
+
+def test_reference_training_in_bf16_and_fp16_refused_on_the_cpu(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    assert main(["run", str(tiny_config(tmp_path)), "reference.precision=bf16", "reference.epochs=1",
+                 "attack.epochs=1", "--out", str(out)]) == 0
+    assert metrics(out)["metrics"]["reference/top1_clean"]["value"] is not None
+    assert main(["run", str(tiny_config(tmp_path)), "reference.precision=fp16", "device=cpu",
+                 "--out", str(tmp_path / "fp16")]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err and not (tmp_path / "fp16").exists()

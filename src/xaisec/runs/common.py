@@ -13,7 +13,7 @@ from torch import nn
 from ..data import ImageDataset, StreamingData, load_dataset, make_loader
 from ..data.augment import Augment, AugmentedBatches
 from ..io import load_weights
-from ..models import build_model, resolve_device
+from ..models import autocast, build_model, model_device, resolve_device
 from ..multilabel import binary_cross_entropy
 from ..train import TensorBatches, cross_entropy
 from .artifacts import Artifact
@@ -74,6 +74,14 @@ def training_log(ctx: RunContext, *current: TrainingStage) -> Callable[[], None]
     return write
 
 
+def _autocast_objective(objective, device, precision: str):
+    def mixed(model: nn.Module, batch):
+        with autocast(device, precision):
+            return objective(model, batch)
+
+    return mixed
+
+
 def train_reference(ctx: RunContext) -> TrainedModel:
     """Stage ``reference``: the clean classifier, trained (Adam, cosine schedule, checkpointed every epoch) or
     loaded from ``reference.weights``."""
@@ -89,6 +97,8 @@ def train_reference(ctx: RunContext) -> TrainedModel:
     optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr, weight_decay=ref.weight_decay)
     batches = reference_batches(data, ref.batch_size, cfg.seed, device=resolve_device(cfg.device))
     objective = binary_cross_entropy if data.multilabel else cross_entropy
+    if ref.precision is not None:  # mixed precision for the plain forward pass only; the backward follows autocast
+        objective = _autocast_objective(objective, model_device(model), ref.precision)
     stage.train(model, batches, objective, optimizer, ref.epochs, ref.lr, schedule("cosine", ref.epochs),
                 progress=ctx.progress, on_log=training_log(ctx, stage))
     return TrainedModel(dict(model.state_dict()), stage.history, stage.stop_reason)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..config import require
 from ..errors import ConfigError, XaisecError
@@ -101,6 +101,9 @@ class ReferenceConfig:
     batch_size: int = 64
     #: Adam weight decay
     weight_decay: float = 0.0
+    #: mixed precision of the reference training's forward pass: null (float32), bf16 (CPU or GPU) or fp16 (GPU);
+    #: never used for explanation maps or their second-order terms
+    precision: Literal["bf16", "fp16"] | None = None
 
     def __post_init__(self) -> None:
         require(1 <= self.epochs <= 100_000, f"reference.epochs must be in [1, 100000], got {self.epochs}")
@@ -152,4 +155,6 @@ class RunConfig:
         require(self.threads is None or 1 <= self.threads <= 1024, f"threads must be in [1, 1024], got {self.threads}")
         from ..models import resolve_device
 
-        resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work
+        device = resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work
+        require(not (self.reference.precision == "fp16" and device.type == "cpu"),
+                "reference.precision fp16 needs a CUDA device; use bf16 on the CPU (or null for float32)")
