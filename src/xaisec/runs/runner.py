@@ -189,6 +189,15 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def run_environment(cfg: Any) -> Iterator[None]:
+    """What every run's work happens inside: its own RNG seeded from ``cfg.seed`` (the caller's RNG state is restored
+    on exit), ``cfg.threads`` CPU threads and the ``cfg.flush_denormals`` policy."""
+    with torch.random.fork_rng(devices=[]), _threads(cfg.threads), numerics.denormal_policy(cfg.flush_denormals):
+        torch.manual_seed(cfg.seed)
+        yield
+
+
 def default_run_dir(cfg: Any) -> Path:
     return unique_dir(Path(cfg.out) / str(cfg.name))
 
@@ -211,8 +220,7 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
             raise ConfigError(f"{rd.path} is being written by another xaisec process")
     else:
         rd.claim(overwrite, create=False)
-    with torch.random.fork_rng(devices=[]), _threads(cfg.threads), numerics.denormal_policy(cfg.flush_denormals):
-        torch.manual_seed(cfg.seed)
+    with run_environment(cfg):
         inputs = kind.prepare(cfg)
         if not resume:
             rd.claim(overwrite)

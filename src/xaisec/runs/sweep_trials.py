@@ -17,13 +17,13 @@ from typing import Any, Iterator
 
 import torch
 
-from .. import numerics
 from ..config import merge
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from ..records import Metric
 from .rundir import RunDir
-from .runner import RunContext, _threads, get_kind, load_experiment, read_metrics, run_experiment, stored_config
+from .runner import (RunContext, get_kind, load_experiment, read_metrics, run_environment, run_experiment,
+                     stored_config)
 from .sweep_spec import SweepSpec, nested, parse_distribution
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,7 @@ def cached_reference(cfg: Any, cache_dir: Path) -> Path | None:
         log.info("reference model: training it once for the sweep (%s)", path.name)
         scratch = cache_dir / f"{path.stem}.work"
         shutil.rmtree(scratch, ignore_errors=True)
-        with torch.random.fork_rng(devices=[]), _threads(getattr(cfg, "threads", None)), \
-                numerics.denormal_policy(cfg.flush_denormals):
-            torch.manual_seed(cfg.seed)
+        with run_environment(cfg):
             inputs = kind.prepare(cfg)
             ctx = RunContext(cfg, inputs, RunDir(scratch), progress=False, stage=stage.name)
             torch.manual_seed(cfg.seed)
