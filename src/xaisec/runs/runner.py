@@ -15,6 +15,7 @@ threads, and ``failed``/``interrupted`` markers.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import logging
@@ -117,7 +118,7 @@ class _Cached(Artifact):
     value: Any
 
 
-class Experiment:
+class Experiment(abc.ABC):
     """Base class of experiment kinds (see the module docstring)."""
 
     name: ClassVar[str]
@@ -128,13 +129,13 @@ class Experiment:
         """Load and check everything a run needs; raises :class:`~xaisec.errors.XaisecError` on bad input."""
         return None
 
+    @abc.abstractmethod
     def metrics(self, ctx: RunContext) -> tuple[dict[str, Metric], dict[str, Any]]:
         """``(records, context)`` for ``metrics.json``: flat metric records and descriptive context."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def report(self, run_dir: Path) -> Path:
         """Write ``report.html`` (and its figures) from the run directory alone; returns its path."""
-        raise NotImplementedError
 
     def headline(self, metrics: dict[str, Metric]) -> list[str]:
         """The few lines printed when a run ends (default: none)."""
