@@ -109,9 +109,6 @@ class RunContext:
         _Cached(value).save(path)
         return value
 
-    def checkpoint_dir(self) -> Path:
-        return self.rd.checkpoints
-
 
 @dataclass
 class _Cached(Artifact):
