@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import numerics
+from . import distributed, numerics
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +126,28 @@ def fit(model: nn.Module, batches: TensorBatches, objective: Objective, optimize
     ``on_epoch_end(epoch, logs)`` runs after each epoch (evaluation, checkpoint, early stopping):
     returning True stops training. ``flush_denormals``: subnormal floats are flushed to zero meanwhile
     (:func:`xaisec.numerics.flush_denormals`; up to 5x faster steps once training has moved the model).
+    Under ``torchrun`` (:mod:`xaisec.distributed`) each rank trains on its slice of every batch and the gradients
+    are averaged over ranks before each step; the logged loss parts are this rank's slice.
     """
     from .models import model_device
 
     device = model_device(model)
     history: list[dict[str, float]] = []
+    distributed.broadcast_parameters(model)
     with numerics.flush_denormals(flush_denormals), training_mode(model, freeze_batchnorm):
         for epoch in range(start_epoch, epochs):
             batches.set_epoch(epoch)
             sums: dict[str, float] = {}
             bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=None if progress else True)
             for batch in bar:
+                batch, share = distributed.shard(batch)
                 batch = tuple(t.to(device, non_blocking=True) for t in batch)  # data stays on the host
                 out = objective(model, batch)
                 if not torch.isfinite(out.total):
                     raise FloatingPointError(f"loss became {out.total.item()} in epoch {epoch + 1}; lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
                 out.total.backward()
+                distributed.average_gradients(model, share)
                 optimizer.step()
                 parts = {"loss": out.total.item(), **out.parts}
                 for k, v in parts.items():

@@ -8,6 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from .. import distributed
 from ..config import merge, packaged_configs, parse_overrides, read_yaml, resolve_config
 from ..errors import ConfigError
 from ..runs import load_experiment, load_run, run_experiment
@@ -43,6 +44,7 @@ def split_items(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    distributed.init_from_env()  # under torchrun: join the ranks' process group (training is data-parallel)
     if args.threads is not None and not 1 <= args.threads <= 1024:
         raise ConfigError(f"--threads must be in [1, 1024], got {args.threads}")
     if args.resume is not None:
@@ -61,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
             overrides.append(f"threads={args.threads}")
         kind, cfg = load_experiment(merge(read_yaml(resolve_config(config)), parse_overrides(overrides)))
         result = run_experiment(cfg, args.out, overwrite=args.overwrite)
+    if not distributed.is_main():
+        return 0
     for line in result.headline:
         print(line)
     print(f"finished: {result.path}\nreport: {result.report}" if result.report.is_file() else f"finished: {result.path}")

@@ -19,6 +19,7 @@ import abc
 import contextlib
 import importlib
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 import yaml
 
-from .. import numerics
+from .. import distributed, numerics
 from ..config import build, dump_config
 from ..errors import ConfigError
 from ..io import atomic_write_json
@@ -204,8 +205,14 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
                    progress: bool = True) -> RunResult:
     """Run the validated config ``cfg`` (any kind) into ``run_dir`` (default ``<out>/<name>``, made unique) and
     return its metrics. ``resume`` continues the run in ``run_dir`` (its stored config must equal ``cfg``);
-    ``overwrite`` replaces a finished or dead run there. Nothing is created before ``prepare`` succeeded."""
+    ``overwrite`` replaces a finished or dead run there. Nothing is created before ``prepare`` succeeded.
+
+    Under ``torchrun`` (:mod:`xaisec.distributed`) every rank runs every stage (training is data-parallel,
+    evaluation is repeated on each rank on the same data), but only rank 0 writes ``run_dir``: the other ranks write
+    into a temporary folder deleted at the end and return rank 0's path."""
     kind = get_kind(cfg.experiment)
+    if not distributed.is_main() or (resume and distributed.active()):
+        return _run_secondary(kind, cfg, run_dir, resume, progress)
     rd = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
     config = stored_config(cfg)
     if resume:
@@ -225,7 +232,24 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
         with rd.lock():
             if not resume:
                 rd.create(config, cfg.seed)
-            return _run_stages(kind, cfg, inputs, rd, progress)
+            result = _run_stages(kind, cfg, inputs, rd, progress)
+        distributed.barrier()
+        return result
+
+
+def _run_secondary(kind: Experiment, cfg: Any, run_dir: str | Path | None, resume: bool, progress: bool) -> RunResult:
+    """A rank other than 0: the same stages, written to a throw-away folder, so the run directory is rank 0's."""
+    if resume:
+        raise ConfigError("--resume is not supported with several torchrun ranks yet; resume the run in one process")
+    with run_environment(cfg), tempfile.TemporaryDirectory(prefix="xaisec-rank") as tmp:
+        inputs = kind.prepare(cfg)
+        rd = RunDir(Path(tmp) / "run")
+        with rd.lock():
+            rd.create(stored_config(cfg), cfg.seed)
+            result = _run_stages(kind, cfg, inputs, rd, False)
+        distributed.barrier()
+    path = Path(run_dir) if run_dir is not None else Path(cfg.out) / str(cfg.name)
+    return RunResult(path, result.metrics, result.context, result.headline)
 
 
 def _run_stages(kind: Experiment, cfg: Any, inputs: Any, rd: RunDir, progress: bool) -> RunResult:
