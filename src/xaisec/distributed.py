@@ -20,10 +20,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-def available() -> bool:
-    return dist.is_available()
-
-
 def active() -> bool:
     """True inside an initialised process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -209,7 +209,8 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
 
     Under ``torchrun`` (:mod:`xaisec.distributed`) every rank runs every stage (training is data-parallel,
     evaluation is repeated on each rank on the same data), but only rank 0 writes ``run_dir``: the other ranks write
-    into a temporary folder deleted at the end and return rank 0's path."""
+    into a temporary folder deleted at the end and return the requested path (without the suffix rank 0 may add
+    to make a default path unique)."""
     kind = get_kind(cfg.experiment)
     if not distributed.is_main() or (resume and distributed.active()):
         return _run_secondary(kind, cfg, run_dir, resume, progress)
