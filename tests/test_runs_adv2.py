@@ -262,3 +262,33 @@ def test_saver_training_resumed_after_a_kill_equals_an_uninterrupted_one(quadran
     resumed = adv2.savers(ctx)
     assert [r["epoch"] for r in resumed.history] == [1, 2]
     assert all(torch.equal(whole.weights[k], resumed.weights[k]) for k in whole.weights)
+
+
+def test_rts_encoder_weight_gives_the_rts_term_adv2s_encoder_loss(quadrants_dataset, tmp_path):
+    from xaisec.evasion.config import term_options
+    from xaisec.evasion.objective import RTSTerm
+    from xaisec.explainers import encoder_prototypes
+    from xaisec.runs.adv2_tools import attack_term
+
+    assert "encoder_weight" not in term_options("rts") and "prototypes" not in term_options("rts")
+    with pytest.raises(ConfigError, match="rts.encoder_weight"):
+        tiny(quadrants_dataset, "rts.encoder_weight=-1")
+    cfg = tiny(quadrants_dataset, "interpreters=[rts]", "stadv.enabled=false", "detection.enabled=false",
+               "detection.adaptive=[]", "detection.ensemble=[]", "rts.encoder_weight=0.5")
+    ctx = _context(cfg, tmp_path / "run")
+    ctx.results["savers"] = adv2.savers(ctx)
+    b = adv2.Bench(ctx)
+    data, explainer = ctx.inputs.data, b.explainers["rts"]
+    term = b.term("rts")
+    assert isinstance(term, RTSTerm) and term.encoder_weight == 0.5
+    expected = encoder_prototypes(explainer.saver, b.model, data.x_train, data.y_train, data.num_classes)
+    assert term.prototypes.shape[0] == data.num_classes and torch.allclose(term.prototypes, expected)
+    plain = attack_term(dataclasses.replace(cfg, rts=dataclasses.replace(cfg.rts, encoder_weight=0.0)), "rts",
+                        explainer, b.posts["rts"])  # today's term: no encoder loss, no data needed
+    assert isinstance(plain, RTSTerm) and plain.encoder_weight == 0 and plain.prototypes is None
+    x, t = data.x_test[:3], torch.tensor([1, 2, 3])
+    maps = b.posts["rts"](torch.rand(3, 1, *x.shape[-2:]))
+    extra = term.loss(x, t, maps)[1] - plain.loss(x, t, maps)[1]
+    assert torch.allclose(extra, 0.5 * term.encoder_loss(x, t)) and (extra > 0).all()
+    with pytest.raises(ConfigError, match="training data"):
+        attack_term(cfg, "rts", explainer, b.posts["rts"])

@@ -31,6 +31,14 @@ def test_round_trip_keeps_types_and_odd_keys(tmp_path):
     assert back.numbers == {"asr": 0.5, "rates": [1, 2]}
 
 
+def test_tensors_sharing_memory_are_saved_as_copies(tmp_path):
+    shared = torch.rand(4, 1, 3, 3)  # e.g. target: benign, where the target maps are the benign maps
+    art = Example(shared[0, 0], {"benign": shared, "targets": shared}, {})
+    back = Example.load(art.save(tmp_path / "a.safetensors"))
+    assert torch.equal(back.maps["benign"], shared) and torch.equal(back.maps["targets"], shared)
+    assert torch.equal(back.x, shared[0, 0])
+
+
 def test_root_field_is_a_plain_state_dict(tmp_path):
     weights = {"conv.weight": torch.rand(2, 2), "fc.bias": torch.zeros(3)}
     path = TrainedModel(weights, [{"epoch": 1}], "epochs").save(tmp_path / "m.safetensors")

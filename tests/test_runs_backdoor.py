@@ -212,3 +212,21 @@ def test_reference_training_in_bf16_and_fp16_refused_on_the_cpu(tmp_path, capsys
     assert main(["run", str(tiny_config(tmp_path)), "reference.precision=fp16", "device=cpu",
                  "--out", str(tmp_path / "fp16")]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err and not (tmp_path / "fp16").exists()
+
+
+def test_background_from_data_gives_gradientshap_training_images_only_when_asked():
+    from types import SimpleNamespace
+
+    from xaisec.backdoor import BackdoorConfig
+    from xaisec.config import load_config
+    from xaisec.explainers import draw_background
+    from xaisec.runs.backdoor import eval_options
+
+    data = SimpleNamespace(x_train=torch.rand(100, 1, 8, 8))
+    keys = ["attack.explainers=[gradshap, simplegrad]", "eval.explainer_options={gradshap: {n_samples: 8}}", "seed=3"]
+    default = eval_options(load_config(BackdoorConfig, overrides=keys), data, ["gradshap", "simplegrad"])
+    assert default == {"gradshap": {"n_samples": 8}}  # the black baseline, as before
+    drawn = eval_options(load_config(BackdoorConfig, overrides=[*keys, "eval.background_from_data=true"]), data,
+                         ["gradshap", "simplegrad"])
+    assert drawn["simplegrad"] == {} and drawn["gradshap"]["n_samples"] == 8
+    assert torch.equal(drawn["gradshap"]["baselines"], draw_background(data.x_train, 64, 3))

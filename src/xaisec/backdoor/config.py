@@ -210,8 +210,8 @@ class StoppingConfig:
 @dataclass
 class EvalConfig:
     """``thresholds``: FSR thresholds per explainer (default: Fang & Choromanska Table 1); ``iou_k``: fraction
-    of pixels in the top-k IoU; ``samples``: test images shown in the report; ``split``: the part of the test
-    split evaluated: ``all``, or ``first_half`` / ``second_half`` (Noppel et al. tune hyperparameters on the first
+    of pixels in the top-k IoU; ``samples``: test images shown in the report; ``background_from_data``: options
+    drawn from the training data (GradientSHAP's background); ``split``: the part of the test split evaluated: ``all``, or ``first_half`` / ``second_half`` (Noppel et al. tune hyperparameters on the first
     half and report on the second)."""
 
     split: Literal["all", "first_half", "second_half"] = "all"
@@ -220,6 +220,10 @@ class EvalConfig:
     samples: int = 6
     batch_size: int = 250
     explainer_options: dict[str, dict] = field(default_factory=dict)
+    #: the evaluation's explainers also take the options their class draws from the training data
+    #: (``options_from_data``: GradientSHAP's background of training images instead of one black baseline);
+    #: ``explainer_options`` win over them
+    background_from_data: bool = False
 
     def __post_init__(self) -> None:
         for name, value in self.thresholds.items():

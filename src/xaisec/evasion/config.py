@@ -19,7 +19,7 @@ from ..explainers.rts_train import RTSObjective
 from ..runs.schema import ReferenceConfig, RunConfig, check_registry_options
 
 #: the fields of an attack term the experiment fills itself (the rest are a term's own options, ``term:``)
-_TERM_GIVEN = ("explainer", "weight", "post", "smooth_beta", "name")
+_TERM_GIVEN = ("explainer", "weight", "post", "smooth_beta", "name", "encoder_weight", "prototypes")
 
 
 def explainer_class(name: str) -> type:
@@ -68,6 +68,9 @@ class RTSSettings:
     #: RTS^A starts from random weights (``scratch``) or fine-tunes the trained plain RTS (``rts``); a warm start
     #: keeps the stability term from being met by the trivial empty mask early in training
     adversarial_init: Literal["scratch", "rts"] = "scratch"
+    #: weight of ADV2's encoder loss in the attack on RTS (Sec. 4): pulls the encoder output of the adversarial input
+    #: to the target class's mean over the training images; 0: the map term alone
+    encoder_weight: float = 0.0
     #: noise levels (std of normal, half-width of uniform noise) at which RTS and RTS^A map changes are measured
     noise_levels: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
 
@@ -78,6 +81,7 @@ class RTSSettings:
         require(1 <= self.batch_size <= 100_000, f"rts.batch_size must be in [1, 100000], got {self.batch_size}")
         require(0 < self.adversarial_weight <= 1e6, f"rts.adversarial_weight must be in (0, 1e6], got "
                                                     f"{self.adversarial_weight}")
+        require(0 <= self.encoder_weight <= 1e6, f"rts.encoder_weight must be in [0, 1e6], got {self.encoder_weight}")
         require(len(self.layers) in (0, 2), f"rts.layers names two classifier layers (deep, shallow), got {self.layers}")
         require(all(0 < v <= 1 for v in self.noise_levels), f"rts.noise_levels must be in (0, 1], got {self.noise_levels}")
         o = self.objective

@@ -184,8 +184,10 @@ def encoder_prototypes(saver: Saver, classifier: nn.Module, x: torch.Tensor, y: 
     """``(K,D)``: the mean encoder output (:meth:`~FeatureSaliencyNet.encode`) of the images ``x`` of each class
     ``y`` (zeros for a class without images), enc(c) in ADV2's encoder loss on RTS."""
     with eval_mode(saver), eval_mode(classifier):
-        feats = torch.cat([saver.encode(classifier, chunk) for chunk in x.split(batch_size)])
-    sums = torch.zeros(num_classes, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats)
+        device = next(classifier.parameters()).device
+        feats = torch.cat([saver.encode(classifier, chunk.to(device)) for chunk in x.split(batch_size)])
+    y = y.to(feats.device)
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, y, feats)
     counts = torch.bincount(y, minlength=num_classes).clamp_min(1).to(feats.dtype)
     return sums / counts[:, None]
 
@@ -210,6 +212,13 @@ class RealTimeSaliency(Explainer):
     attackable = True
     #: the maps are masks in [0,1]: compared as they are (min-max scaling blows a near-empty mask up into noise)
     attack_defaults = {"norm": "none"}
+
+    @classmethod
+    def attack_term_type(cls) -> type:
+        """:class:`~xaisec.evasion.objective.RTSTerm`: the map term, plus ADV2's encoder loss when it has a weight."""
+        from ..evasion.objective import RTSTerm
+
+        return RTSTerm
     requires = ("saver",)
     #: the parameter-gradient check of the test suite builds explainers without a saver
     differentiable = False

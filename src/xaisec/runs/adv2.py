@@ -56,7 +56,7 @@ def prepare(cfg: Adv2Config) -> Adv2Inputs:
         try:
             explainer = build_interpreter(cfg, name, model, saver=saver)
             posts[name](explain_batches(explainer, x2, data.y_test[:2], 2))
-            attack_term(cfg, name, explainer, posts[name])
+            attack_term(cfg, name, explainer, posts[name], data)
         except XaisecError as exc:
             raise ConfigError(f"interpreter {name!r} does not fit {cfg.model.arch} on {data.name}: {exc}") from None
     return Adv2Inputs(data, make_model, posts)

@@ -17,11 +17,11 @@ from ..data import ImageDataset
 from ..errors import ConfigError, XaisecError
 from ..evasion.config import Adv2Config, explainer_class
 from ..evasion.evaluate import attack_report, explain_batches, in_batches, logits
-from ..evasion.objective import AttackObjective, InterpreterTerm
+from ..evasion.objective import AttackObjective, InterpreterTerm, RTSTerm
 from ..evasion.pgd import Adv2PGD
 from ..evasion.targets import patch_maps
 from ..explainers import Explainer
-from ..explainers.rts import FeatureSaliencyNet, SaliencyNet, Saver
+from ..explainers.rts import FeatureSaliencyNet, SaliencyNet, Saver, encoder_prototypes
 from ..explainers.rts_train import RTSObjective, frozen, rts_loss, saver_from_spec, saver_spec
 from ..maps import MapPostprocess
 from ..models import model_device
@@ -97,12 +97,23 @@ def build_interpreter(cfg: Adv2Config, name: str, model: nn.Module, **provided: 
     return xexplainers.build(name, model, **cfg.settings(name).options, **{r: provided[r] for r in cls.requires})
 
 
-def attack_term(cfg: Adv2Config, name: str, explainer: Explainer, post: MapPostprocess) -> InterpreterTerm:
+def attack_term(cfg: Adv2Config, name: str, explainer: Explainer, post: MapPostprocess,
+                data: ImageDataset | None = None) -> InterpreterTerm:
     """The ADV2 loss term of interpreter ``name``: the type its explainer class declares, with the configured
-    weight, Softplus surrogate and term options."""
+    weight, Softplus surrogate and term options. An :class:`~xaisec.evasion.objective.RTSTerm` gets ADV2's encoder
+    loss when ``rts.encoder_weight`` > 0, with prototypes from the training images of ``data``."""
     s = cfg.settings(name)
-    return type(explainer).attack_term_type()(explainer=explainer, weight=s.weight, post=post,
-                                              smooth_beta=s.smooth_beta, name=name, **s.term)
+    term_type = type(explainer).attack_term_type()
+    extra: dict[str, Any] = {}
+    if issubclass(term_type, RTSTerm) and cfg.rts.encoder_weight > 0:
+        if data is None:
+            raise ConfigError(f"rts.encoder_weight {cfg.rts.encoder_weight:g} needs the training data for the "
+                              f"class prototypes of interpreter {name!r}")
+        extra = {"encoder_weight": cfg.rts.encoder_weight,
+                 "prototypes": encoder_prototypes(explainer.saver, explainer.model, data.x_train, data.y_train,
+                                                  data.num_classes, cfg.batch_size)}
+    return term_type(explainer=explainer, weight=s.weight, post=post, smooth_beta=s.smooth_beta, name=name,
+                     **s.term, **extra)
 
 
 def new_saver(cfg: Adv2Config, model: nn.Module, data: ImageDataset) -> Saver:
@@ -169,7 +180,7 @@ class Bench:
         return explain_batches(explainer or self.explainers[name], x, target, self.cfg.batch_size)
 
     def term(self, name: str, explainer: Explainer | None = None) -> InterpreterTerm:
-        return attack_term(self.cfg, name, explainer or self.explainers[name], self.posts[name])
+        return attack_term(self.cfg, name, explainer or self.explainers[name], self.posts[name], self.ctx.inputs.data)
 
     def objective(self) -> AttackObjective:
         p = self.cfg.pgd

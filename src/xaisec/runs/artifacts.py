@@ -59,6 +59,18 @@ def _unflatten(tensors: dict[str, torch.Tensor], field_name: str) -> Any:
     return tree
 
 
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with every tensor whose storage an earlier one already uses copied (safetensors refuses shared
+    memory; e.g. ``target: benign`` makes an interpreter's target maps its benign maps)."""
+    seen: set[int] = set()
+    out = {}
+    for key, t in tensors.items():
+        ptr = t.untyped_storage().data_ptr()
+        out[key] = t.clone() if ptr in seen and t.numel() else t
+        seen.add(ptr)
+    return out
+
+
 @dataclasses.dataclass
 class Artifact:
     """Base class of typed stage results (see the module docstring)."""
@@ -82,7 +94,7 @@ class Artifact:
             else:
                 meta[f.name] = value
         metadata = {_META_KEY: json.dumps({"class": type(self).__name__, "fields": meta}, default=_json_default)}
-        return atomic_write_bytes(path, save(tensors, metadata=metadata))
+        return atomic_write_bytes(path, save(_unshared(tensors), metadata=metadata))
 
     @classmethod
     def load(cls: type[T], path: str | Path) -> T:

@@ -28,7 +28,7 @@ from ..backdoor.results import collect_metrics, context_info, model_outputs, sam
 from ..backdoor.stopping import EarlyStopping
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError, XaisecError
-from ..explainers import explain_all
+from ..explainers import EXPLAINERS, explain_all
 from ..maps import MapPostprocess
 from ..records import Metric
 from ..train import TensorBatches, eval_mode
@@ -74,6 +74,17 @@ def _options(options: dict[str, dict]) -> dict[str, dict]:
     return {name: dict(opts) for name, opts in options.items()}
 
 
+def eval_options(cfg: BackdoorConfig, data: ImageDataset, explainers: list[str]) -> dict[str, dict]:
+    """Each evaluated explainer's options: with ``eval.background_from_data`` what its class draws from the
+    training images (:meth:`~xaisec.explainers.Explainer.options_from_data`, seeded by ``seed``), overridden by
+    ``eval.explainer_options``."""
+    given = cfg.eval.explainer_options
+    if not cfg.eval.background_from_data:
+        return _options(given)
+    return {name: {**EXPLAINERS.get(name).options_from_data(data.x_train, cfg.seed), **given.get(name, {})}
+            for name in explainers}
+
+
 def _post(pool: int) -> MapPostprocess:
     return MapPostprocess(pool=pool, norm="minmax")
 
@@ -107,7 +118,7 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     model = make_model()
     try:
         with eval_mode(model):
-            for options in (a.explainer_options, cfg.eval.explainer_options):
+            for options in (a.explainer_options, eval_options(cfg, data, list(recipe.explainers))):
                 out = explain_all(model, x2, None, list(recipe.explainers), options=_options(options))
             for name in recipe.explainers:
                 _post(a.pool)(out.maps[name])
@@ -181,7 +192,8 @@ def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dic
     inputs, n = ctx.inputs, ctx.cfg.stopping.monitor_size
     x, y = inputs.data.x_train[:n], inputs.data.y_train[:n]
     x_trig = apply_trigger(inputs.trigger, x)
-    setup, opts = inputs.setup, _options(ctx.cfg.eval.explainer_options)
+    setup = inputs.setup
+    opts = eval_options(ctx.cfg, inputs.data, setup.explainers)
     post = _post(setup.pool)
     ref = model_outputs(reference, x, x_trig, setup.explainers, opts)
     ref01 = {k: post(v) for k, v in ref.maps_clean.items()}
@@ -216,7 +228,7 @@ def evaluate(ctx: RunContext) -> Evaluation:
     reference = ctx["reference"].into(inputs.make_model())
     attacked = ctx["attacked"].into(inputs.make_model())
     x_trig = apply_trigger(inputs.trigger, x_test)
-    opts = _options(cfg.eval.explainer_options)
+    opts = eval_options(cfg, data, inputs.setup.explainers)
     outputs = {name: model_outputs(model, x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size)
                for name, model in (("reference", reference), ("attacked", attacked))}
     metrics = collect_metrics(outputs, inputs.setup)
