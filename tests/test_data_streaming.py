@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_data_loaders import write_chestxray, write_cifar, write_cub, write_folder, write_gtsrb
+from trees import write_chestxray, write_cifar, write_cub, write_folder, write_gtsrb
 
 from xaisec.data import (DatasetIndex, ImageFiles, ImageStream, TensorImages, load_dataset, make_loader,
                          open_dataset)

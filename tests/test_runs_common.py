@@ -1,6 +1,6 @@
 """The reference training's batches: in-memory and streamed data give the same batches, augmentation optional."""
 import torch
-from test_data_loaders import write_folder
+from trees import write_folder
 
 from xaisec.data import load_dataset, open_dataset
 from xaisec.data.augment import Augment, AugmentedBatches
