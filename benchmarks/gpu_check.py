@@ -5,7 +5,10 @@ On a CUDA device, for resnet20 at 32 px, resnet50 and densenet121 at 224 px:
    ``create_graph=True``): ms each, their ratio and the peak GPU memory of each;
 2. reference (plain) training throughput in images/s, in float32 and under bf16 autocast;
 3. Grad-CAM maps of the same weights and images computed on the CPU and on the device: equal within a relative
-   tolerance of 1e-3 of each map's maximum (TF32 is switched off for this comparison).
+   tolerance of 1e-3 of each map's maximum (TF32 is switched off for this comparison);
+4. end to end on the device: a short `xaisec run` (reference, poisoning, explanation-aware attack, evaluation,
+   report) and `xaisec audit --run ... --device` over the default checks (every tensor a check creates must
+   live on the model's device).
 
     python benchmarks/gpu_check.py                      # on cuda
     python benchmarks/gpu_check.py --device cpu --quick # the same code path on the CPU, tiny sizes (a dry run)
@@ -68,6 +71,21 @@ def maps_agree(arch: str, size: int, device: torch.device) -> float:
     return float(((cpu_maps - dev_maps).abs() / scale).max())
 
 
+def end_to_end(device: torch.device, quick: bool) -> bool:
+    """Step 4: a short backdoor run and an audit of its model on ``device``; True when both finish."""
+    import tempfile
+
+    from xaisec.cli import main as cli
+
+    with tempfile.TemporaryDirectory(prefix="xaisec-gpu-check") as tmp:
+        run = f"{tmp}/run"
+        epochs = ["reference.epochs=1", "attack.epochs=1"] if quick else []
+        ok = cli(["run", "default", f"device={device}", *epochs, "--out", run]) == 0
+        ok = ok and cli(["audit", "--run", run, "--device", str(device), "--images", "100" if quick else "500",
+                         "--budget", "60" if quick else "300", "--out", f"{tmp}/audit"]) == 0
+    return ok
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -102,6 +120,9 @@ def main() -> None:
               f"(tolerance {MAP_RTOL:.0e}: {'ok' if ok else 'DIFFERS'})")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    ok = end_to_end(device, args.quick)
+    failures += not ok
+    print(f"4. xaisec run + xaisec audit on {device}: {'ok' if ok else 'FAILED'}")
     print(f"done in {time.monotonic() - start:.0f} s, load {os.getloadavg()[0]:.2f}")
     raise SystemExit(1 if failures else 0)
 

@@ -126,6 +126,11 @@ def test_errors_are_clear(npz_files, tmp_path, capsys):
     assert code == 2 and "neural_cleanse" in err  # a suggestion for the typo
     code, err = _err(["audit", "--model", str(rgb), "--data", data], capsys)
     assert code == 2 and "--arch is needed" in err
+    code, err = _err(["audit", "--model", "tiny_backdoor:clean", "--data", data, "--device", "tpu"], capsys)
+    assert code == 2 and "device 'tpu'" in err and "'cuda:N'" in err
+    if not torch.cuda.is_available():
+        code, err = _err(["audit", "--model", "tiny_backdoor:clean", "--data", data, "--device", "cuda"], capsys)
+        assert code == 2 and "no usable CUDA GPU" in err
 
 
 def test_entry_point_with_wrong_input_size(tmp_path, capsys):
@@ -193,7 +198,7 @@ def test_audit_a_run_directory_with_its_own_trigger(tiny_backdoor_runs, tmp_path
     run = tiny_backdoor_runs[1]  # latka_badnets: a patch trigger
     out = tmp_path / "audit"
     assert main(["audit", "--run", str(run), "--suspects", "trigger", "--checks", "accuracy,strip",
-                 "--images", "40", "--budget", "60", "--out", str(out)]) == 0
+                 "--images", "40", "--budget", "60", "--out", str(out), "--device", "cpu"]) == 0
     doc = json.loads((out / "audit.json").read_text())
     assert set(doc["checks"]) == {"accuracy", "strip"} and doc["checks"]["strip"]["verdict"] != "skipped"
     capsys.readouterr()

@@ -50,3 +50,14 @@ def test_fit_refuses_nan_loss():
     with pytest.raises(FloatingPointError, match="learning rate"):
         fit(model, TensorBatches(torch.rand(4, 1, 12, 12), torch.zeros(4, dtype=torch.long)), bad,
             torch.optim.SGD(model.parameters(), lr=0.1), 1, progress=False)
+
+
+def test_tensor_batches_pinned_memory_gives_the_same_batches():
+    """``pin_memory`` only changes where a batch lives (page-locked, on a machine with CUDA), never its content."""
+    x, y = torch.arange(20.0).view(10, 2), torch.arange(10)
+    plain = list(TensorBatches(x, y, batch_size=4, seed=3))
+    pinned = TensorBatches(x, y, batch_size=4, seed=3, pin_memory=True)
+    assert pinned.pin_memory == torch.cuda.is_available()
+    for a, b in zip(plain, pinned, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+        assert all(v.is_pinned() == torch.cuda.is_available() for v in b)

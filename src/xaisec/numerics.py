@@ -13,8 +13,10 @@ normal number times 0.3 (an inexact subnormal result) is zero only under FTZ. Ei
 off again on exit, so the caller's state comes back exactly, also after an exception.
 
 The switch is per thread (the register belongs to the thread that calls it): it covers everything on the calling
-thread, which is all the work when torch runs one thread (xaisec's runs do) and the autograd engine's CPU work in
-any case, but not intra-op worker threads, which keep their own setting.
+thread and the autograd engine's CPU work. Torch's intra-op worker threads (OpenMP) copy the flags of the thread
+that starts them, when the first parallel operation starts them: a run flushes for its whole length
+(:func:`xaisec.runs.runner.run_environment`), so workers started during a run flush too (and keep flushing after
+it). Workers started earlier keep their own setting; :func:`workers_flushed` tells which case holds.
 """
 from __future__ import annotations
 
@@ -79,3 +81,11 @@ def flush_denormals(enabled: bool | None = None) -> Iterator[bool]:
     finally:
         if supported:
             torch.set_flush_denormal(False)
+
+
+def workers_flushed() -> bool:
+    """Whether torch's intra-op worker threads flush subnormals too: one parallel elementwise product whose every
+    result is subnormal (2**22 elements, split over the threads) comes out all zero. True with one thread when the
+    calling thread flushes."""
+    x = _float32_from_bits(_SMALLEST_NORMAL_BITS).expand(1 << 22)
+    return bool(((x * 0.3) == 0).all())

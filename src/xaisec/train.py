@@ -34,13 +34,16 @@ Objective = Callable[[nn.Module, Sequence[torch.Tensor]], LossOutput]
 
 
 class TensorBatches:
-    """Mini-batches of aligned tensors, reshuffled each epoch from ``seed + epoch``."""
+    """Mini-batches of aligned tensors, reshuffled each epoch from ``seed + epoch``. ``pin_memory``: each batch
+    is gathered into page-locked memory, so ``fit``'s ``.to(device, non_blocking=True)`` copies it to a CUDA GPU
+    asynchronously (as a DataLoader's ``pin_memory``); ignored where CUDA is not available."""
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int = 128, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, pin_memory: bool = False):
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("TensorBatches needs tensors of one length")
         self.tensors, self.batch_size, self.shuffle, self.seed, self.drop_last = tensors, batch_size, shuffle, seed, drop_last
+        self.pin_memory = pin_memory and torch.cuda.is_available()
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -56,7 +59,8 @@ class TensorBatches:
                  if self.shuffle else torch.arange(n))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield tuple(t[idx] for t in self.tensors)
+            batch = tuple(t[idx] for t in self.tensors)
+            yield tuple(t.pin_memory() for t in batch) if self.pin_memory else batch
 
 
 def cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> LossOutput:

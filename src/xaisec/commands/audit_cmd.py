@@ -13,7 +13,7 @@ from ..audit.runner import MAX_BUDGET_SECONDS
 from ..data import load_data
 from ..errors import ConfigError
 from ..io import check_writable_dir
-from ..models import model_from_entry_point
+from ..models import model_from_entry_point, resolve_device
 from ..validation import check_int, check_number
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ def add_parser(sub) -> None:
     p.add_argument("--images", type=int, default=1000,
                    help="clean images used for fitting and, separately, for evaluation (default: 1000 each)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="where the model runs the checks: auto (a CUDA GPU when there is one), cpu, cuda "
+                                     "or cuda:N (default: auto; with --run, the run's device setting)")
     p.set_defaults(func=run)
 
 
@@ -62,11 +64,14 @@ def run(args: argparse.Namespace) -> int:
     check_int(args.seed, "--seed", low=0, high=2**32 - 1)
     check_number(args.budget, "--budget (seconds)", low=0, low_open=True, high=MAX_BUDGET_SECONDS)
     check_writable_dir(args.out, "--out")  # before minutes of checks, not after them
+    if args.device is not None:
+        resolve_device(args.device)  # a device this machine lacks is refused before any loading
     if args.run is not None:
         if args.model or args.data or args.arch:
             raise ConfigError("--run takes the model, its architecture and the data from the run directory; drop "
                               "--model, --arch and --data")
         model, data, cfg = _from_run(args.run, args.stage)
+        device = resolve_device(args.device or cfg.device)
         args.model, args.arch = str(args.run / f"{args.stage}.safetensors"), cfg.model.arch
     else:
         if not args.model or not args.data:
@@ -75,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
         built = model_from_entry_point(args.model, "model") if is_entry_point(args.model) else None
         data = load_data(args.data, expect_shape=model_input_shape(built) if built is not None else None)
         model = load_audit_model(args.model, args.arch, data, allow_pickle=args.allow_pickle, built=built)
+        device = resolve_device(args.device or "auto")
+    model = model.to(device)  # data stays on the host; every check moves its batches to the model's device
     reference = (load_audit_model(args.reference, args.arch, data, reference=True, allow_pickle=args.allow_pickle)
                  if args.reference else None)
+    if reference is not None:
+        reference = reference.to(device)
     if args.suspects == "trigger":
         if args.run is None or not hasattr(cfg, "trigger"):
             raise ConfigError("--suspects trigger needs --run with a run that has a trigger (a backdoor run)")

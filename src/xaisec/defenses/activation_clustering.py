@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from ..models import get_layer
+from ..models import get_layer, model_device
 from ..train import eval_mode
 from ..validation import check_finite, check_int, check_number
 from .registry import DEFENSES
@@ -39,17 +39,19 @@ def collect_activations(model: nn.Module, layer: str | nn.Module, x: torch.Tenso
                         ) -> torch.Tensor:
     """Output of ``layer`` (a name for :func:`xaisec.models.get_layer`, or the module) for ``x``, flattened: (N, D).
 
-    Runs in eval mode without gradients; the model's mode is restored and the hook removed.
+    Runs in eval mode without gradients on the model's device (activations returned on ``x``'s); the model's
+    mode is restored and the hook removed.
     """
     module = get_layer(model, layer) if isinstance(layer, str) else layer
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1)))
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out.detach().flatten(1).to(x.device)))
+    device = model_device(model)
     try:
         with eval_mode(model), torch.no_grad():
             for xb in x.split(batch_size):
-                model(xb)
+                model(xb.to(device))
     finally:
         handle.remove()
     return torch.cat(captured)

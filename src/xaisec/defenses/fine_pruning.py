@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError, ModelError
 from ..explainers.base import recording
-from ..models import default_cam_layer, get_layer
+from ..models import default_cam_layer, get_layer, model_device
 from ..train import TensorBatches, accuracy, cross_entropy, eval_mode, fit
 from ..validation import check_images, check_int, check_labels, check_number
 from .registry import DEFENSES
@@ -40,17 +40,17 @@ def channel_activations(model: nn.Module, x: torch.Tensor, layer: str | None = N
     """Mean activation ``(C,)`` of each channel of ``layer`` (default: the CAM layer) over clean images ``x``."""
     check_images(x, "clean images")
     layer = layer or default_cam_layer(model)
-    total = None
+    total, device = None, model_device(model)
     with eval_mode(model), recording(model, [layer]) as (outputs, _):
         for xb in x.split(batch_size):
-            model(xb)
+            model(xb.to(device))
             a = outputs[layer]
             if a.dim() != 4:
                 raise ModelError(f"fine-pruning needs a convolutional layer with (B,C,h,w) output; {layer!r} gives "
                                  f"{tuple(a.shape)}")
             s = a.sum((0, 2, 3)) / (a.shape[2] * a.shape[3])
             total = s if total is None else total + s
-    return total / len(x)
+    return total.cpu() / len(x)
 
 
 def _mask_hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ConfigError, XaisecError
 from ..explainers import Explainer
 from ..maps import MapPostprocess, distance, topk_iou
+from ..models import model_device
 from ..train import eval_mode
 from ..validation import check_images, check_int, check_number
 from .registry import DEFENSES
@@ -49,12 +50,14 @@ class InterpreterEnsembleDetector:
         """Post-processed maps of every member for the predicted class of ``x``."""
         check_images(x)
         out: dict[str, list[torch.Tensor]] = {n: [] for n in self.explainers}
+        device = model_device(self.model)
         with eval_mode(self.model):
             for xb in x.split(self.batch_size):
+                xb = xb.to(device)
                 with torch.no_grad():
                     pred = self.model(xb).argmax(1)
                 for name, e in self.explainers.items():
-                    out[name].append(self.posts[name](e(xb, pred).maps))
+                    out[name].append(self.posts[name](e(xb, pred).maps).to(x.device))
         return {n: torch.cat(v) for n, v in out.items()}
 
     def disagreement(self, maps: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..models import model_device
 from ..train import eval_mode
 from ..validation import check_images
 from .registry import DEFENSES
@@ -54,8 +55,9 @@ def rebn(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
         batches = list(x.split(batch_size))
         if len(batches) > 1 and len(batches[-1]) < 2:
             batches[-2:] = [torch.cat(batches[-2:])]
+        device = model_device(repaired)
         for xb in batches:
-            repaired(xb)
+            repaired(xb.to(device))
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     return repaired

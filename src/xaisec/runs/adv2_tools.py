@@ -143,7 +143,8 @@ def train_saver(ctx: RunContext, key: str, objective: RTSObjective, init: SaverM
     torch.manual_seed(cfg.seed)
     stage = TrainingStage(key, ctx.rd.checkpoints)
     optimizer = torch.optim.Adam(saver.parameters(), lr=r.lr)
-    batches = TensorBatches(data.x_train, data.y_train, batch_size=r.batch_size, seed=cfg.seed)
+    batches = TensorBatches(data.x_train, data.y_train, batch_size=r.batch_size, seed=cfg.seed,
+                            pin_memory=model_device(model).type == "cuda")
     gen, epoch = torch.Generator(), [-1]
 
     def loss(s: Saver, batch) -> Any:

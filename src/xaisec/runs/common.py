@@ -114,5 +114,6 @@ def reference_batches(data: ImageDataset | StreamingData, batch_size: int, seed:
     if isinstance(data, StreamingData):
         batches = make_loader(data.train, batch_size, seed=seed, workers=workers, device=device or "cpu")
     else:
-        batches = TensorBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed)
+        batches = TensorBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed,
+                                pin_memory=torch.device(device or "cpu").type == "cuda")
     return batches if augment is None else AugmentedBatches(batches, augment, seed)

@@ -191,8 +191,14 @@ def _threads(n: int | None) -> Iterator[None]:
 @contextlib.contextmanager
 def run_environment(cfg: Any) -> Iterator[None]:
     """What every run's work happens inside: its own RNG seeded from ``cfg.seed`` (the caller's RNG state is restored
-    on exit), ``cfg.threads`` CPU threads and the ``cfg.flush_denormals`` policy."""
-    with torch.random.fork_rng(devices=[]), _threads(cfg.threads), numerics.denormal_policy(cfg.flush_denormals):
+    on exit), ``cfg.threads`` CPU threads and the ``cfg.flush_denormals`` policy, flushing for the whole run on
+    the calling thread and on the intra-op worker threads the run starts (:mod:`xaisec.numerics`)."""
+    with torch.random.fork_rng(devices=[]), numerics.denormal_policy(cfg.flush_denormals), \
+            numerics.flush_denormals(cfg.flush_denormals), _threads(cfg.threads):
+        if cfg.flush_denormals and torch.get_num_threads() > 1 and not numerics.workers_flushed():
+            log.warning("torch's %d CPU worker threads were started before this run and do not flush subnormal "
+                        "floats (slow on many CPUs): run in a fresh process (`xaisec run` is one) or with threads=1",
+                        torch.get_num_threads())
         torch.manual_seed(cfg.seed)
         yield
 
