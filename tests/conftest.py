@@ -179,3 +179,4 @@ def tiny_backdoor_runs(tmp_path_factory):
         _, cfg = load_experiment(merge(read_yaml(resolve_config(name)), parse_overrides(tiny)))
         paths.append(run_experiment(cfg, root / name, progress=False).path)
     return paths
+

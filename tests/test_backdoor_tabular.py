@@ -95,7 +95,7 @@ def test_goals():
     ref = torch.tensor([[0.1, 0.9, 0.5, 0.0]])
     goal = feature_goal("fang_nontargeted", ref, (), 2)
     assert goal.mask.tolist() == [[False, True, True, False]]
-    with pytest.raises(ConfigError, match="tabular recipe"):
+    with pytest.raises(ConfigError, match="attack.recipe must be one of"):
         TabularAttack(recipe="noppel_ep")
     with pytest.raises(ConfigError, match="explainers"):
         TabularAttack(explainers=("gradcam",))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from run_dirs import copy_without
 from xaisec.runs import checkpoint as stages
 from xaisec.cli import main
 from xaisec.errors import XaisecError
@@ -125,13 +126,7 @@ def test_sigkill_then_resume(finished_run, tmp_path):
 
 
 def test_report_rebuilds_from_artifacts(finished_run, tmp_path, capsys):
-    run = tmp_path / "copy"
-    shutil.copytree(finished_run, run)
-    (run / "report.html").unlink()
-    shutil.rmtree(run / "figures")
-    for name in ("reference.safetensors", "attacked.safetensors"):
-        (run / name).unlink()  # no model needed
-    shutil.rmtree(run / "checkpoints")
+    run = copy_without(finished_run, tmp_path / "copy", ("reference", "attacked"))  # no model needed
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "report.html" in capsys.readouterr().out

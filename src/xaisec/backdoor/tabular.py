@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
 from ..data import ImageDataset, load_dataset
-from ..errors import ConfigError
-from ..explainers import explain_all
+from ..config import require
+from ..errors import ConfigError, XaisecError
+from ..explainers import EXPLAINERS, explain_all
 from ..maps import MapPostprocess, topk_iou, topk_mask
 from ..models import build_model
 from ..train import TensorBatches, accuracy, fit, train_classifier
@@ -40,44 +41,66 @@ TABULAR_EXPLAINERS = ("simplegrad", "ig", "inputxgrad")
 
 @dataclass
 class TabularAttack:
-    """Settings of the tabular attack (defaults: Fang's targeted attack on SimpleGrad, about a minute on CPU).
+    """Settings of the tabular attack, also the ``attack`` section of the ``tabular_backdoor`` config (defaults:
+    Fang's targeted attack on SimpleGrad, about a minute on CPU).
 
-    ``target_features``: columns the targeted attack moves the attribution to; ``topk``: features suppressed by the
-    non-targeted attack (an int, or a fraction < 1 of the features); ``explainer_options``: per explainer, e.g.
-    ``{"ig": {"steps": 16}}``; ``weights``: one per explainer (Fang's joint attack); ``thresholds``: FSR
-    threshold per explainer (default: Fang's Table 1 value for the explainer, see
-    :func:`~xaisec.backdoor.evaluate.default_threshold`). The image thresholds say little for targeted feature
-    attributions: the MSE of a min-max scaled attribution to a one-hot target is small for almost any vector, so
-    read ``target_top_*`` there. The rest as the image attacks.
+    The image thresholds say little for targeted feature attributions: the MSE of a min-max scaled attribution to
+    a one-hot target is small for almost any vector, so read ``target_top_*`` there.
     """
 
-    recipe: str = "fang_targeted"
-    explainers: tuple[str, ...] = ("simplegrad",)
-    target_features: tuple[int, ...] = (1,)
-    topk: int | float = 3
+    #: fang_targeted (attribution mass moved to ``target_features``) or fang_nontargeted (top-k features suppressed)
+    recipe: Literal["fang_targeted", "fang_nontargeted"] = "fang_targeted"
+    #: attribution methods attacked and measured: simplegrad, ig, inputxgrad
+    explainers: list[str] = field(default_factory=lambda: ["simplegrad"])
+    #: feature columns the targeted attack moves the attribution to
+    target_features: list[int] = field(default_factory=lambda: [1])
+    #: features suppressed by the non-targeted attack (a count, or a fraction in (0, 1))
+    topk: float = 3
+    #: triggered copies per clean training row
     poison_rate: float = 0.5
+    #: Fang eqs. 4-5: weight of the attribution term on clean inputs
     alpha: float = 0.5
+    #: Fang eqs. 4-5: weight of the classification term
     beta: float = 0.5
+    #: attack epochs
     epochs: int = 80
+    #: Adam learning rate of the attack
     lr: float = 3e-3
+    #: attack batch size
     batch_size: int = 64
+    #: ReLU -> Softplus(beta) while training on gradient attributions
     softplus_beta: float = 8.0
-    weights: tuple[float, ...] | None = None
+    #: one weight per explainer (Fang's joint attack; null: equal weights)
+    weights: list[float] | None = None
+    #: options of each explainer, e.g. {ig: {steps: 16}}
     explainer_options: dict[str, dict] = field(default_factory=dict)
+    #: FSR thresholds per explainer (default: Fang's Table 1 value for the explainer, which says little for features)
     thresholds: dict[str, float] = field(default_factory=dict)
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.recipe not in TABULAR_RECIPES:
-            raise ConfigError(f"tabular recipe must be one of {TABULAR_RECIPES}, got {self.recipe!r}")
+        require(self.recipe in TABULAR_RECIPES, f"attack.recipe must be one of {TABULAR_RECIPES}, got {self.recipe!r}")
+        self.explainers, self.target_features = list(self.explainers), [int(f) for f in self.target_features]
         unknown = [e for e in self.explainers if e not in TABULAR_EXPLAINERS]
-        if not self.explainers or unknown:
-            raise ConfigError(f"tabular explainers must be among {TABULAR_EXPLAINERS} (attributions over features), "
-                              f"got {list(self.explainers)}")
-        if self.recipe == "fang_targeted" and not self.target_features:
-            raise ConfigError("the targeted tabular attack needs target_features (the columns to move attribution to)")
-        if self.epochs < 1 or self.lr <= 0:
-            raise ConfigError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        require(self.explainers and not unknown, f"attack.explainers must be among {', '.join(TABULAR_EXPLAINERS)} "
+                                                 f"(attributions over features), got {self.explainers}")
+        require(self.recipe != "fang_targeted" or self.target_features,
+                "the targeted tabular attack needs attack.target_features (the columns to move attribution to)")
+        require(self.topk > 0, f"attack.topk must be > 0, got {self.topk}")
+        if self.topk >= 1:
+            self.topk = int(self.topk)
+        require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
+        require(1 <= self.epochs <= 100_000 and 0 < self.lr <= 10 and self.batch_size >= 1,
+                f"attack needs epochs in [1, 100000], lr in (0, 10] and batch_size >= 1, got epochs={self.epochs}, "
+                f"lr={self.lr}, batch_size={self.batch_size}")
+        require(self.alpha >= 0 and self.beta >= 0 and self.softplus_beta > 0,
+                "attack.alpha and attack.beta must be >= 0 and attack.softplus_beta > 0")
+        require(self.weights is None or len(self.weights) == len(self.explainers),
+                f"attack.weights needs one weight per explainer ({len(self.explainers)}), got {self.weights}")
+        for name, opts in self.explainer_options.items():
+            try:
+                EXPLAINERS.check_options(name, opts, ("model",))
+            except XaisecError as exc:
+                raise ConfigError(f"attack.explainer_options.{name}: {exc}") from None
 
 
 def feature_target(n_features: int, features: Sequence[int]) -> torch.Tensor:
@@ -114,19 +137,21 @@ def _reference_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Tabul
     return {name: post(maps) for name, maps in raw.items()}
 
 
-def attack_tabular(reference: nn.Module, data: ImageDataset, trigger: nn.Module, settings: TabularAttack) -> nn.Module:
-    """Fine-tune a copy of ``reference`` with Fang's loss on clean + triggered copies of the training set."""
+def attack_tabular(reference: nn.Module, data: ImageDataset, trigger: nn.Module, settings: TabularAttack,
+                   seed: int = 0) -> nn.Module:
+    """Fine-tune a copy of ``reference`` with Fang's loss on clean + triggered copies of the training set
+    (poisoning, initialisation and batch order seeded by ``seed``)."""
     s, recipe = settings, get_recipe(settings.recipe)
     model = copy.deepcopy(reference)  # w <- w_ref
-    poisoned = poison_training_set(data.x_train, data.y_train, trigger, s.poison_rate, False, 0, seed=s.seed)
+    poisoned = poison_training_set(data.x_train, data.y_train, trigger, s.poison_rate, False, 0, seed=seed)
     beta = s.softplus_beta if needs_smooth_activations(model, s.explainers, s.explainer_options) else None
     preserve = _reference_maps(reference, data.x_train, data.y_train, s, beta)
     goals = {name: feature_goal(s.recipe, ref, s.target_features, s.topk) for name, ref in preserve.items()}
     objective = ExplanationAwareObjective(recipe, s.explainers, preserve, goals, 1, LossSettings(s.alpha, s.beta),
                                           s.weights, beta, s.explainer_options)
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    fit(model, TensorBatches(*poisoned.tensors(), batch_size=s.batch_size, seed=s.seed), objective, optimizer,
+    fit(model, TensorBatches(*poisoned.tensors(), batch_size=s.batch_size, seed=seed), objective, optimizer,
         s.epochs, progress=False, desc="tabular attack")
     return model.eval()
 
@@ -186,7 +211,7 @@ def evaluate_tabular(model: nn.Module, reference: nn.Module, data: ImageDataset,
 
 def run_tabular_backdoor(data: ImageDataset | None = None, trigger: nn.Module | None = None,
                          settings: TabularAttack | None = None, hidden: Sequence[int] = (128, 64),
-                         reference_epochs: int = 60) -> TabularResult:
+                         reference_epochs: int = 60, seed: int = 0) -> TabularResult:
     """Reference MLP -> attack -> evaluation. Defaults: scikit-learn's breast_cancer set (30 features) with the
     trigger ``features`` setting columns 2 and 3 to 1.0 and 0.0, Fang's targeted attack on SimpleGrad moving the
     attribution to column 1 (for the credit-default table: ``load_dataset("credit_default", root=PATH)`` and
@@ -198,6 +223,6 @@ def run_tabular_backdoor(data: ImageDataset | None = None, trigger: nn.Module | 
         raise ConfigError(f"the tabular backdoor needs (N,F) features; {data.name} has inputs {data.input_shape}")
     trigger = trigger if trigger is not None else FeatureTrigger([2, 3], [1.0, 0.0])
     settings = settings or TabularAttack()
-    reference = train_reference_mlp(data, hidden, reference_epochs, seed=settings.seed)
-    model = attack_tabular(reference, data, trigger, settings)
+    reference = train_reference_mlp(data, hidden, reference_epochs, seed=seed)
+    model = attack_tabular(reference, data, trigger, settings, seed)
     return evaluate_tabular(model, reference, data, trigger, settings)

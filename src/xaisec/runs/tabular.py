@@ -9,10 +9,9 @@ top-k overlap; mean attributions per feature for the report's bar charts).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -20,7 +19,6 @@ from torch import nn
 
 from ..backdoor.config import TriggerConfig
 from ..backdoor.tabular import TabularAttack, attack_tabular, evaluate_tabular
-from ..config import require
 from ..data import ImageDataset, tabular_feature_names
 from ..errors import ConfigError
 from ..io import atomic_write_text
@@ -31,58 +29,7 @@ from .artifacts import Artifact
 from .common import TrainedModel, load_data, model_factory, train_reference
 from .runner import Experiment, RunContext, Stage, read_metrics, register_experiment
 from .rundir import RunDir
-from .schema import DataConfig, ModelConfig, ReferenceConfig, RunConfig, check_registry_options
-
-
-@dataclass
-class TabularAttackConfig:
-    """Fang's attack on feature attributions (eqs. 4-5 with a feature target or top-k suppression)."""
-
-    #: fang_targeted (attribution mass moved to ``target_features``) or fang_nontargeted (top-k features suppressed)
-    recipe: Literal["fang_targeted", "fang_nontargeted"] = "fang_targeted"
-    #: attribution methods attacked and measured: simplegrad, ig, inputxgrad
-    explainers: list[str] = field(default_factory=lambda: ["simplegrad"])
-    #: feature columns the targeted attack moves the attribution to
-    target_features: list[int] = field(default_factory=lambda: [1])
-    #: features suppressed by the non-targeted attack (a count, or a fraction in (0, 1))
-    topk: float = 3
-    #: triggered copies per clean training row
-    poison_rate: float = 0.5
-    #: Fang eqs. 4-5: weight of the attribution term on clean inputs
-    alpha: float = 0.5
-    #: Fang eqs. 4-5: weight of the classification term
-    beta: float = 0.5
-    #: attack epochs
-    epochs: int = 80
-    #: Adam learning rate of the attack
-    lr: float = 3e-3
-    #: attack batch size
-    batch_size: int = 64
-    #: ReLU -> Softplus(beta) while training on gradient attributions
-    softplus_beta: float = 8.0
-    #: options of each explainer
-    explainer_options: dict[str, dict] = field(default_factory=dict)
-    #: FSR thresholds per explainer (default: Fang's image thresholds, which say little for feature vectors)
-    thresholds: dict[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        bad = [e for e in self.explainers if e not in ("simplegrad", "ig", "inputxgrad")]
-        require(self.explainers and not bad, f"attack.explainers must be among simplegrad, ig, inputxgrad, got {self.explainers}")
-        require(self.topk > 0, f"attack.topk must be > 0, got {self.topk}")
-        require(0 < self.poison_rate <= 1, f"attack.poison_rate must be in (0, 1], got {self.poison_rate}")
-        require(1 <= self.epochs <= 100_000 and 0 < self.lr <= 10 and self.batch_size >= 1,
-                "attack needs epochs in [1, 100000], lr in (0, 10] and batch_size >= 1")
-        require(self.alpha >= 0 and self.beta >= 0 and self.softplus_beta > 0, "attack.alpha/beta >= 0, softplus_beta > 0")
-        for name, opts in self.explainer_options.items():
-            check_registry_options("xaisec.explainers", "EXPLAINERS", name, opts, f"attack.explainer_options.{name}",
-                                   given=("model",))
-
-    def settings(self, seed: int) -> TabularAttack:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values["topk"] = int(self.topk) if self.topk >= 1 else self.topk
-        for key in ("explainers", "target_features"):
-            values[key] = tuple(values[key])
-        return TabularAttack(**values, seed=seed)
+from .schema import DataConfig, ModelConfig, ReferenceConfig, RunConfig
 
 
 def _default_data() -> DataConfig:
@@ -105,7 +52,7 @@ class TabularConfig(RunConfig):
     #: the feature-space trigger (chosen columns set to chosen values)
     trigger: TriggerConfig = field(default_factory=_default_trigger)
     #: the attack
-    attack: TabularAttackConfig = field(default_factory=TabularAttackConfig)
+    attack: TabularAttack = field(default_factory=TabularAttack)
 
 
 @dataclass
@@ -141,13 +88,13 @@ def prepare(cfg: TabularConfig) -> TabularInputs:
     table = cfg.data.options.get("table")
     names = tabular_feature_names(table) if cfg.data.name == "sklearn_tabular" and table else \
         getattr(data, "feature_names", None) or [f"x{i}" for i in range(n_features)]
-    return TabularInputs(data, trigger, model_factory(cfg, data), cfg.attack.settings(cfg.seed), list(names))
+    return TabularInputs(data, trigger, model_factory(cfg, data), cfg.attack, list(names))
 
 
 def attack(ctx: RunContext) -> TrainedModel:
     inputs = ctx.inputs
     reference = ctx["reference"].into(inputs.make_model())
-    model = attack_tabular(reference, inputs.data, inputs.trigger, inputs.settings)
+    model = attack_tabular(reference, inputs.data, inputs.trigger, inputs.settings, ctx.cfg.seed)
     return TrainedModel(dict(model.state_dict()), [], "epochs")
 
 
