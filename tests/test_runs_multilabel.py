@@ -82,6 +82,18 @@ def test_packaged_chestxray_configs_run_and_report_auroc(name, finished, capsys)
     assert "mean AUROC clean" in html and "top-scoring finding" in html
 
 
+@pytest.mark.parametrize("recipe", [
+    ["attack.recipe=fang_joint", "attack.explainers=[gradcam,simplegrad,vbp]", "attack.weights=[1,1,1]"],
+    ["attack.recipe=fang_inverted"],
+])
+def test_fangs_joint_and_inverted_attacks_run_on_multilabel_data(recipe, xray, tmp_path):
+    m = metrics(run("fang_chestxray14_targeted", xray, tmp_path / "run", "reference.epochs=1", "data.train_size=32",
+                    *recipe))["metrics"]
+    assert m["attacked/auroc_clean"]["value"] is not None and m["attacked/auroc_trig"]["value"] is not None
+    assert ("attacked/joint/fsr" in m) == (recipe[0] == "attack.recipe=fang_joint")
+    assert "attacked/gradcam/cr" in m
+
+
 def test_auroc_equals_sklearn_on_the_saved_models_scores(finished):
     run_dir = finished["fang_chestxray14_targeted"]
     _, cfg = load_run(run_dir)

@@ -68,10 +68,15 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
         third = ("trigger region", mask.float()[0:1].expand(1, s["x"].shape[1], -1, -1))
     figs["triggers"] = image_rows([("clean", s["x"]), ("triggered", s["x_trig"]), third],
                                   rd.figures / "triggers.png", [f"y={v}" for v in y])
-    rows = [f"y={y[i]}\nref {label(int(s['pred/reference/clean'][i]))}/{label(int(s['pred/reference/trig'][i]))}"
-            f"\natt {label(int(s['pred/attacked/clean'][i]))}/{label(int(s['pred/attacked/trig'][i]))}"
-            for i in range(len(y))]
-    predicted = "top-scoring finding" if metrics.get("multilabel") else "prediction"
+    multilabel = bool(metrics.get("multilabel"))
+
+    def predictions(model: str, i: int) -> str:  # clean/triggered; a finding name once when both agree
+        clean, trig = label(int(s[f"pred/{model}/clean"][i])), label(int(s[f"pred/{model}/trig"][i]))
+        return clean if multilabel and clean == trig else f"{clean}/{trig}"
+
+    rows = [f"y={y[i]}\nref {predictions('reference', i)}\natt {predictions('attacked', i)}" for i in range(len(y))]
+    predicted = "top-scoring finding" if multilabel else "prediction"
+    explained = f", maps of {metrics.get('explained')}" if multilabel else ""
     for name in metrics["explainers"]:
         cols = [("clean input", s["x"], None),
                 ("reference: clean", s["x"], s[f"maps/reference/{name}/clean"]),
@@ -83,7 +88,8 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
             what = "top-k to suppress" if metrics.get("attack_type") == "non-targeted" else "attacker's target"
             cols.append((what, s["x_trig"], s[f"target/{name}"]))
         figs[name] = map_grid(cols, rd.figures / f"maps_{name}.png", rows,
-                              f"{name}: reference vs attacked model (rows: true label; {predicted} clean/triggered)")
+                              f"{name}: reference vs attacked model{explained} (rows: true label; {predicted} "
+                              "clean/triggered)")
     curves = training_curves(history, rd.figures / "training.png")
     if curves is not None:
         figs["training"] = curves
@@ -91,14 +97,14 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
 
 
 def true_label(y: torch.Tensor, label: Callable[[int], str]) -> str:
-    """A sample's true label in words: its class, or on multi-label data its findings joined by ``+`` (the first
-    two, then how many more; ``none`` for an image without findings, ChestX-ray14's "No Finding")."""
+    """A sample's true label in words, short enough for a figure's row label: its class, or on multi-label data
+    its first finding and how many more (``Effusion+2``; ``none`` for ChestX-ray14's "No Finding")."""
     if y.dim() == 0:
         return label(int(y))
     present = [label(int(k)) for k in torch.nonzero(y > 0.5).flatten()]
     if not present:
         return "none"
-    return "+".join(present[:2]) + (f"+{len(present) - 2} more" if len(present) > 2 else "")
+    return present[0] + (f"+{len(present) - 1}" if len(present) > 1 else "")
 
 
 def _metric_rows(metrics: dict) -> list[list[str]]:
