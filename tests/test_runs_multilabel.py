@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from trees import write_chestxray_learnable
+from trees import write_chestxray, write_chestxray_learnable
 from xaisec.backdoor.config import BackdoorConfig
 from xaisec.backdoor.evaluate import EvalSetup, ModelOutputs, classification_metrics
 from xaisec.backdoor.objectives import ExplanationAwareObjective, LossSettings, MapGoal
@@ -21,7 +21,7 @@ from xaisec.backdoor.recipes import get_recipe
 from xaisec.cli import main
 from xaisec.config import load_config, resolve_config
 from xaisec.data.chestxray import DISEASES
-from xaisec.errors import ConfigError
+from xaisec.errors import ConfigError, DataError
 from xaisec.explainers import explain_all
 from xaisec.io import load_weights
 from xaisec.runs.backdoor import prepare
@@ -135,6 +135,13 @@ def test_rd_selection_and_defenses_need_single_label_data(xray, finished, tmp_pa
     out = tmp_path / "defenses"
     assert main(["run", "fang_defenses", f"runs=[{finished['fang_chestxray14_targeted']}]", "--out", str(out)]) == 2
     assert "multi-label" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_evaluation_split_without_auroc_is_refused_before_training(tmp_path):
+    root = write_chestxray(tmp_path / "xray")  # test split: No Finding, Pneumonia, Atelectasis|Effusion
+    assert prepare(config(root, "data.options.size=16")).setup.multilabel
+    with pytest.raises(DataError, match="no AUROC is defined"):
+        prepare(config(root, "data.options.size=16", "data.test_size=1"))
 
 
 def test_finding_by_name_index_or_top_scoring(xray):

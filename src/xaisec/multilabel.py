@@ -27,6 +27,17 @@ def binary_cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> Los
     return LossOutput(loss, {"bce": loss.item()})
 
 
+#: why no AUROC can be computed
+NO_AUROC = "no finding has both positive and negative images, so no AUROC is defined; evaluate on more images"
+
+
+def defined_findings(targets: torch.Tensor) -> torch.Tensor:
+    """Bool ``(K,)``: the findings of 0/1 ``targets`` ``(N,K)`` with both positive and negative images (those with
+    an AUROC)."""
+    present = torch.as_tensor(targets) > 0.5
+    return present.any(0) & (~present).any(0)
+
+
 def multilabel_auroc(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(per-finding AUROC (K,), mean over findings)`` of scores ``(N,K)`` (logits or probabilities, higher =
     finding present) against 0/1 ``targets`` ``(N,K)``; higher is better, 0.5 = chance. A finding without both
@@ -43,7 +54,7 @@ def multilabel_auroc(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch
             per_class[k] = auroc(neg, pos)
     defined = per_class[~per_class.isnan()]
     if not len(defined):
-        raise DataError("multilabel_auroc: no finding has both positive and negative images; evaluate on more data")
+        raise DataError(NO_AUROC)
     return per_class, float(defined.mean())
 
 
