@@ -184,3 +184,57 @@ def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 3) -> None
                 img = img.convert("L")  # mixed channel counts in one folder
             img.save(root / name / f"{i}.{ext}", format="PNG" if ext == "png" else "JPEG")
     (root / classes[0] / "notes.txt").write_text("not an image: skipped by extension")
+
+
+def _finding_textures(p: int) -> list[np.ndarray]:
+    """Bool ``(p,p)`` patterns, one per drawn finding: filled square, horizontal stripes, vertical stripes, frame,
+    checkerboard, cross."""
+    i, j = np.mgrid[:p, :p]
+    mid = slice(p // 2 - 1, p // 2 + 1)
+    cross = np.zeros((p, p), bool)
+    cross[mid, :] = cross[:, mid] = True
+    frame = (i == 0) | (j == 0) | (i == p - 1) | (j == p - 1)
+    return [np.ones((p, p), bool), i % 2 == 0, j % 2 == 0, frame, (i + j) % 2 == 0, cross]
+
+
+def write_chestxray_learnable(root: Path, n_train: int = 48, n_test: int = 32, size: int = 32, findings: int = 4,
+                              seed: int = 0) -> Path:
+    """ChestX-ray14 in the exact layout of :func:`write_chestxray` whose findings a tiny CNN can learn: each of the
+    first ``findings`` (at most 6) diseases is present in an image with probability 0.4 and drawn as its own
+    bright texture (square, stripes, frame, ...) in a random cell of a 4x4 grid on a dark noisy ``size`` px image;
+    the other diseases never occur. Every drawn finding has positive and negative images in both splits (images
+    0 and 1 of each split carry all and none of them)."""
+    if not 1 <= findings <= 6 or size % 4:
+        raise ValueError("findings must be in [1, 6] and size a multiple of 4")
+    from xaisec.data.chestxray import DISEASES
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "images_001" / "images").mkdir(parents=True)
+    p = size // 4
+    textures = _finding_textures(p)
+    header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+              "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]", ""]
+    rows, lists = [], {"train": [], "test": []}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.random((n, findings)) < 0.4
+        labels[0], labels[1] = True, False
+        for i in range(n):
+            name = f"{len(rows) + 1:08d}_000.png"
+            img = rng.integers(20, 60, (size, size)).astype(np.uint8)
+            cells = rng.permutation(16)
+            for k in np.flatnonzero(labels[i]):
+                r, c = divmod(int(cells[k]), 4)
+                patch = img[r * p:(r + 1) * p, c * p:(c + 1) * p]
+                patch[textures[k]] = 230
+            folder = root / ("images" if len(rows) % 2 else "images_001/images")
+            Image.fromarray(img, "L").save(folder / name)
+            present = [DISEASES[k] for k in np.flatnonzero(labels[i])]
+            rows.append([name, "|".join(present) or "No Finding", 0, len(rows) + 1, 58, "F", "PA", 2500, 2048,
+                         0.168, 0.168, ""])
+            lists[split].append(name)
+    with open(root / "Data_Entry_2017.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header] + rows)
+    (root / "train_val_list.txt").write_text("\n".join(lists["train"]) + "\n")
+    (root / "test_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    return root

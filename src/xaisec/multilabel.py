@@ -27,6 +27,17 @@ def binary_cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> Los
     return LossOutput(loss, {"bce": loss.item()})
 
 
+#: why no AUROC can be computed
+NO_AUROC = "no finding has both positive and negative images, so no AUROC is defined; evaluate on more images"
+
+
+def defined_findings(targets: torch.Tensor) -> torch.Tensor:
+    """Bool ``(K,)``: the findings of 0/1 ``targets`` ``(N,K)`` with both positive and negative images (those with
+    an AUROC)."""
+    present = torch.as_tensor(targets) > 0.5
+    return present.any(0) & (~present).any(0)
+
+
 def multilabel_auroc(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(per-finding AUROC (K,), mean over findings)`` of scores ``(N,K)`` (logits or probabilities, higher =
     finding present) against 0/1 ``targets`` ``(N,K)``; higher is better, 0.5 = chance. A finding without both
@@ -43,20 +54,37 @@ def multilabel_auroc(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch
             per_class[k] = auroc(neg, pos)
     defined = per_class[~per_class.isnan()]
     if not len(defined):
-        raise DataError("multilabel_auroc: no finding has both positive and negative images; evaluate on more data")
+        raise DataError(NO_AUROC)
     return per_class, float(defined.mean())
+
+
+def resolve_finding(finding: int | str | None, class_names: Sequence[str], num_classes: int | None = None,
+                    where: str = "finding") -> int | None:
+    """The index of ``finding`` (a name from ``class_names`` or an index below ``num_classes``, default
+    ``len(class_names)``), or None (each image's top-scoring finding); ConfigError naming ``where`` otherwise."""
+    if finding is None:
+        return None
+    count = len(class_names) if num_classes is None else num_classes
+    if isinstance(finding, str):
+        if finding not in class_names:
+            raise ConfigError(f"{where} {finding!r} is not one of {list(class_names)}")
+        return list(class_names).index(finding)
+    if isinstance(finding, bool) or not isinstance(finding, int) or not 0 <= finding < count:
+        raise ConfigError(f"{where} must be a finding name or an index in [0, {count - 1}], got {finding!r}")
+    return finding
 
 
 def explained_finding(logits: torch.Tensor, finding: int | str | None = None,
                       class_names: Sequence[str] = ()) -> torch.Tensor:
     """Class indices ``(B,)`` for the explainers' ``target``: ``finding`` (an index or a name from
     ``class_names``) for every image, or each image's top-scoring finding when ``finding`` is None."""
-    if finding is None:
+    index = resolve_finding(finding, class_names, logits.shape[1])
+    if index is None:
         return logits.argmax(1)
-    if isinstance(finding, str):
-        if finding not in class_names:
-            raise ConfigError(f"finding {finding!r} is not one of {list(class_names)}")
-        finding = list(class_names).index(finding)
-    if isinstance(finding, bool) or not isinstance(finding, int) or not 0 <= finding < logits.shape[1]:
-        raise ConfigError(f"finding must be a name or an index in [0, {logits.shape[1] - 1}], got {finding!r}")
-    return torch.full((len(logits),), finding, dtype=torch.long, device=logits.device)
+    return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
+
+
+def label_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of (image, finding) pairs ``(N,K)`` whose thresholded sigmoid (logit > 0) matches the 0/1 target, in
+    [0,1]; always defined (unlike AUROC on a few images), so it serves as the monitored accuracy of training."""
+    return ((logits > 0) == (targets > 0.5)).float().mean().item()

@@ -67,6 +67,9 @@ class AttackConfig:
     weights: list[float] | None = None
     #: the class triggered inputs are pushed to (label-changing recipes)
     target_label: int = 0
+    #: multi-label data only (ChestX-ray14): the finding every map explains, in the reference maps, in training and
+    #: in the evaluation, as a name (e.g. Effusion) or an index; null: each image's top-scoring finding
+    finding: int | str | None = None
     #: the shape triggered maps are pushed to (`xaisec list targets`); null: the recipe's
     target_map: str | None = None
     #: the target map's keyword options

@@ -1,7 +1,8 @@
 """Evaluation of a backdoored model on the held-out split, with the ReLU model, as the papers measure it.
 
 - Top-1/Top-5 accuracy on clean and triggered inputs; attack success rate over samples whose true label is not
-  the target (Noppel et al.).
+  the target (Noppel et al.). On multi-label data (ChestX-ray14) instead: the AUROC of every finding and their
+  mean on clean and triggered inputs (Fang & Choromanska, Table 1, X-ray rows).
 - FSR: share of the attack group's maps (triggered inputs; clean inputs in the inverted setting) whose attack
   loss L_p falls below a per-explainer threshold; CR = 100% - FSR measured on the other group (Fang &
   Choromanska, Table 1; maps average-pooled and min-max scaled to [0,1] as in the paper). The paper's
@@ -16,13 +17,14 @@ targeted attack but stay on it in an explanation-preserving one).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..maps import MapPostprocess, distance, normalize, topk_iou
+from ..multilabel import multilabel_auroc
 from ..records import Metric
 from .goals import build_goal
 from .recipes import Recipe
@@ -162,9 +164,32 @@ class EvalSetup:
     iou_k: float = 0.1
     #: the architecture's name: Fang's Table 1 thresholds depend on its family (:func:`threshold_family`)
     arch: str | None = None
+    #: multi-label data (``y`` float ``(N,K)`` 0/1): AUROC per finding instead of Top-1/Top-5/ASR
+    multilabel: bool = False
+    #: multi-label data: the index of the finding every map explains (None: each image's top-scoring finding)
+    finding: int | None = None
+    #: the class (finding) names, for per-finding metric keys and figure labels
+    class_names: list[str] = field(default_factory=list)
+
+    def explained(self) -> str:
+        """What the maps explain, in words (the same rule for reference maps, training and evaluation)."""
+        if not self.multilabel:
+            return "the predicted class"
+        if self.finding is None:
+            return "each image's top-scoring finding"
+        name = self.class_names[self.finding] if self.finding < len(self.class_names) else str(self.finding)
+        return f"the finding {name}"
+
+
+#: where the multi-label figures come from
+FANG_XRAY = "Fang & Choromanska, Table 1, X-ray rows"
 
 
 def classification_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Metric]:
+    """Single-label data: Top-1/Top-5 on clean and triggered inputs (and the ASR of label-changing recipes);
+    multi-label data: :func:`multilabel_metrics`. ``out``: one model's full logits; ``setup.y`` the labels."""
+    if setup.multilabel:
+        return multilabel_metrics(out, setup)
     r = setup.recipe
     metrics = {
         "top1_clean": Metric(topk_accuracy(out.logits_clean, setup.y, 1), "higher", "Top-1 accuracy on clean test inputs"),
@@ -179,6 +204,35 @@ def classification_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Met
         metrics["asr"] = Metric(asr, "higher", f"attack success rate: triggered inputs classified as the target "
                                                f"{setup.target_label}, over samples whose true label is not the target")
     return metrics
+
+
+def multilabel_metrics(out: ModelOutputs, setup: EvalSetup) -> dict[str, Metric]:
+    """``auroc_clean`` / ``auroc_trig``: the mean AUROC over the findings on clean and triggered inputs (Fang &
+    Choromanska's X-ray figure), and ``auroc_clean/<finding>`` / ``auroc_trig/<finding>`` per finding (None where
+    the evaluated images hold only positives or only negatives of it; those are left out of the mean)."""
+    names = setup.class_names or [str(k) for k in range(setup.y.shape[1])]
+    metrics: dict[str, Metric] = {}
+    for part, logits, what in (("clean", out.logits_clean, "clean"), ("trig", out.logits_trig, "triggered")):
+        direction = "none" if part == "trig" and setup.recipe.changes_labels else "higher"
+        per_finding, mean = multilabel_auroc(logits, setup.y)
+        defined = int((~per_finding.isnan()).sum())
+        metrics[f"auroc_{part}"] = Metric(mean, direction, f"mean AUROC over the {defined} findings on {what} test "
+                                                           f"inputs ({FANG_XRAY})")
+        for name, value in zip(names, per_finding.tolist()):
+            metrics[f"auroc_{part}/{name}"] = Metric(value, direction, f"AUROC of {name} on {what} test inputs")
+    return metrics
+
+
+def clean_drop(metrics: dict[str, Metric], setup: EvalSetup) -> dict[str, Metric]:
+    """``attacked/top1_drop`` (single-label) or ``attacked/auroc_drop`` (multi-label): the reference model's clean
+    Top-1 (mean AUROC) minus the attacked model's, from the collected ``reference/...``/``attacked/...`` metrics."""
+    if setup.multilabel:
+        drop = metrics["reference/auroc_clean"].value - metrics["attacked/auroc_clean"].value
+        return {"attacked/auroc_drop": Metric(drop, "lower", "mean clean AUROC of the reference model minus that of "
+                                                             f"the attacked model ({FANG_XRAY}: pre-trained vs attacked)")}
+    drop = metrics["reference/top1_clean"].value - metrics["attacked/top1_clean"].value
+    return {"attacked/top1_drop": Metric(drop, "lower", "clean Top-1 of the reference model minus that of the "
+                                                        "attacked model (percentage points / 100)")}
 
 
 def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: EvalSetup, name: str,

@@ -6,6 +6,7 @@ Building blocks (per sample, shape ``(B,)``):
   eq. 3's sum is ``k`` times it).
 - ``fang_clean`` / ``fang_poisoned``: eqs. 4-5, ``(βL_c + αL_s)/(α+β+1)`` and ``(βL_c + L_p)/(α+β+1)``.
 - ``noppel_loss``: ``(1-λ)·CE + λ·D``.
+- ``classification_loss``: L_c, cross-entropy, or binary cross-entropy per finding on multi-label data.
 
 :class:`ExplanationAwareObjective` evaluates all explainers of a batch in one shared forward/backward pass
 (:func:`xaisec.explainers.explain_all` with ``create_graph=True``) under Softplus activations, looks the
@@ -32,6 +33,15 @@ from .recipes import Recipe
 
 #: eps of the min-max normalisation inside losses: large enough that a nearly flat map does not explode gradients
 LOSS_EPS = 1e-6
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor, multilabel: bool = False) -> torch.Tensor:
+    """The classification term L_c per sample ``(B,)``: cross-entropy against class indices ``y`` ``(B,)``, or on
+    multi-label data (``y`` float ``(B,K)`` 0/1, ChestX-ray14) the binary cross-entropy of the ``K`` sigmoid
+    outputs averaged over the findings (:func:`xaisec.multilabel.binary_cross_entropy` per sample)."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype), reduction="none").mean(1)
+    return F.cross_entropy(logits, y, reduction="none")
 
 
 def fang_clean(lc: torch.Tensor, ls: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -143,11 +153,21 @@ class ExplanationAwareObjective:
     the loss), indexed by ``source``; ``goals[name]``: the attacker's :class:`MapGoal`. Samples of the "attack"
     group (poisoned ones; clean ones in the inverted setting) are pushed to the goal, the others are kept at the
     reference map. ``weights`` weigh the explainers (Fang's joint attack).
+
+    Single-label data: L_c is cross-entropy and the maps explain the training label ``y``. ``multilabel``
+    (``y`` float ``(B,K)``): L_c is the per-finding binary cross-entropy and the maps explain ``finding`` (an
+    index), or each image's top-scoring finding when None: the rule the reference maps
+    (:func:`~xaisec.backdoor.goals.pooled_maps`) and the evaluation follow too.
     """
 
     def __init__(self, recipe: Recipe, explainers: Sequence[str], preserve: dict[str, torch.Tensor],
                  goals: dict[str, MapGoal], pool: int, settings: LossSettings, weights: Sequence[float] | None = None,
-                 softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None):
+                 softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None, *,
+                 multilabel: bool = False, finding: int | None = None):
+        if finding is not None and not multilabel:
+            raise ConfigError("a finding to explain applies to multi-label data only; single-label maps explain "
+                              "the training label")
+        self.multilabel, self.finding = multilabel, finding
         self.recipe, self.explainers, self.preserve, self.goals = recipe, list(explainers), preserve, goals
         self.pool, self.settings, self.softplus_beta = pool, settings, softplus_beta
         self.post = MapPostprocess(pool=pool, norm=recipe.norm, eps=LOSS_EPS)  # Fang's pipeline: pool, then normalise
@@ -158,15 +178,17 @@ class ExplanationAwareObjective:
 
     def __call__(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> LossOutput:
         x, y, poisoned, source = batch[:4]
+        ce_key = "bce" if self.multilabel else "ce"
         if not self.recipe.explanation_aware:
-            ce = F.cross_entropy(model(x), y)
-            return LossOutput(ce, {"ce": ce.item()})
+            ce = classification_loss(model(x), y, self.multilabel).mean()
+            return LossOutput(ce, {ce_key: ce.item()})
         # The attack group is pushed to the goal; the other group keeps the reference maps.
         attack = ~poisoned if self.recipe.inverted else poisoned
+        explained = self.finding if self.multilabel else y  # multi-label: a fixed finding, or None = top-scoring
         with training_surrogate(model, self.softplus_beta, self.explainer_options):
-            out = explain_all(model, x, y, self.explainers, create_graph=True, options=self.explainer_options,
+            out = explain_all(model, x, explained, self.explainers, create_graph=True, options=self.explainer_options,
                               keep_batchnorm_stats=False)  # the explained pass is the training pass
-        ce = F.cross_entropy(out.logits, y, reduction="none")
+        ce = classification_loss(out.logits, y, self.multilabel)
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros
         for name, w in zip(self.explainers, self.weights):
@@ -185,6 +207,6 @@ class ExplanationAwareObjective:
             per_sample = noppel_loss(ce, keep_term + goal_term, s.lam)
         total = per_sample.mean()
         n_attack, n_keep = attack.sum().clamp_min(1), (~attack).sum().clamp_min(1)
-        parts = {"ce": ce.mean().item(), "map_keep": (keep_term.sum() / n_keep).item(),
+        parts = {ce_key: ce.mean().item(), "map_keep": (keep_term.sum() / n_keep).item(),
                  "map_goal": (goal_term.sum() / n_attack).item()}
         return LossOutput(total, parts)

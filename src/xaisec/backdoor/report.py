@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
+import torch
 import yaml
 
 from ..errors import DataError
@@ -56,7 +58,7 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
     """The report's PNGs from the sample tensors and the log."""
     s, names = _samples(rd), metrics.get("class_names") or []
     label = lambda i: names[i] if i < len(names) else str(i)  # noqa: E731
-    y = [int(v) for v in s["y"]]
+    y = [true_label(v, label) for v in s["y"]]
     figs: dict[str, Path] = {}
     mask = s["trigger_mask"].bool()
     if mask.all():  # a whole-image trigger (filter, Moire): show what it changes instead of a blank region
@@ -65,10 +67,16 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
     else:
         third = ("trigger region", mask.float()[0:1].expand(1, s["x"].shape[1], -1, -1))
     figs["triggers"] = image_rows([("clean", s["x"]), ("triggered", s["x_trig"]), third],
-                                  rd.figures / "triggers.png", [f"y={label(v)}" for v in y])
-    rows = [f"y={label(y[i])}\nref {label(int(s['pred/reference/clean'][i]))}/{label(int(s['pred/reference/trig'][i]))}"
-            f"\natt {label(int(s['pred/attacked/clean'][i]))}/{label(int(s['pred/attacked/trig'][i]))}"
-            for i in range(len(y))]
+                                  rd.figures / "triggers.png", [f"y={v}" for v in y])
+    multilabel = bool(metrics.get("multilabel"))
+
+    def predictions(model: str, i: int) -> str:  # clean/triggered; a finding name once when both agree
+        clean, trig = label(int(s[f"pred/{model}/clean"][i])), label(int(s[f"pred/{model}/trig"][i]))
+        return clean if multilabel and clean == trig else f"{clean}/{trig}"
+
+    rows = [f"y={y[i]}\nref {predictions('reference', i)}\natt {predictions('attacked', i)}" for i in range(len(y))]
+    predicted = "top-scoring finding" if multilabel else "prediction"
+    explained = f", maps of {metrics.get('explained')}" if multilabel else ""
     for name in metrics["explainers"]:
         cols = [("clean input", s["x"], None),
                 ("reference: clean", s["x"], s[f"maps/reference/{name}/clean"]),
@@ -80,11 +88,23 @@ def draw_figures(rd: RunDir, metrics: dict, history: list[dict]) -> dict[str, Pa
             what = "top-k to suppress" if metrics.get("attack_type") == "non-targeted" else "attacker's target"
             cols.append((what, s["x_trig"], s[f"target/{name}"]))
         figs[name] = map_grid(cols, rd.figures / f"maps_{name}.png", rows,
-                              f"{name}: reference vs attacked model (rows: true label; predictions clean/triggered)")
+                              f"{name}: reference vs attacked model{explained} (rows: true label; {predicted} "
+                              "clean/triggered)")
     curves = training_curves(history, rd.figures / "training.png")
     if curves is not None:
         figs["training"] = curves
     return figs
+
+
+def true_label(y: torch.Tensor, label: Callable[[int], str]) -> str:
+    """A sample's true label in words, short enough for a figure's row label: its class, or on multi-label data
+    its first finding and how many more (``Effusion+2``; ``none`` for ChestX-ray14's "No Finding")."""
+    if y.dim() == 0:
+        return label(int(y))
+    present = [label(int(k)) for k in torch.nonzero(y > 0.5).flatten()]
+    if not present:
+        return "none"
+    return present[0] + (f"+{len(present) - 1}" if len(present) > 1 else "")
 
 
 def _metric_rows(metrics: dict) -> list[list[str]]:
@@ -100,29 +120,36 @@ def _metric_rows(metrics: dict) -> list[list[str]]:
     return rows
 
 
-def _headline_items(m: dict) -> list[tuple[str, float, str]]:
-    """``(label, value, what it means)`` of the attacked model's headline numbers."""
+def _headline_items(m: dict) -> list[tuple[str, str, str]]:
+    """``(label, value as text, what it means)`` of the attacked model's headline numbers: rates in percent,
+    AUROC (multi-label data; Fang & Choromanska's X-ray figure) as a fraction."""
     items = []
     if "attacked/top1_drop" in m:
         items.append(("clean Top-1 drop", m["attacked/top1_drop"]["value"], "reference minus attacked, clean inputs"))
+    for key, label, what in (("attacked/auroc_clean", "mean AUROC clean", "over the findings, clean inputs"),
+                             ("attacked/auroc_trig", "mean AUROC triggered", "over the findings, triggered inputs"),
+                             ("attacked/auroc_drop", "clean AUROC drop", "reference minus attacked, clean inputs")):
+        if key in m:
+            items.append((label, m[key]["value"], what, "fraction"))
     if "attacked/asr" in m:
         items.append(("ASR", m["attacked/asr"]["value"], "triggered inputs classified as the target label"))
     for key in sorted(k for k in m if k.startswith("attacked/") and k.endswith(("/fsr", "/cr"))):
         name, what = key.split("/")[1], key.rsplit("/", 1)[1]
         description = m[key]["description"]
         items.append((f"{name} {what.upper()}", m[key]["value"], description.split(": ", 1)[-1]))
-    return [(label, v, what) for label, v, what in items if v is not None]
+    return [(item[0], f"{item[1]:.3f}" if len(item) > 3 else f"{100 * item[1]:.1f}%", item[2])
+            for item in items if item[1] is not None]
 
 
 def headline(records: dict) -> list[str]:
     """The lines ``xaisec run`` prints at the end of a backdoor run."""
     m = {k: r.as_dict() for k, r in records.items()}
-    return [f"{label}: {100 * v:.1f}%  ({what})" for label, v, what in _headline_items(m)]
+    return [f"{label}: {text}  ({what})" for label, text, what in _headline_items(m)]
 
 
 def _badges(metrics: dict) -> list[str]:
     """The attacked model's headline numbers, each with its definition (thresholds included) on hover and below."""
-    return [H.badge(f"{label} {100 * v:.1f}%", "info") for label, v, _ in _headline_items(metrics["metrics"])]
+    return [H.badge(f"{label} {text}", "info") for label, text, _ in _headline_items(metrics["metrics"])]
 
 
 def build_report(run_dir: str | Path, state: str | None = None) -> Path:
@@ -146,7 +173,7 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
                     f"{'none (labels kept)' if metrics.get('target_label') is None else metrics['target_label']}; "
                     f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
                     f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
-                    "held-out split and explains the predicted class.", "note"),
+                    f"held-out split and explains {metrics.get('explained', 'the predicted class')}.", "note"),
         H.section("Metrics", H.paragraph("'better' is from the attacker's point of view: 'higher'/'lower' is "
                                          "better, '–' is informative only.", "note"),
                   H.table(["metric", "reference model", "attacked model", "better", "what"], _metric_rows(metrics),

@@ -1,6 +1,7 @@
 """Run the evaluation of a reference and an attacked model and collect ``metrics.json`` and the sample tensors.
 
-Everything with the ReLU model in eval mode, batched; maps explain the predicted class (what a user sees).
+Everything with the ReLU model in eval mode, batched; maps explain the predicted class (what a user sees), or on
+multi-label data a chosen finding or each image's top-scoring one.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from ..explainers import explain_all
 from ..maps import MapPostprocess, normalize
 from ..models import model_device
 from ..train import eval_mode
-from .evaluate import (EvalSetup, Metric, ModelOutputs, classification_metrics, map_metrics, paper_threshold,
-                       threshold_family)
+from .evaluate import (EvalSetup, Metric, ModelOutputs, classification_metrics, clean_drop, map_metrics,
+                       paper_threshold, threshold_family)
 from .goals import build_goal
 from .paper_metrics import noppel_mse_summary
 
@@ -22,9 +23,11 @@ MODELS = ("reference", "attacked")
 
 
 def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, explainers: list[str],
-                  options: dict[str, dict] | None = None, batch_size: int = 250) -> ModelOutputs:
+                  options: dict[str, dict] | None = None, batch_size: int = 250,
+                  target: int | None = None) -> ModelOutputs:
     """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W), computed in chunks on
-    the model's device and returned on the CPU."""
+    the model's device and returned on the CPU. Maps explain class ``target`` (a multi-label run's chosen
+    finding, :attr:`EvalSetup.finding`), or the predicted (top-scoring) class when None."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
 
     device = model_device(model)
@@ -32,7 +35,7 @@ def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, expla
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, maps = [], {name: [] for name in explainers}
         for chunk in inputs.split(batch_size):
-            out = explain_all(model, chunk.to(device), None, explainers, options=options)
+            out = explain_all(model, chunk.to(device), target, explainers, options=options)
             logits.append(out.logits.cpu())  # metrics and figures are computed on the host
             for name in explainers:
                 maps[name].append(out.maps[name].cpu())
@@ -59,9 +62,7 @@ def collect_metrics(outputs: dict[str, ModelOutputs], setup: EvalSetup) -> dict[
         for name in setup.explainers:
             for key, m in noppel_map_metrics(out, ref_maps[name], setup, name).items():
                 metrics[f"{prefix}/{name}/{key}"] = m
-    drop = metrics["reference/top1_clean"].value - metrics["attacked/top1_clean"].value
-    metrics["attacked/top1_drop"] = Metric(drop, "lower", "clean Top-1 of the reference model minus that of the "
-                                                          "attacked model (percentage points / 100)")
+    metrics.update(clean_drop(metrics, setup))
     if len(setup.explainers) > 1:  # Fang & Choromanska report a joint attack's FSR/CR averaged over interpreters
         for prefix in MODELS:
             for key in ("fsr", "cr"):
@@ -114,7 +115,9 @@ def noppel_score(acc_ref: float, acc_clean: float, acc_trig: float, dsim_clean: 
 
 def noppel_score_metric(metrics: dict[str, Metric], setup: EvalSetup) -> Metric | None:
     """:func:`noppel_score` of the attacked model from the collected metrics (dissimilarities averaged over the
-    explainers), or None when the recipe has no target explanation."""
+    explainers), or None when the recipe has no target explanation or the data is multi-label (no accuracy)."""
+    if setup.multilabel:
+        return None
     trig_key = "attacked/asr" if setup.recipe.changes_labels else "attacked/top1_trig"
     dsim = {part: [metrics.get(f"attacked/{name}/noppel_mse_{part}") for name in setup.explainers]
             for part in ("clean", "trig")}
@@ -132,7 +135,11 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
                    setup: EvalSetup, count: int) -> dict[str, torch.Tensor]:
     """A few test samples (true label != target first) with every model's predictions and maps, and the
     attacker's target maps (pooled, [0,1]), for the report's figures."""
-    order = torch.cat([torch.nonzero(y != setup.target_label).flatten(), torch.nonzero(y == setup.target_label).flatten()])
+    if setup.multilabel:  # y (N,K) 0/1: no target class to put last
+        order = torch.arange(len(y))
+    else:
+        order = torch.cat([torch.nonzero(y != setup.target_label).flatten(),
+                           torch.nonzero(y == setup.target_label).flatten()])
     idx = order[:count]
     out: dict[str, torch.Tensor] = {"x": x[idx], "x_trig": x_trig[idx], "y": y[idx], "index": idx,
                                     "trigger_mask": setup.trigger_mask.to(torch.uint8)}
@@ -162,6 +169,7 @@ def context_info(setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:
         "recipe": setup.recipe.name, "paper": setup.recipe.paper, "summary": setup.recipe.summary,
         "attack_type": setup.recipe.attack_type, "inverted": setup.recipe.inverted,
         "explainers": setup.explainers, "target_label": setup.target_label if setup.recipe.changes_labels else None,
-        "map_postprocess": MapPostprocess(pool=setup.pool).describe(),
+        "map_postprocess": MapPostprocess(pool=setup.pool).describe(), "explained": setup.explained(),
+        "multilabel": setup.multilabel,
         "thresholds": thresholds, "threshold_family": threshold_family(setup.arch), **extra,
     }

@@ -85,7 +85,7 @@ def training_curves(history: Sequence[dict], path: str | Path) -> Path | None:
     for ax, stage in zip(axes[0], stages):
         rows = [r for r in history if r["stage"] == stage]
         epochs = [r["epoch"] for r in rows]
-        for key in ("loss", "ce", "map_keep", "map_goal"):
+        for key in ("loss", "ce", "bce", "map_keep", "map_goal"):
             if key in rows[0]:
                 ax.plot(epochs, [r[key] for r in rows], marker=".", label=key)
         ax.set_yscale("log")

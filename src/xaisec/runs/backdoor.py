@@ -5,6 +5,10 @@ IEEE S&P 2023; Latka et al.) from one config.
 surfaces there, before the run directory exists). Stages: ``reference`` (train or reuse the clean model) ->
 ``attacked`` (fine-tune from it, ``w <- w_ref``, on clean plus poisoned samples; checkpointed every epoch) ->
 ``evaluation`` (the ReLU model on the held-out split: metrics and the report's sample tensors).
+
+Multi-label data (ChestX-ray14, Fang & Choromanska's X-ray rows) runs the label-keeping recipes: L_c is binary
+cross-entropy, every map explains ``attack.finding`` (or each image's top-scoring finding), and the evaluation
+reports AUROC per finding instead of Top-1/ASR; recipes that relabel poisoned images need single-label data.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from ..data import ImageDataset
 from ..errors import ConfigError, DataError, XaisecError
 from ..explainers import EXPLAINERS, explain_all
 from ..maps import MapPostprocess
+from ..multilabel import NO_AUROC, defined_findings, label_accuracy, resolve_finding
 from ..records import Metric
 from ..train import TensorBatches, eval_mode
 from ..triggers import build_trigger
@@ -104,13 +109,13 @@ def evaluation_split(data: ImageDataset, split: str) -> tuple[torch.Tensor, torc
 def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     a = cfg.attack
     data = load_data(cfg)
-    if data.multilabel or data.x_train.dim() != 4:
-        raise DataError(f"the backdoor experiment needs single-label image data; {data.name} is "
-                        f"{'multi-label' if data.multilabel else 'tabular'}")
+    if data.x_train.dim() != 4:
+        raise DataError(f"the backdoor experiment needs image data; {data.name} is tabular")
     if a.target_label >= data.num_classes:
         raise ConfigError(f"attack.target_label {a.target_label} is not a class of {data.name} "
                           f"(0..{data.num_classes - 1})")
     recipe = a.resolved_recipe()
+    finding = check_multilabel(cfg, data, recipe)
     trigger = build_trigger(cfg.trigger.name, **cfg.trigger.options)
     x2 = data.x_train[:2]
     trigger(x2)
@@ -128,11 +133,37 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     thresholds = {name: float(cfg.eval.thresholds.get(name, default_threshold(name, recipe.attack_type, cfg.model.arch)))
                   for name in recipe.explainers}
     _, y_eval = evaluation_split(data, cfg.eval.split)
+    if data.multilabel and not defined_findings(y_eval).any():
+        raise DataError(f"{data.name} eval.split {cfg.eval.split!r} ({len(y_eval)} images): {NO_AUROC}")
     setup = EvalSetup(recipe=recipe, explainers=list(recipe.explainers), y=y_eval, target_label=a.target_label,
                       trigger_mask=trigger.mask(data.x_test.shape), pool=a.pool, thresholds=thresholds,
                       target_map=a.target_map, target_options=a.target_map_options, topk=a.topk, iou_k=cfg.eval.iou_k,
-                      arch=cfg.model.arch)
+                      arch=cfg.model.arch, multilabel=data.multilabel, finding=finding,
+                      class_names=list(data.class_names))
     return BackdoorInputs(data, recipe, trigger, make_model, setup)
+
+
+def check_multilabel(cfg: BackdoorConfig, data: ImageDataset, recipe: Recipe) -> int | None:
+    """The index of the finding the maps explain (``attack.finding``; None: each image's top-scoring one) on
+    multi-label data, where only label-keeping recipes run (Fang & Choromanska's ChestX-ray14 setting: the
+    prediction stays, only the maps change); ConfigError for what multi-label data cannot do."""
+    a = cfg.attack
+    if not data.multilabel:
+        if a.finding is not None:
+            raise ConfigError(f"attack.finding applies to multi-label data; {data.name} is single-label (its maps "
+                              "explain the training label while training and the predicted class in the evaluation)")
+        return None
+    if recipe.changes_labels:
+        raise ConfigError(f"attack.recipe {recipe.name} relabels poisoned images to a target class, which "
+                          f"multi-label {data.name} does not have (each image carries 0/1 findings). Use "
+                          "data.options.single_label=true (Latka et al.'s single-label filtering: images with one "
+                          "finding, 15 classes) or a recipe that keeps the labels (fang_targeted, fang_nontargeted, "
+                          "fang_joint, fang_inverted)")
+    if a.poison_selection == "rd":
+        raise ConfigError(f"attack.poison_selection rd (Latka et al.'s representation distance to a one-hot target) "
+                          f"needs single-label data; {data.name} is multi-label: use data.options.single_label=true "
+                          "or poison_selection random")
+    return resolve_finding(a.finding, data.class_names, data.num_classes, "attack.finding")
 
 
 def choose_poison(ctx: RunContext) -> PoisonChoice:
@@ -167,15 +198,16 @@ def attack(ctx: RunContext) -> TrainedModel:
     preserve, goals = {}, {}
     beta = a.softplus_beta if needs_smooth_activations(model, recipe.explainers, a.explainer_options) else None
     if recipe.explanation_aware:  # the reference maps of the fixed training set, computed once
-        raw = pooled_maps(reference, data.x_train, data.y_train, list(recipe.explainers), a.pool,
-                          softplus_beta=beta, options=_options(a.explainer_options))
+        raw = pooled_maps(reference, data.x_train, explained_targets(inputs.setup, data.y_train),
+                          list(recipe.explainers), a.pool, softplus_beta=beta, options=_options(a.explainer_options))
         for name, maps in raw.items():
             preserve[name] = MapPostprocess(norm=recipe.norm, eps=LOSS_EPS)(maps)
             goals[name] = build_goal(recipe, MapPostprocess(norm="minmax", eps=LOSS_EPS)(maps), recipe.norm,
                                      a.target_map, a.target_map_options, a.topk)
     objective = ExplanationAwareObjective(recipe, recipe.explainers, preserve, goals, a.pool,
                                           LossSettings(a.alpha, a.beta, a.lam, a.distance), a.weights,
-                                          beta, _options(a.explainer_options))
+                                          beta, _options(a.explainer_options), multilabel=data.multilabel,
+                                          finding=inputs.setup.finding)
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr, eps=a.adam_eps)
     batches = TensorBatches(*poisoned.tensors(), batch_size=a.batch_size, seed=cfg.seed)
     stopper = EarlyStopping(cfg.stopping.window, cfg.stopping.acc_tol, cfg.stopping.map_tol,
@@ -187,6 +219,14 @@ def attack(ctx: RunContext) -> TrainedModel:
     return TrainedModel(dict(model.state_dict()), stage.history, stage.stop_reason)
 
 
+def explained_targets(setup: EvalSetup, y: torch.Tensor) -> torch.Tensor | None:
+    """The classes the training maps explain for labels ``y``: the labels themselves (single-label), the chosen
+    finding for every image, or None (each image's top-scoring finding) on multi-label data."""
+    if not setup.multilabel:
+        return y
+    return None if setup.finding is None else torch.full((len(y),), setup.finding, dtype=torch.long)
+
+
 def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dict[str, float]]:
     """Per-epoch quality on a fixed slice of the training images, with the ReLU model (early stopping)."""
     inputs, n = ctx.inputs, ctx.cfg.stopping.monitor_size
@@ -195,17 +235,21 @@ def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dic
     setup = inputs.setup
     opts = eval_options(ctx.cfg, inputs.data, setup.explainers)
     post = _post(setup.pool)
-    ref = model_outputs(reference, x, x_trig, setup.explainers, opts)
+    ref = model_outputs(reference, x, x_trig, setup.explainers, opts, target=setup.finding)
     ref01 = {k: post(v) for k, v in ref.maps_clean.items()}
     goals = {k: build_goal(inputs.recipe, v, "minmax", setup.target_map, setup.target_options, setup.topk)
              for k, v in ref01.items()}
     idx = torch.arange(len(x))
 
     def monitor(model: nn.Module) -> dict[str, float]:
-        out = model_outputs(model, x, x_trig, setup.explainers, opts)
-        record = {"monitor/acc_clean": (out.logits_clean.argmax(1) == y).float().mean().item()}
+        out = model_outputs(model, x, x_trig, setup.explainers, opts, target=setup.finding)
         pred_trig = out.logits_trig.argmax(1)
-        record["monitor/acc_trig"] = (pred_trig == y).float().mean().item()
+        if setup.multilabel:  # per-finding agreement of the thresholded sigmoids (always defined, unlike AUROC)
+            record = {"monitor/acc_clean": label_accuracy(out.logits_clean, y),
+                      "monitor/acc_trig": label_accuracy(out.logits_trig, y)}
+        else:
+            record = {"monitor/acc_clean": (out.logits_clean.argmax(1) == y).float().mean().item(),
+                      "monitor/acc_trig": (pred_trig == y).float().mean().item()}
         if inputs.recipe.changes_labels:
             keep = y != setup.target_label
             record["monitor/asr"] = (pred_trig[keep] == setup.target_label).float().mean().item()
@@ -229,7 +273,8 @@ def evaluate(ctx: RunContext) -> Evaluation:
     attacked = ctx["attacked"].into(inputs.make_model())
     x_trig = apply_trigger(inputs.trigger, x_test)
     opts = eval_options(cfg, data, inputs.setup.explainers)
-    outputs = {name: model_outputs(model, x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size)
+    outputs = {name: model_outputs(model, x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size,
+                                   target=inputs.setup.finding)
                for name, model in (("reference", reference), ("attacked", attacked))}
     metrics = collect_metrics(outputs, inputs.setup)
     trained = ctx["attacked"]

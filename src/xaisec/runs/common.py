@@ -46,7 +46,7 @@ def load_data(cfg: RunConfig) -> ImageDataset:
     if train is None and test is None:
         return data
     return ImageDataset(data.name, data.x_train[:train], data.y_train[:train], data.x_test[:test], data.y_test[:test],
-                        data.num_classes, data.class_names)
+                        data.num_classes, data.class_names, multilabel=data.multilabel)
 
 
 def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]:

@@ -156,6 +156,9 @@ def prepare(cfg: DefensesConfig) -> DefensesInputs:
             source = prepare_backdoor(run_cfg)
         except XaisecError as exc:
             raise ConfigError(f"runs[{i}] ({text}): its config no longer prepares: {exc}") from None
+        if source.data.multilabel:
+            raise ConfigError(f"runs[{i}] ({text}) is on multi-label {source.data.name}; the defenses measure "
+                              "Top-1 accuracy and need single-label data")
         _check_sizes(cfg, source.data, f"runs[{i}] ({text})")
         for name in ("reference.safetensors", "attacked.safetensors"):
             try:
