@@ -115,3 +115,34 @@ def test_attack_flushes_by_default_and_matches_an_unflushed_attack():
     assert not denormals_flushed()
     # a pixel could differ by one step only if a gradient component were subnormal (sign 0 instead of +-1)
     torch.testing.assert_close(x_flushed, x_plain, rtol=0, atol=1e-6)
+
+
+_WORKERS_SCRIPT = """
+import logging, sys, torch
+from types import SimpleNamespace
+from xaisec import numerics
+from xaisec.runs.runner import run_environment
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+torch.set_num_threads(2)
+if sys.argv[1] == "pool_first":
+    (torch.ones(1 << 22) * 0.5).sum()  # starts the intra-op workers before any flushing
+cfg = SimpleNamespace(seed=0, threads=2, flush_denormals=True)
+with run_environment(cfg):
+    print("workers flushed:", numerics.workers_flushed())
+"""
+
+
+@pytest.mark.parametrize("order, flushed", [("run_first", True), ("pool_first", False)])
+def test_a_run_flushes_the_worker_threads_it_starts(order, flushed, tmp_path):
+    """Worker threads copy the flags of the thread that starts them: started inside a run they flush; started
+    before it they do not, and the run says so."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    out = subprocess.run([sys.executable, "-c", _WORKERS_SCRIPT, order], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert f"workers flushed: {flushed}" in out
+    assert ("do not flush subnormal floats" in out) == (not flushed)
