@@ -2,6 +2,7 @@
 batches, and only rank 0 writes the run directory."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -53,11 +54,29 @@ def _train(seed: int = 0) -> nn.Module:
     return model
 
 
+def _evaluate() -> dict[str, torch.Tensor]:
+    """Chunked evaluations that torchrun ranks share out: model_outputs (7 chunks of 2 images over 2 ranks: 3 + 4)
+    and in_batches(gathered=True) with a nested gathered call inside a chunk."""
+    from xaisec.backdoor.results import model_outputs
+    from xaisec.evasion.evaluate import in_batches
+    from xaisec.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", (1, 12, 12), 3, width=4)
+    x = torch.rand(13, 1, 12, 12, generator=torch.Generator().manual_seed(2))
+    out = model_outputs(model, x, 1 - x, ["gradcam", "vbp"], batch_size=2)
+    nested = in_batches(lambda xb: in_batches(lambda c: c * 2, 1, xb, gathered=True) + 1, 3, x, gathered=True)
+    return {"logits_clean": out.logits_clean, "logits_trig": out.logits_trig, "nested": nested,
+            **{f"{name}/{part}": maps[name] for part, maps in (("clean", out.maps_clean), ("trig", out.maps_trig))
+               for name in ("gradcam", "vbp")}}
+
+
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.save(_train(seed=rank).state_dict(), os.path.join(out, f"rank{rank}.pt"))  # seeds differ: broadcast
+        torch.save(_evaluate(), os.path.join(out, f"eval{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -69,6 +88,50 @@ def test_two_ranks_match_one_process(tmp_path):
     for k, v in single.items():
         assert torch.equal(ranks[0][k], ranks[1][k]), k
         torch.testing.assert_close(ranks[0][k], v, atol=ATOL, rtol=0)
+    gathered = [torch.load(tmp_path / f"eval{r}.pt") for r in range(2)]
+    for k, v in _evaluate().items():  # every rank holds the whole outputs, in order, equal to one process's
+        assert v.shape[0] == 13 and torch.equal(gathered[0][k], v) and torch.equal(gathered[1][k], v), k
+
+
+class Killed(Exception):
+    pass
+
+
+def _resume_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Each rank: an uninterrupted run into full/, a run into cut/ killed after the first attack epoch, then
+    ``resume`` of cut/. Rank 1's temporary folders go to rank1-tmp/ (checked empty afterwards)."""
+    import tempfile
+
+    from xaisec.config import read_yaml
+    from xaisec.runs import checkpoint, load_experiment, run_experiment
+
+    torch.set_num_threads(1)
+    if rank == 1:
+        tempfile.tempdir = os.path.join(out, "rank1-tmp")
+        os.makedirs(tempfile.tempdir)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        _, cfg = load_experiment(read_yaml(os.path.join(out, "tiny.yaml")))
+        runs = os.path.join(out, "runs")
+        run_experiment(cfg, os.path.join(runs, "full"), progress=False)
+        real = checkpoint.save_checkpoint
+
+        def dies_after_first_attack_epoch(path, model, optimizer, state):
+            real(path, model, optimizer, state)
+            if Path(path).name == "attack.safetensors" and state["epoch"] == 0:
+                raise Killed
+
+        checkpoint.save_checkpoint = dies_after_first_attack_epoch
+        try:
+            run_experiment(cfg, os.path.join(runs, "cut"), progress=False)
+            raise AssertionError("the run was not interrupted")
+        except Killed:
+            pass
+        finally:
+            checkpoint.save_checkpoint = real
+        run_experiment(cfg, os.path.join(runs, "cut"), resume=True, progress=False)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_not_distributed_is_one_main_rank():
@@ -97,3 +160,19 @@ def test_torchrun_backdoor_run(tmp_path):
         for k, v in one.items():
             if k.startswith("model."):
                 torch.testing.assert_close(ddp[k], v, atol=ATOL, rtol=0)
+
+
+def test_resume_with_two_ranks_equals_uninterrupted(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("attack: {recipe: fang_targeted, epochs: 1",
+                                                     "attack: {recipe: fang_targeted, epochs: 2"))
+    torch.multiprocessing.spawn(_resume_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["cut", "full"]  # rank 1 wrote no run directory ...
+    assert not any((tmp_path / "rank1-tmp").iterdir())  # ... and left nothing in its temporary folder
+    cut = json.loads((runs / "cut" / "log.jsonl").read_text().splitlines()[-1])
+    assert (cut["stage"], cut["epoch"]) == ("attack", 2)
+    for name in ("reference", "attacked"):
+        full, resumed = (load_file(runs / run / f"{name}.safetensors") for run in ("full", "cut"))
+        assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full), name
+    assert (json.loads((runs / "cut" / "metrics.json").read_text())
+            == json.loads((runs / "full" / "metrics.json").read_text()))

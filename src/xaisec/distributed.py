@@ -13,11 +13,14 @@ backward hooks would have to see through; the hand-written average is what DDP c
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
+_gathering = False  # inside a gather_map share: nested calls run locally
 
 
 def active() -> bool:
@@ -83,6 +86,28 @@ def average_gradients(model: nn.Module, share: float) -> None:
             p.grad = torch.zeros_like(p)
         p.grad.mul_(share)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def gather_map(compute: Callable[[int], T], n: int) -> list[T]:
+    """``[compute(0), ..., compute(n - 1)]`` on every rank, each rank computing one contiguous share of the indices
+    (rank r: ``n*r//W`` to ``n*(r+1)//W``) and the shares all-gathered in rank order (``all_gather_object``: works on
+    gloo and nccl; the results travel pickled, so return host tensors). Evaluation loops split their chunks this
+    way, so W ranks evaluate a test set in about 1/W of the time and every rank ends with the same full outputs.
+    Each ``compute(i)`` must depend on ``i`` alone (no shared RNG stream), as the chunked evaluations do; then the
+    result equals one process's. Single process, and calls made inside another rank's ``compute`` (whose ranks
+    would not meet in the same collective): a plain loop."""
+    global _gathering
+    if not active() or _gathering:
+        return [compute(i) for i in range(n)]
+    r, w = rank(), world_size()
+    _gathering = True
+    try:
+        mine = [compute(i) for i in range(n * r // w, n * (r + 1) // w)]
+    finally:
+        _gathering = False
+    shares: list[list[T] | None] = [None] * w
+    dist.all_gather_object(shares, mine)
+    return [item for share in shares for item in share]
 
 
 def barrier() -> None:
