@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from xaisec import distributed
+from xaisec.errors import ConfigError
+from xaisec.runs import load_experiment
 from xaisec.train import TensorBatches, cross_entropy, fit
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -71,12 +73,28 @@ def _evaluate() -> dict[str, torch.Tensor]:
                for name in ("gradcam", "vbp")}}
 
 
+def _sync_batchnorm_on_cpu() -> str:
+    """What SyncBatchNorm does on gloo CPU ranks: converted (state dict unchanged), eval mode works, train mode
+    raises torch's error (the reason distributed.sync_batchnorm is refused without CUDA)."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    keys = list(model.state_dict())
+    model = distributed.sync_batchnorm(model)
+    assert isinstance(model[1], nn.SyncBatchNorm) and list(model.state_dict()) == keys
+    model.eval()(torch.rand(2, 1, 5, 5))
+    try:
+        model.train()(torch.rand(2, 1, 5, 5))
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
+
+
 def _rank(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.save(_train(seed=rank).state_dict(), os.path.join(out, f"rank{rank}.pt"))  # seeds differ: broadcast
         torch.save(_evaluate(), os.path.join(out, f"eval{rank}.pt"))
+        Path(out, f"syncbn{rank}.txt").write_text(_sync_batchnorm_on_cpu())
     finally:
         dist.destroy_process_group()
 
@@ -88,6 +106,8 @@ def test_two_ranks_match_one_process(tmp_path):
     for k, v in single.items():
         assert torch.equal(ranks[0][k], ranks[1][k]), k
         torch.testing.assert_close(ranks[0][k], v, atol=ATOL, rtol=0)
+    for r in range(2):
+        assert "expected input tensor to be on GPU" in (tmp_path / f"syncbn{r}.txt").read_text()
     gathered = [torch.load(tmp_path / f"eval{r}.pt") for r in range(2)]
     for k, v in _evaluate().items():  # every rank holds the whole outputs, in order, equal to one process's
         assert v.shape[0] == 13 and torch.equal(gathered[0][k], v) and torch.equal(gathered[1][k], v), k
@@ -138,6 +158,18 @@ def test_not_distributed_is_one_main_rank():
     assert not distributed.active() and distributed.is_main() and distributed.world_size() == 1
     batch = (torch.arange(5),)
     assert distributed.shard(batch) == (batch, 1.0)
+    assert distributed.gather_map(lambda i: i * i, 4) == [0, 1, 4, 9]
+    model = nn.BatchNorm2d(2)
+    assert distributed.sync_batchnorm(model) is model  # one process: nothing to synchronise
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal concerns machines without CUDA")
+def test_sync_batchnorm_is_refused_without_cuda():
+    with pytest.raises(ConfigError, match=r"distributed.sync_batchnorm needs CUDA devices \(device resolves to cpu\)"):
+        load_experiment({"distributed": {"sync_batchnorm": True}})
+    with pytest.raises(ConfigError, match="sync_batchnorm needs CUDA"):
+        load_experiment({"experiment": "adv2", "distributed": {"sync_batchnorm": True}})
+    assert not load_experiment({})[1].distributed.sync_batchnorm
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,

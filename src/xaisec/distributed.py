@@ -71,6 +71,15 @@ def broadcast_parameters(model: nn.Module) -> None:
                 dist.broadcast(t.data, src=0)
 
 
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorm layers replaced by :class:`torch.nn.SyncBatchNorm` (same parameters and buffers,
+    so state dicts load either way) when several ranks run; unchanged otherwise. In train mode the layers then
+    normalise with the statistics of the whole global batch, gathered from every rank, as DDP with SyncBatchNorm
+    does; in eval mode they are plain BatchNorm. torch synchronises GPU tensors only (on CPU ranks the forward
+    pass raises), which the config key ``distributed.sync_batchnorm`` checks before any work."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if active() else model
+
+
 def average_gradients(model: nn.Module, share: float) -> None:
     """Replace each parameter's gradient (of this rank's mean loss) by the global-batch mean: the sum over ranks of
     ``share * grad``. Parameters without a gradient on this rank count as zero."""
