@@ -90,7 +90,7 @@ def seeded_run(path: Path, lam: float, seed: int, threads: int, metrics: dict[st
               "attack": {"lam": lam}, "model": {"arch": "vgg_small"}}
     rd = RunDir(path).create(config, seed)
     if state == "finished":
-        doc = {"context": {"explainers": ["gradcam", "vbp"], "attack_epochs": 3},
+        doc = {"context": {"explainers": ["vbp", "gradcam"], "attack_epochs": 3 + seed},
                "metrics": {k: Metric(v, "higher", k).as_dict() for k, v in metrics.items()}}
         (path / "metrics.json").write_text(json.dumps(doc))
     rd.set_status(state, error="RuntimeError: boom" if state == "failed" else None)
@@ -102,7 +102,8 @@ def seeds(tmp_path) -> Path:
     root = tmp_path / "seeds"
     for lam, values in ((0.8, (0.90, 0.92, 0.97)), (0.9, (0.5, 0.7, None))):
         for i, value in enumerate(values):
-            metrics = {"attacked/top1_clean": value, "attacked/gradcam/fsr": (value or 0) / 2, "attacked/vbp/fsr": 0.25}
+            metrics = {"attacked/top1_clean": value, "attacked/gradcam/fsr": (value or 0) / 2, "attacked/vbp/fsr": 0.25,
+                       "attacked/joint/fsr": 0.125}
             if i == 0:
                 metrics["attacked/asr"] = 0.5  # reported by one run of each group only
             seeded_run(root / f"lam{lam}-s{i}", lam, seed=i, threads=1 + i % 2, metrics=metrics,
@@ -149,8 +150,9 @@ def test_columns_in_a_docs_layout(seeds):
                              "ASR / absent={attacked/asr|pct} / {attacked/cr}", "epochs={context:attack_epochs}"])
     md = to_markdown_columns(table, columns)
     assert md.splitlines()[0] == "| run | n | model | explainers | clean % | FSR | ASR / absent | epochs |"
-    assert ("| lam0.8 | 3 | vgg_small | gradcam, vbp | 93.0 ± 3.6 | 0.47 ± 0.02 / 0.25 ± 0.00 | 50.0 / – | 3 |"
-            in md)
+    # explainers in the runs' order, then joint; epochs differ between the seeds: their range
+    assert ("| lam0.8 | 3 | vgg_small | vbp, gradcam | 93.0 ± 3.6 | 0.25 ± 0.00 / 0.47 ± 0.02 / 0.12 ± 0.00 | 50.0 / – "
+            "| 3–5 |" in md)
     plain = to_markdown_columns(collect([seeds / "lam0.8-s0", seeds / "lam0.9-s2"]), {"clean": "{attacked/top1_clean}"})
     assert "| lam0.8-s0 | 0.9 |" in plain and "| lam0.9-s2 (failed: RuntimeError: boom) | – |" in plain
     for bad in ("no-equals", "x=no placeholder", "x={attacked/asr|zz}"):

@@ -183,8 +183,20 @@ def _group_row(members: list[RunRow], roots: list[Path]) -> RunRow:
              else os.path.commonprefix(labels).rstrip("-_./ ") or labels[0])
     first = done[0] if done else members[0]
     shared = {k: v for k, v in first.config.items() if _same([r.config.get(k) for r in members])}
-    return RunRow(first.path, state, shared, metrics, notes, first.context,
+    return RunRow(first.path, state, shared, metrics, notes, _group_context([r.context for r in done]),
                   label=label, members=[r.path for r in members], counts=counts)
+
+
+def _group_context(contexts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The context fields the runs share; numbers that differ (attack epochs under early stopping) as ``min–max``."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for c in contexts for k in c):
+        values = [c.get(key) for c in contexts]
+        if _same(values):
+            out[key] = values[0]
+        elif _numeric(values):
+            out[key] = f"{min(values):g}–{max(values):g}"
+    return out
 
 
 def row_label(row: RunRow, roots: list[Path]) -> str:

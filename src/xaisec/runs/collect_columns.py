@@ -4,7 +4,8 @@
 A placeholder is ``{SOURCE}`` or ``{SOURCE|FORMAT}``:
 
 - ``SOURCE``: a metric key of ``metrics.json`` (``attacked/top1_clean``), where ``*`` stands for one path segment
-  (``attacked/*/fsr``: every explainer's, in key order, joined by `` / ``); ``config:KEY`` (a dotted key of
+  (``attacked/*/fsr``: every explainer's, in the run's explainer order, then others such as ``joint``, joined by
+  `` / ``); ``config:KEY`` (a dotted key of
   ``config.yaml``, e.g. ``config:model.arch``); ``context:KEY`` (a field of ``metrics.json``'s context, e.g.
   ``context:explainers``; lists are joined by ``, ``).
 - ``FORMAT``: ``pct`` (× 100, one decimal), a Python format spec (``.3f``, ``.4g``, ``d``); default ``.4g``.
@@ -73,6 +74,13 @@ def _matches(pattern: str, key: str) -> bool:
     return len(parts) == len(want) and all(w == "*" or w == p for w, p in zip(want, parts))
 
 
+def _explainer_order(key: str, row: RunRow) -> tuple[int, str]:
+    """Keys naming one of the run's explainers first, in the run's order; others (``joint``) after, by name."""
+    explainers = list(row.context.get("explainers") or [])
+    found = [i for i, name in enumerate(explainers) if name in key.split("/")]
+    return (found[0] if found else len(explainers), key)
+
+
 def _render(source: str, spec: str | None, row: RunRow) -> str:
     if source.startswith(("config:", "context:")):
         where, key = source.split(":", 1)
@@ -84,7 +92,7 @@ def _render(source: str, spec: str | None, row: RunRow) -> str:
         return _format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
     keys = [k for k in row.metrics if _matches(source, k)] if "*" in source else [source]
     cells = []
-    for key in sorted(keys):
+    for key in sorted(keys, key=lambda k: _explainer_order(k, row)):
         m = row.metrics.get(key)
         if m is None or m.value is None:
             cells.append(MISSING)
