@@ -75,8 +75,9 @@ def _matches(pattern: str, key: str) -> bool:
 
 
 def _explainer_order(key: str, row: RunRow) -> tuple[int, str]:
-    """Keys naming one of the run's explainers first, in the run's order; others (``joint``) after, by name."""
-    explainers = list(row.context.get("explainers") or [])
+    """Keys naming one of the run's explainers (ADV2: interpreters) first, in the run's order; others (``joint``)
+    after, by name."""
+    explainers = list(row.context.get("explainers") or row.context.get("interpreters") or [])
     found = [i for i, name in enumerate(explainers) if name in key.split("/")]
     return (found[0] if found else len(explainers), key)
 
