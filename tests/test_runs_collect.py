@@ -13,7 +13,7 @@ from xaisec.cli import main
 from xaisec.errors import ConfigError
 from xaisec.records import Metric
 from xaisec.runs.collect import aggregate, collect, flatten, to_csv, to_markdown
-from xaisec.runs.collect_columns import parse_columns, read_layout, to_markdown_columns
+from xaisec.runs.collect_columns import packaged_layouts, parse_columns, read_layout, to_markdown_columns
 from xaisec.runs.rundir import RunDir
 
 
@@ -80,7 +80,6 @@ def test_flatten():
 
 
 # ---- groups of runs (--aggregate / --group-by) and docs layouts (--column / --layout) ----------------------------
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def seeded_run(path: Path, lam: float, seed: int, threads: int, metrics: dict[str, float] | None,
@@ -175,13 +174,15 @@ def test_cli_aggregate_and_layout(seeds, tmp_path, capsys):
     assert main(["collect", str(seeds), "--layout", str(layout)]) == 2
 
 
-@pytest.mark.parametrize("layout", sorted((ROOT / "docs" / "tables").glob("*.yaml")), ids=lambda p: p.name)
-def test_docs_layouts_are_valid(layout):
-    assert read_layout(layout)
+@pytest.mark.parametrize("layout", ["results", "results_tabular", "results_adv2_targets"])
+def test_docs_layouts_are_packaged_and_valid(layout):
+    assert layout in packaged_layouts() and read_layout(layout)
+    with pytest.raises(ConfigError, match="not a packaged layout.*results_tabular"):
+        read_layout("result")
 
 
 def test_docs_layout_on_a_real_run(tmp_path):
-    """One real tiny backdoor run, and a copy of it under another seed, through docs/tables/results.yaml."""
+    """One real tiny backdoor run, and a copy of it under another seed, through the layout of docs/results.md."""
     import shutil
 
     from xaisec.config import build
@@ -199,7 +200,7 @@ def test_docs_layout_on_a_real_run(tmp_path):
     copy = tmp_path / "runs" / "tiny-s2"
     shutil.copytree(tmp_path / "runs" / "tiny-s1", copy)
     (copy / "config.yaml").write_text((copy / "config.yaml").read_text().replace("seed: 1", "seed: 2"))
-    columns = read_layout(ROOT / "docs" / "tables" / "results.yaml")
+    columns = read_layout("results")
     md = to_markdown_columns(collect([tmp_path / "runs"]), columns).splitlines()
     assert md[0].startswith("| run | model | explainers | trigger | clean Top-1 % (ref → attacked) |")
     cells = md[2].strip("| ").split(" | ")

@@ -1,5 +1,5 @@
 """``xaisec collect RUN_OR_SWEEP_DIRS... [--csv F] [--md F] [--figure F] [--aggregate KEYS | --group-by KEYS]
-[--column LABEL=TEMPLATE ... | --layout FILE]``: many runs in one table (the config keys that differ between them,
+[--column LABEL=TEMPLATE ... | --layout NAME|FILE]``: many runs in one table (the config keys that differ between them,
 every metric with its direction), optionally one row per group of runs (mean ± std over seeds, thread counts...)
 and in a docs table's layout. Without an output flag the markdown table is printed.
 """
@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from ..runs.collect import aggregate, collect, markdown, write_outputs
-from ..runs.collect_columns import parse_columns, read_layout
+from ..runs.collect_columns import packaged_layouts, parse_columns, read_layout
 
 
 def _keys(text: str) -> list[str]:
@@ -43,8 +43,9 @@ def add_parser(sub) -> None:
                         help="a markdown column in a docs table's layout, e.g. 'ASR %%={attacked/asr|pct}' "
                              "(repeatable; placeholders {METRIC}, {attacked/*/fsr}, {config:KEY}, {context:KEY}, "
                              "each with an optional |pct or |FORMAT such as |.3f)")
-    layout.add_argument("--layout", type=Path, metavar="FILE",
-                        help="a YAML file holding the columns, `columns: {LABEL: TEMPLATE, ...}`")
+    layout.add_argument("--layout", metavar="NAME|FILE",
+                        help="a YAML file holding the columns, `columns: {LABEL: TEMPLATE, ...}`, or a packaged "
+                             f"layout of the docs' tables ({', '.join(packaged_layouts())})")
     p.set_defaults(func=run)
 
 

@@ -39,8 +39,22 @@ def parse_columns(items: Sequence[str]) -> dict[str, str]:
     return columns
 
 
+def layout_dir() -> Path:
+    """The packaged layouts of the docs' tables (``xaisec/tables/*.yaml``)."""
+    return Path(__file__).resolve().parents[1] / "tables"
+
+
+def packaged_layouts() -> list[str]:
+    return sorted(p.stem for p in layout_dir().glob("*.yaml"))
+
+
 def read_layout(path: str | Path) -> dict[str, str]:
-    """The ``columns:`` mapping (label: template, in order) of a layout YAML file (``--layout``)."""
+    """The ``columns:`` mapping (label: template, in order) of a layout YAML file or of a packaged layout named
+    ``path`` (``results``: docs/results.md's table; see :func:`packaged_layouts`), for ``--layout``."""
+    if not Path(path).is_file() and "/" not in str(path) and str(path) in packaged_layouts():
+        path = layout_dir() / f"{path}.yaml"
+    elif not Path(path).is_file():
+        raise ConfigError(f"--layout {path}: no such file, and not a packaged layout ({', '.join(packaged_layouts())})")
     try:
         doc = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -123,4 +137,4 @@ def to_markdown_columns(table: RunTable, columns: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["parse_columns", "read_layout", "render_cell", "to_markdown_columns"]
+__all__ = ["packaged_layouts", "parse_columns", "read_layout", "render_cell", "to_markdown_columns"]
