@@ -4,7 +4,9 @@ Every rank runs the whole experiment on the same seeded data; inside :func:`xais
 contiguous slice of every global batch (the batch order is the same seeded permutation on every rank) and the
 gradients are averaged over ranks before each optimizer step, weighted by slice size, so one step equals a
 single-process step on the whole global batch (BatchNorm layers excepted: they normalise with their rank's slice,
-as in ``DistributedDataParallel`` without ``SyncBatchNorm``). Only rank 0 writes the run directory.
+as in ``DistributedDataParallel`` without ``SyncBatchNorm``; :func:`sync_batchnorm` converts them on GPUs). Chunked
+evaluation loops share their chunks out and gather the results (:func:`gather_map`), so every rank holds the whole
+outputs. Only rank 0 writes the run directory.
 
 Gradients are all-reduced by hand rather than through ``DistributedDataParallel``: the explanation-aware objectives
 hook submodules by name and differentiate maps with ``create_graph=True``, which DDP's wrapper and its

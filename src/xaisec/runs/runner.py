@@ -31,7 +31,7 @@ import yaml
 
 from .. import distributed, numerics
 from ..config import build, dump_config
-from ..errors import ConfigError
+from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_json
 from ..records import Metric
 from ..registry import Registry
@@ -167,6 +167,15 @@ def stored_config(cfg: Any) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(dump_config(cfg), sort_keys=False))
 
 
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``config.yaml`` with the keys added to the schema since the run started, at their defaults (the
+    values it holds stay as written); as written if it no longer validates."""
+    try:
+        return stored_config(load_experiment(stored)[1])
+    except XaisecError:
+        return stored
+
+
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -220,8 +229,7 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
     rd = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
     config = stored_config(cfg)
     if resume:
-        stored = rd.read_config()
-        changes = _diff(stored, config)
+        changes = _diff(_with_defaults(rd.read_config()), config)
         if changes:
             raise ConfigError(f"--resume: the config differs from the one {rd.path} was started with "
                               f"({'; '.join(changes[:5])}); start a new run instead")
