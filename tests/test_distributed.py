@@ -192,6 +192,10 @@ def test_torchrun_backdoor_run(tmp_path):
         for k, v in one.items():
             if k.startswith("model."):
                 torch.testing.assert_close(ddp[k], v, atol=ATOL, rtol=0)
+    ddp, one = (json.loads((out / run / "metrics.json").read_text())["metrics"] for run in ("ddp", "one"))
+    assert ddp.keys() == one.keys()  # the gathered evaluation covers the whole test split, as one process does
+    for k, m in one.items():
+        assert m["value"] == pytest.approx(ddp[k]["value"], abs=1e-4, nan_ok=True), k
 
 
 def test_resume_with_two_ranks_equals_uninterrupted(tmp_path):
