@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from xaisec import numerics
 from xaisec.config import build
@@ -101,6 +102,21 @@ def test_resume_loads_finished_stages_and_cached_work(tmp_path):
     result = run_experiment(cfg(), run, resume=True)
     assert CALLS == ["second"]  # the first stage was loaded, not rerun
     assert result.metrics["total"].value == pytest.approx(3 * first.sum().item(), rel=1e-6)
+
+
+def test_resume_of_a_run_started_before_a_key_was_added(tmp_path):
+    run = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="boom"):
+        run_experiment(cfg(fail_in="second"), run)
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    del stored["distributed"]  # a section the schema gained after this run started
+    stored["fail_in"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert run_experiment(cfg(), run, resume=True).metrics["total"].value is not None
+    stored["size"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+    with pytest.raises(ConfigError, match="differs.*size: stored 4, given 3"):  # a value it holds still counts
+        run_experiment(cfg(), run, resume=True)
 
 
 def test_bad_input_creates_no_run_directory(tmp_path):

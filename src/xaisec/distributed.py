@@ -4,7 +4,9 @@ Every rank runs the whole experiment on the same seeded data; inside :func:`xais
 contiguous slice of every global batch (the batch order is the same seeded permutation on every rank) and the
 gradients are averaged over ranks before each optimizer step, weighted by slice size, so one step equals a
 single-process step on the whole global batch (BatchNorm layers excepted: they normalise with their rank's slice,
-as in ``DistributedDataParallel`` without ``SyncBatchNorm``). Only rank 0 writes the run directory.
+as in ``DistributedDataParallel`` without ``SyncBatchNorm``; :func:`sync_batchnorm` converts them on GPUs). Chunked
+evaluation loops share their chunks out and gather the results (:func:`gather_map`), so every rank holds the whole
+outputs. Only rank 0 writes the run directory.
 
 Gradients are all-reduced by hand rather than through ``DistributedDataParallel``: the explanation-aware objectives
 hook submodules by name and differentiate maps with ``create_graph=True``, which DDP's wrapper and its
@@ -13,11 +15,14 @@ backward hooks would have to see through; the hand-written average is what DDP c
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
+_gathering = False  # inside a gather_map share: nested calls run locally
 
 
 def active() -> bool:
@@ -68,6 +73,15 @@ def broadcast_parameters(model: nn.Module) -> None:
                 dist.broadcast(t.data, src=0)
 
 
+def sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with its BatchNorm layers replaced by :class:`torch.nn.SyncBatchNorm` (same parameters and buffers,
+    so state dicts load either way) when several ranks run; unchanged otherwise. In train mode the layers then
+    normalise with the statistics of the whole global batch, gathered from every rank, as DDP with SyncBatchNorm
+    does; in eval mode they are plain BatchNorm. torch synchronises GPU tensors only (on CPU ranks the forward
+    pass raises), which the config key ``distributed.sync_batchnorm`` checks before any work."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model) if active() else model
+
+
 def average_gradients(model: nn.Module, share: float) -> None:
     """Replace each parameter's gradient (of this rank's mean loss) by the global-batch mean: the sum over ranks of
     ``share * grad``. Parameters without a gradient on this rank count as zero."""
@@ -83,6 +97,28 @@ def average_gradients(model: nn.Module, share: float) -> None:
             p.grad = torch.zeros_like(p)
         p.grad.mul_(share)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def gather_map(compute: Callable[[int], T], n: int) -> list[T]:
+    """``[compute(0), ..., compute(n - 1)]`` on every rank, each rank computing one contiguous share of the indices
+    (rank r: ``n*r//W`` to ``n*(r+1)//W``) and the shares all-gathered in rank order (``all_gather_object``: works on
+    gloo and nccl; the results travel pickled, so return host tensors). Evaluation loops split their chunks this
+    way, so W ranks evaluate a test set in about 1/W of the time and every rank ends with the same full outputs.
+    Each ``compute(i)`` must depend on ``i`` alone (no shared RNG stream), as the chunked evaluations do; then the
+    result equals one process's. Single process, and calls made inside another rank's ``compute`` (whose ranks
+    would not meet in the same collective): a plain loop."""
+    global _gathering
+    if not active() or _gathering:
+        return [compute(i) for i in range(n)]
+    r, w = rank(), world_size()
+    _gathering = True
+    try:
+        mine = [compute(i) for i in range(n * r // w, n * (r + 1) // w)]
+    finally:
+        _gathering = False
+    shares: list[list[T] | None] = [None] * w
+    dist.all_gather_object(shares, mine)
+    return [item for share in shares for item in share]
 
 
 def barrier() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..explainers import explain_all
 from ..maps import MapPostprocess, normalize
 from ..models import model_device
@@ -27,19 +28,24 @@ def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, expla
                   target: int | None = None) -> ModelOutputs:
     """Logits and raw maps of ``model`` on clean ``x`` and triggered ``x_trig`` (N,C,H,W), computed in chunks on
     the model's device and returned on the CPU. Maps explain class ``target`` (a multi-label run's chosen
-    finding, :attr:`EvalSetup.finding`), or the predicted (top-scoring) class when None."""
+    finding, :attr:`EvalSetup.finding`), or the predicted (top-scoring) class when None. Under ``torchrun`` each
+    rank computes a contiguous share of the chunks and every rank gets the whole outputs
+    (:func:`xaisec.distributed.gather_map`); equal to one process's."""
     options = {k: v for k, v in (options or {}).items() if k in explainers}
 
     device = model_device(model)
 
     def run(inputs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, maps = [], {name: [] for name in explainers}
-        for chunk in inputs.split(batch_size):
-            out = explain_all(model, chunk.to(device), target, explainers, options=options)
-            logits.append(out.logits.cpu())  # metrics and figures are computed on the host
-            for name in explainers:
-                maps[name].append(out.maps[name].cpu())
-        return torch.cat(logits), {name: torch.cat(parts) for name, parts in maps.items()}
+        chunks = inputs.split(batch_size)
+
+        def chunk_outputs(i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            out = explain_all(model, chunks[i].to(device), target, explainers, options=options)
+            # metrics and figures are computed on the host
+            return out.logits.cpu(), {name: out.maps[name].cpu() for name in explainers}
+
+        parts = distributed.gather_map(chunk_outputs, len(chunks))
+        return (torch.cat([logits for logits, _ in parts]),
+                {name: torch.cat([maps[name] for _, maps in parts]) for name in explainers})
 
     with eval_mode(model):
         logits_clean, maps_clean = run(x)

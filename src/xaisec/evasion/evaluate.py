@@ -5,6 +5,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from .. import distributed
 from ..explainers import Explainer
 from ..maps import MapPostprocess, distance
 from ..models import model_device
@@ -13,19 +14,25 @@ from .metrics import map_metrics, perturbation_metrics, prediction_metrics
 
 
 def in_batches(fn: Callable[..., torch.Tensor], batch_size: int, *tensors: torch.Tensor,
-               device: torch.device | None = None, **kwargs) -> torch.Tensor:
+               device: torch.device | None = None, gathered: bool = False, **kwargs) -> torch.Tensor:
     """``fn`` over aligned chunks of ``tensors`` (dict kwargs of tensors are chunked alongside), concatenated.
-    With ``device`` each chunk is moved there (data stays on the host) and each result comes back."""
+    With ``device`` each chunk is moved there (data stays on the host) and each result comes back. ``gathered``:
+    under ``torchrun`` each rank runs ``fn`` on a contiguous share of the chunks and every rank gets the whole
+    result (:func:`xaisec.distributed.gather_map`; ``fn`` must depend on its chunk alone)."""
     n = len(tensors[0])
     home = tensors[0].device
     move = (lambda t: t) if device is None else (lambda t: t.to(device, non_blocking=True))  # noqa: E731
-    outs = []
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+
+    def chunk(i: int) -> torch.Tensor:
+        start = starts[i]
         part = [move(t[start:start + batch_size]) for t in tensors]
         kw = {k: ({n_: move(v_[start:start + batch_size]) for n_, v_ in v.items()} if isinstance(v, dict) else v)
               for k, v in kwargs.items()}
-        outs.append(fn(*part, **kw).to(home))
-    return torch.cat(outs)
+        return fn(*part, **kw).to("cpu" if gathered else home)
+
+    outs = distributed.gather_map(chunk, len(starts)) if gathered else [chunk(i) for i in range(len(starts))]
+    return torch.cat(outs).to(home)
 
 
 def explain_batches(explainer: Explainer, x: torch.Tensor, target: torch.Tensor, batch_size: int) -> torch.Tensor:

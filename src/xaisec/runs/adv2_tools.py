@@ -201,14 +201,15 @@ class Bench:
     def attack(self, key: str, attack: Callable, targets: Mapping[str, torch.Tensor] | None = None,
                read_by: Mapping[str, Explainer] | None = None) -> dict[str, Any]:
         """``{"x": adversarial attack set, "seconds": (1,), "maps": {name: raw maps by read_by[name]}}``, cached
-        under ``key`` (a resumed run reloads it)."""
+        under ``key`` (a resumed run reloads it). Under ``torchrun`` the ranks attack a share of the batches each
+        (every attack is seeded per batch, so the result is one process's)."""
         s, cfg = self.s, self.cfg
 
         def make() -> dict[str, Any]:
             start = time.perf_counter()
             kwargs = {"target_maps": dict(targets)} if targets else {}
             x_adv = in_batches(lambda xb, yb, **kw: attack(xb, yb, **kw), cfg.batch_size, s.x, s.y_target,
-                               device=self.device, **kwargs)
+                               device=self.device, gathered=True, **kwargs)  # torchrun: ranks share the batches
             seconds = time.perf_counter() - start
             log.info("%s: %d inputs in %.1f s", key, len(x_adv), seconds)
             return {"x": x_adv, "seconds": torch.tensor([seconds], dtype=torch.float64),

@@ -5,6 +5,10 @@ are unfinished or damaged become rows saying so. Outputs: a CSV in the long layo
 ``run, state, <differing keys>, metric, value, std, direction, note``, ready for a pivot), a markdown table in the
 wide layout (one row per run, one column per metric, its direction in the header) and a figure of metrics
 against a swept key.
+
+:func:`aggregate` folds runs that differ only in chosen keys (seeds, thread counts) into one row per group:
+each metric's mean, its sample standard deviation over the runs and their number ``n``. Docs tables in the
+papers' layout (chosen columns, formatted cells) come from :mod:`xaisec.runs.collect_columns`.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import fnmatch
 import io
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +46,11 @@ class RunRow:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Metric] = field(default_factory=dict)
     note: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    #: a group of runs (:func:`aggregate`): its label, members and, per metric, how many runs report it
+    label: str | None = None
+    members: list[Path] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +60,8 @@ class RunTable:
     rows: list[RunRow]
     keys: list[str]
     directions: dict[str, str]
+    #: the config keys folded by :func:`aggregate` (empty: one row per run)
+    aggregated: list[str] = field(default_factory=list)
 
     def select(self, patterns: Sequence[str] | None) -> list[str]:
         """Metric keys matching any glob in ``patterns`` (all of them for None); unmatched patterns raise."""
@@ -102,10 +114,10 @@ def read_row(path: Path) -> RunRow:
     if state != "finished":
         return RunRow(path, state, config, note=str(rd.status().get("error", "")))
     try:
-        metrics, _ = read_metrics(path)
+        metrics, context = read_metrics(path)
     except XaisecError as exc:
         return RunRow(path, "damaged", config, note=str(exc))
-    return RunRow(path, state, config, metrics)
+    return RunRow(path, state, config, metrics, context=context)
 
 
 def _same(values: list[Any]) -> bool:
@@ -125,7 +137,71 @@ def collect(paths: Sequence[str | Path]) -> RunTable:
     return RunTable(rows, keys, directions)
 
 
-def _label(row: RunRow, roots: list[Path]) -> str:
+def aggregate(table: RunTable, over: Sequence[str] = (), by: Sequence[str] = ()) -> RunTable:
+    """One row per group of runs: the runs that differ only in the config keys ``over`` (e.g. ``seed``,
+    ``threads``), or, with ``by``, the runs that agree on the keys ``by`` (every other key is folded). Each metric
+    of a group row is the mean over its finished runs, with the sample standard deviation over them (n - 1; none
+    for a single run) as ``std`` and their number in ``counts``; a run's own ``std`` (a spread over images) is not
+    carried over. Unfinished runs stay in their group's state and note, never in its numbers. The row is labelled
+    by the runs' shared ``name`` (else the common start of their folder names)."""
+    if bool(over) == bool(by):
+        raise ConfigError("aggregate runs either --aggregate KEY,... (the keys to fold) or --group-by KEY,... (the "
+                          "keys to keep), one of the two")
+    known = list(dict.fromkeys(k for r in table.rows for k in r.config))
+    unknown = [k for k in (*over, *by) if k not in known]
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is not a config key of these runs; keys that differ between them: "
+                          f"{', '.join(table.keys) or 'none'} (dotted, e.g. attack.lam; seed and threads are "
+                          "top-level)")
+    keys = list(by) if by else [k for k in table.keys if k not in over]
+    folded = [k for k in table.keys if k not in keys] if by else list(over)
+    roots = label_roots(table)
+    groups: dict[str, list[RunRow]] = {}
+    for row in table.rows:
+        groups.setdefault(json.dumps([row.config.get(k) for k in keys], sort_keys=True, default=str), []).append(row)
+    return RunTable([_group_row(members, roots) for members in groups.values()], keys, table.directions, folded)
+
+
+def _group_row(members: list[RunRow], roots: list[Path]) -> RunRow:
+    done = [r for r in members if r.metrics]
+    metrics, counts = {}, {}
+    for key in dict.fromkeys(k for r in done for k in r.metrics):
+        found = [r.metrics[key] for r in done if key in r.metrics]
+        values = [m.value for m in found if m.value is not None]
+        mean = sum(values) / len(values) if values else None
+        std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
+        metrics[key] = Metric(mean, found[0].direction, found[0].description, std)
+        counts[key] = len(values)
+    states: dict[str, int] = {}
+    for r in members:
+        states[r.state] = states.get(r.state, 0) + 1
+    state = ", ".join(f"{n} {s}" for s, n in states.items())
+    notes = "; ".join(f"{row_label(r, roots)}: {r.note}" for r in members if r.note)
+    labels = [row_label(r, roots) for r in members]
+    names = {r.config.get("name") for r in members}
+    label = (names.pop() if len(names) == 1 and None not in names
+             else os.path.commonprefix(labels).rstrip("-_./ ") or labels[0])
+    first = done[0] if done else members[0]
+    shared = {k: v for k, v in first.config.items() if _same([r.config.get(k) for r in members])}
+    return RunRow(first.path, state, shared, metrics, notes, _group_context([r.context for r in done]),
+                  label=label, members=[r.path for r in members], counts=counts)
+
+
+def _group_context(contexts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The context fields the runs share; numbers that differ (attack epochs under early stopping) as ``min–max``."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for c in contexts for k in c):
+        values = [c.get(key) for c in contexts]
+        if _same(values):
+            out[key] = values[0]
+        elif _numeric(values):
+            out[key] = f"{min(values):g}–{max(values):g}"
+    return out
+
+
+def row_label(row: RunRow, roots: list[Path]) -> str:
+    if row.label is not None:
+        return row.label
     for root in roots:
         try:
             return str(row.path.resolve().relative_to(root))
@@ -134,7 +210,7 @@ def _label(row: RunRow, roots: list[Path]) -> str:
     return str(row.path)
 
 
-def _roots(table: RunTable) -> list[Path]:
+def label_roots(table: RunTable) -> list[Path]:
     """Rows are labelled relative to the deepest folder holding every run."""
     if len(table.rows) == 1:
         return [table.rows[0].path.parent]
@@ -145,16 +221,18 @@ def to_csv(table: RunTable, metrics: Sequence[str] | None = None) -> str:
     """The long layout: one line per run and metric (one line with an empty metric for runs without metrics)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["run", "state", *table.keys, "metric", "value", "std", "direction", "note"])
-    chosen, roots = table.select(metrics), _roots(table)
+    n = ["n"] if table.aggregated else []
+    writer.writerow(["run", "state", *table.keys, "metric", "value", "std", *n, "direction", "note"])
+    chosen, roots = table.select(metrics), label_roots(table)
     for row in table.rows:
-        head = [_label(row, roots), row.state, *(_cell(row.config.get(k)) for k in table.keys)]
+        head = [row_label(row, roots), row.state, *(_cell(row.config.get(k)) for k in table.keys)]
         present = [k for k in chosen if k in row.metrics]
         if not present:
-            writer.writerow([*head, "", "", "", "", row.note])
+            writer.writerow([*head, "", "", "", *([""] if n else []), "", row.note])
         for k in present:
             m = row.metrics[k]
-            writer.writerow([*head, k, _cell(m.value), _cell(m.std), m.direction, ""])
+            writer.writerow([*head, k, _cell(m.value), _cell(m.std), *([row.counts.get(k, 0)] if n else []),
+                             m.direction, row.note if table.aggregated else ""])
     return buf.getvalue()
 
 
@@ -171,18 +249,38 @@ def _cell(value: Any) -> str:
 def to_markdown(table: RunTable, metrics: Sequence[str] | None = None) -> str:
     """The wide layout: one row per run, the differing config keys, then one column per metric (↑ higher / ↓
     lower is better for the attacker); runs without metrics show their state and note."""
-    chosen, roots = table.select(metrics), _roots(table)
-    header = ["run", "state", *table.keys, *(f"{k} {ARROWS[table.directions[k]]}".strip() for k in chosen)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    chosen, roots = table.select(metrics), label_roots(table)
+    n = ["n"] if table.aggregated else []
+    header = ["run", "state", *table.keys, *n, *(f"{k} {ARROWS[table.directions[k]]}".strip() for k in chosen)]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
     for row in table.rows:
-        cells = [_label(row, roots), row.state + (f": {row.note[:80]}" if row.note else ""),
-                 *(_cell(row.config.get(k)) for k in table.keys)]
+        cells = [row_label(row, roots), row.state + (f": {row.note[:80]}" if row.note else ""),
+                 *(_cell(row.config.get(k)) for k in table.keys), *([str(len(row.members))] if n else [])]
         for k in chosen:
             m = row.metrics.get(k)
             cells.append("–" if m is None or m.value is None else
-                         f"{m.value:.4g}" + (f" ± {m.std:.2g}" if m.std is not None else ""))
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+                         f"{m.value:.4g}" + (f" ± {m.std:.2g}" if m.std is not None else "")
+                         + _partial(row, k))
+        lines.append(markdown_row(cells))
     return "\n".join(lines) + "\n"
+
+
+def markdown(table: RunTable, metrics: Sequence[str] | None = None, columns: dict[str, str] | None = None) -> str:
+    """:func:`to_markdown`, or with ``columns`` the table in the papers' layout."""
+    if columns:
+        from .collect_columns import to_markdown_columns
+
+        return to_markdown_columns(table, columns)
+    return to_markdown(table, metrics)
+
+
+def _partial(row: RunRow, key: str) -> str:
+    """`` (n=2)`` after a group's value that fewer runs report than the group holds."""
+    return f" (n={row.counts[key]})" if row.members and row.counts.get(key, len(row.members)) < len(row.members) else ""
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def _numeric(values: list[Any]) -> bool:
@@ -231,17 +329,18 @@ def figure(table: RunTable, path: str | Path, metrics: Sequence[str] | None = No
 
 def write_outputs(table: RunTable, *, csv_path: str | Path | None = None, md_path: str | Path | None = None,
                   figure_path: str | Path | None = None, metrics: Sequence[str] | None = None,
-                  x: str | None = None) -> list[Path]:
-    """Write the requested files; returns their paths."""
+                  x: str | None = None, columns: dict[str, str] | None = None) -> list[Path]:
+    """Write the requested files; returns their paths. ``columns`` (label: template) gives the markdown table the
+    papers' layout (:mod:`xaisec.runs.collect_columns`) instead of one column per metric."""
     written = []
     if csv_path is not None:
         written.append(atomic_write_text(csv_path, to_csv(table, metrics)))
     if md_path is not None:
-        written.append(atomic_write_text(md_path, to_markdown(table, metrics)))
+        written.append(atomic_write_text(md_path, markdown(table, metrics, columns)))
     if figure_path is not None:
         written.append(figure(table, figure_path, metrics, x))
     return written
 
 
-__all__ = ["RunRow", "RunTable", "collect", "figure", "find_runs", "flatten", "read_row", "to_csv", "to_markdown",
-           "write_outputs"]
+__all__ = ["RunRow", "RunTable", "aggregate", "collect", "figure", "find_runs", "flatten", "label_roots", "markdown",
+           "markdown_row", "read_row", "row_label", "to_csv", "to_markdown", "write_outputs"]

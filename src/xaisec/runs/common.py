@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data import ImageDataset, StreamingData, load_dataset, make_loader
 from ..data.augment import Augment, AugmentedBatches
 from ..io import load_weights
@@ -51,13 +52,17 @@ def load_data(cfg: RunConfig) -> ImageDataset:
 
 def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]:
     """A function building a fresh (seeded) model of the config's architecture for ``data`` on the config's device
-    (data stays on the host; training moves each batch, evaluation each chunk)."""
+    (data stays on the host; training moves each batch, evaluation each chunk). With
+    ``distributed.sync_batchnorm`` under ``torchrun``, its BatchNorm layers are SyncBatchNorm."""
 
     device = resolve_device(cfg.device)
 
     def make_model() -> nn.Module:
         torch.manual_seed(cfg.seed)
-        return build_model(cfg.model.arch, data.input_shape, data.num_classes, **cfg.model.options).to(device)
+        model = build_model(cfg.model.arch, data.input_shape, data.num_classes, **cfg.model.options)
+        if cfg.distributed.sync_batchnorm:
+            model = distributed.sync_batchnorm(model)
+        return model.to(device)
 
     return make_model
 

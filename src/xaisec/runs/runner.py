@@ -19,6 +19,7 @@ import abc
 import contextlib
 import importlib
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,12 +31,12 @@ import yaml
 
 from .. import distributed, numerics
 from ..config import build, dump_config
-from ..errors import ConfigError
+from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_json
 from ..records import Metric
 from ..registry import Registry
 from .artifacts import Artifact
-from .rundir import RunDir, unique_dir
+from .rundir import LOCK_FILE, RunDir, unique_dir
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,15 @@ def stored_config(cfg: Any) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(dump_config(cfg), sort_keys=False))
 
 
+def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``config.yaml`` with the keys added to the schema since the run started, at their defaults (the
+    values it holds stay as written); as written if it no longer validates."""
+    try:
+        return stored_config(load_experiment(stored)[1])
+    except XaisecError:
+        return stored
+
+
 def _diff(a: Any, b: Any, where: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -214,17 +224,18 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
     ``overwrite`` replaces a finished or dead run there. Nothing is created before ``prepare`` succeeded.
 
     Under ``torchrun`` (:mod:`xaisec.distributed`) every rank runs every stage (training is data-parallel,
-    evaluation is repeated on each rank on the same data), but only rank 0 writes ``run_dir``: the other ranks write
+    evaluation chunks are shared out and gathered), but only rank 0 writes ``run_dir``: the other ranks write
     into a temporary folder deleted at the end and return the requested path (without the suffix rank 0 may add
-    to make a default path unique)."""
+    to make a default path unique). With ``resume`` they start from a copy of rank 0's run directory (stage
+    artifacts, checkpoints, cached work), taken after rank 0 has checked and locked it and before any stage runs,
+    so every rank resumes from the same state."""
     kind = get_kind(cfg.experiment)
-    if not distributed.is_main() or (resume and distributed.active()):
+    if not distributed.is_main():
         return _run_secondary(kind, cfg, run_dir, resume, progress)
     rd = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
     config = stored_config(cfg)
     if resume:
-        stored = rd.read_config()
-        changes = _diff(stored, config)
+        changes = _diff(_with_defaults(rd.read_config()), config)
         if changes:
             raise ConfigError(f"--resume: the config differs from the one {rd.path} was started with "
                               f"({'; '.join(changes[:5])}); start a new run instead")
@@ -239,20 +250,27 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
         with rd.lock():
             if not resume:
                 rd.create(config, cfg.seed)
+            elif distributed.active():
+                distributed.barrier()  # checked and locked: the other ranks copy the run directory now ...
+                distributed.barrier()  # ... and have copied it before any stage changes it
             result = _run_stages(kind, cfg, inputs, rd, progress)
         distributed.barrier()
         return result
 
 
 def _run_secondary(kind: Experiment, cfg: Any, run_dir: str | Path | None, resume: bool, progress: bool) -> RunResult:
-    """A rank other than 0: the same stages, written to a throw-away folder, so the run directory is rank 0's."""
-    if resume:
-        raise ConfigError("--resume is not supported with several torchrun ranks yet; resume the run in one process")
+    """A rank other than 0: the same stages, written to a throw-away folder, so the run directory is rank 0's (with
+    ``resume``: a copy of it, read between rank 0's two barriers; several nodes need it on a shared file system)."""
     with run_environment(cfg), tempfile.TemporaryDirectory(prefix="xaisec-rank") as tmp:
         inputs = kind.prepare(cfg)
         rd = RunDir(Path(tmp) / "run")
+        if resume:
+            distributed.barrier()
+            shutil.copytree(Path(run_dir), rd.path, ignore=shutil.ignore_patterns(LOCK_FILE))
+            distributed.barrier()
         with rd.lock():
-            rd.create(stored_config(cfg), cfg.seed)
+            if not resume:
+                rd.create(stored_config(cfg), cfg.seed)
             result = _run_stages(kind, cfg, inputs, rd, False)
         distributed.barrier()
     path = Path(run_dir) if run_dir is not None else Path(cfg.out) / str(cfg.name)

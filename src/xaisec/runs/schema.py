@@ -113,6 +113,16 @@ class ReferenceConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Settings that act only under ``torchrun`` with several ranks (docs/distributed.md); one process ignores them."""
+
+    #: convert the model's BatchNorm layers to torch.nn.SyncBatchNorm for training (reference, attack, fine-tuning),
+    #: so train-mode BatchNorm normalises with the whole global batch instead of each rank's slice; CUDA only
+    #: (torch synchronises BatchNorm statistics of GPU tensors only)
+    sync_batchnorm: bool = False
+
+
+@dataclass
 class RunConfig:
     """Top-level keys of every experiment kind. ``name`` (the run folder under ``out``) defaults per kind;
     ``threads``: torch CPU threads for this run (null: torch's default)."""
@@ -140,6 +150,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     #: the clean (reference) model
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    #: data-parallel settings under torchrun
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def default_name(self) -> str:
         return self.experiment
@@ -158,3 +170,7 @@ class RunConfig:
         device = resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work
         require(not (self.reference.precision == "fp16" and device.type == "cpu"),
                 "reference.precision fp16 needs a CUDA device; use bf16 on the CPU (or null for float32)")
+        require(not (self.distributed.sync_batchnorm and device.type != "cuda"),
+                f"distributed.sync_batchnorm needs CUDA devices (device resolves to {device}): torch.nn.SyncBatchNorm "
+                "synchronises the statistics of GPU tensors only and raises on CPU ranks (gloo); set it to false, "
+                "or run on GPUs (device: cuda)")
