@@ -155,7 +155,8 @@ class StreamingData:
         return self.input_shape[0]
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test (streamed), input {self.input_shape}, "
+        how = " (streamed)" if is_streamed(self.train) else ""
+        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test{how}, input {self.input_shape}, "
                 f"{self.num_classes} classes")
 
 
