@@ -250,7 +250,7 @@ def test_reference_augment_none_paper_or_options(value, shape, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("fancy", "is not one of"),
+    ("fancy", "reference.augment must be none, paper or a mapping"),
     ("{pad: 4}", r"unknown keys \['pad'\].*crop, padding, flip, scale, ratio"),
     ("{crop: zoom}", "crop must be one of"),
     ("{scale: [0.5]}", r"scale must be a pair \[low, high\]"),

@@ -130,13 +130,16 @@ class ReferenceConfig:
     #: (off), paper (random crop of the 4-px-padded image + flip up to 48 px, random resized crop + flip above:
     #: xaisec.data.augment.paper_augment), or a mapping of Augment's options {crop: pad|resized|none, padding,
     #: flip, scale: [lo, hi], ratio: [lo, hi]}
-    augment: Literal["none", "paper"] | dict | None = None
+    augment: str | dict | None = None
 
     def __post_init__(self) -> None:
         require(1 <= self.epochs <= 100_000, f"reference.epochs must be in [1, 100000], got {self.epochs}")
         require(0 < self.lr <= 10, f"reference.lr must be in (0, 10], got {self.lr}")
         require(1 <= self.batch_size <= 1_000_000, f"reference.batch_size must be in [1, 1000000], got {self.batch_size}")
         require(0 <= self.weight_decay <= 1, f"reference.weight_decay must be in [0, 1], got {self.weight_decay}")
+        require(self.augment in (None, "none", "paper") or isinstance(self.augment, dict),
+                f"reference.augment must be none, paper or a mapping of augmentation options (crop, padding, flip, "
+                f"scale, ratio), got {self.augment!r}")
         if isinstance(self.augment, dict):
             self.augmentation((1, 32, 32))  # options are checked now, before any data is read
 
@@ -154,7 +157,9 @@ class ReferenceConfig:
                              "(or the words none / paper)")
         options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
         for key in ("scale", "ratio"):
-            value = options.get(key, (0.0, 0.0))
+            if key not in options:
+                continue
+            value = options[key]
             require(isinstance(value, tuple) and len(value) == 2
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
                     f"reference.augment.{key} must be a pair [low, high] of numbers, got {self.augment[key]!r}")
