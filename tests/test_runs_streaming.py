@@ -12,7 +12,6 @@ from trees import write_cifar_digits, write_folder
 from xaisec.backdoor import BackdoorConfig
 from xaisec.backdoor import reference_maps as refmaps
 from xaisec.backdoor.evaluate import EvalSetup
-from xaisec.backdoor.goals import ReferenceTerms  # noqa: F401  (the objective's per-batch terms)
 from xaisec.backdoor.poison import PoisonedStream, TriggerBatches, apply_trigger
 from xaisec.backdoor.recipes import get_recipe
 from xaisec.backdoor.results import collect_metrics, evaluate_chunks, model_outputs, sample_tensors

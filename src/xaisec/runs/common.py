@@ -80,6 +80,21 @@ def open_run_data(cfg: RunConfig) -> StreamingData:
     return data
 
 
+def in_memory(data: StreamingData) -> ImageDataset:
+    """``data`` as an :class:`~xaisec.data.ImageDataset` for code that works on whole tensors (the defenses): the
+    tensors themselves for in-memory data, every item decoded for streamed data (sized by ``data.train_size`` /
+    ``data.test_size``)."""
+    splits = []
+    for split in (data.train, data.test):
+        if isinstance(split, TensorImages):
+            splits += [split.x, split.labels]
+        else:
+            x, y = zip(*(make_loader(split, 256, shuffle=False)))
+            splits += [torch.cat(x), torch.cat(y)]
+    return ImageDataset(data.name, *splits, num_classes=data.num_classes, class_names=list(data.class_names),
+                        multilabel=data.multilabel)
+
+
 def run_loader(cfg: RunConfig, dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0):
     """:func:`xaisec.data.make_loader` over ``dataset`` with the run's settings: ``data.workers`` processes for
     streamed data (in-memory data is batched in the run's process), pinned memory on CUDA."""
