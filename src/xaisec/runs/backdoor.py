@@ -5,6 +5,11 @@ IEEE S&P 2023; Latka et al.) from one config.
 surfaces there, before the run directory exists). Stages: ``reference`` (train or reuse the clean model) ->
 ``attacked`` (fine-tune from it, ``w <- w_ref``, on clean plus poisoned samples; checkpointed every epoch) ->
 ``evaluation`` (the ReLU model on the held-out split: metrics and the report's sample tensors).
+
+The data are ``Dataset``s (:func:`~xaisec.runs.common.open_run_data`): streamed from disk (``data.stream``) or in
+memory as :class:`~xaisec.data.TensorImages`, through the same code: poisoning is a
+:class:`~xaisec.backdoor.poison.PoisonedStream` read by a loader, reference maps come per batch
+(``attack.reference_maps``), and the evaluation runs over chunks of the test split.
 """
 from __future__ import annotations
 
