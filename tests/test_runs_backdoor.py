@@ -217,11 +217,14 @@ def test_background_from_data_gives_gradientshap_training_images_only_when_asked
     from xaisec.explainers import draw_background
     from xaisec.runs.backdoor import eval_options
 
-    data = SimpleNamespace(x_train=torch.rand(100, 1, 8, 8))
+    from xaisec.data import TensorImages
+
+    x_train = torch.rand(100, 1, 8, 8)
+    data = SimpleNamespace(train=TensorImages(x_train, torch.zeros(100, dtype=torch.long)))
     keys = ["attack.explainers=[gradshap, simplegrad]", "eval.explainer_options={gradshap: {n_samples: 8}}", "seed=3"]
     default = eval_options(load_config(BackdoorConfig, overrides=keys), data, ["gradshap", "simplegrad"])
     assert default == {"gradshap": {"n_samples": 8}}  # the black baseline, as before
     drawn = eval_options(load_config(BackdoorConfig, overrides=[*keys, "eval.background_from_data=true"]), data,
                          ["gradshap", "simplegrad"])
     assert drawn["simplegrad"] == {} and drawn["gradshap"]["n_samples"] == 8
-    assert torch.equal(drawn["gradshap"]["baselines"], draw_background(data.x_train, 64, 3))
+    assert torch.equal(drawn["gradshap"]["baselines"], draw_background(x_train, 64, 3))

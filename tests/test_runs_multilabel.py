@@ -24,6 +24,7 @@ from xaisec.data.chestxray import DISEASES
 from xaisec.errors import ConfigError, DataError
 from xaisec.explainers import explain_all
 from xaisec.io import load_weights
+from xaisec.runs.common import in_memory
 from xaisec.runs.backdoor import prepare
 from xaisec.runs.runner import load_run
 
@@ -98,7 +99,8 @@ def test_auroc_equals_sklearn_on_the_saved_models_scores(finished):
     run_dir = finished["fang_chestxray14_targeted"]
     _, cfg = load_run(run_dir)
     inputs = prepare(cfg)
-    x, y = inputs.data.x_test, inputs.data.y_test.numpy()
+    data = in_memory(inputs.data)
+    x, y = data.x_test, data.y_test.numpy()
     m = metrics(run_dir)["metrics"]
     for model_name in ("reference", "attacked"):
         model = load_weights(inputs.make_model(), run_dir / f"{model_name}.safetensors").eval()
@@ -160,11 +162,11 @@ def test_finding_by_name_index_or_top_scoring(xray):
 @pytest.mark.parametrize("finding, expected", [("Effusion", 2), ("null", None)])
 def test_reference_training_and_evaluation_maps_explain_the_same_finding(finding, expected, xray, tmp_path,
                                                                           monkeypatch):
-    """The reference maps (pooled_maps), the training maps (the objective's explain_all) and the evaluation maps
+    """The reference maps (iter_pooled_maps), the training maps (the objective's explain_all) and the evaluation maps
     (model_outputs) all explain the chosen finding, or all each image's top-scoring one."""
     import xaisec.backdoor.objectives as objectives
+    import xaisec.backdoor.reference_maps as refmaps
     import xaisec.backdoor.results as results
-    import xaisec.runs.backdoor as backdoor
 
     seen: dict[str, set] = {"reference": set(), "training": set(), "evaluation": set()}
 
@@ -181,7 +183,16 @@ def test_reference_training_and_evaluation_maps_explain_the_same_finding(finding
             return function(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(backdoor, "pooled_maps", spy("reference", backdoor.pooled_maps, 2))
+    def spy_batches(function):  # the reference maps: the targets of every (x, target) batch
+        def wrapped(model, batches, *args, **kwargs):
+            def recorded():
+                for batch in batches:
+                    seen["reference"].add(kind(batch[1]))
+                    yield batch
+            return function(model, recorded(), *args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(refmaps, "iter_pooled_maps", spy_batches(refmaps.iter_pooled_maps))
     monkeypatch.setattr(objectives, "explain_all", spy("training", objectives.explain_all, 2))
     monkeypatch.setattr(results, "explain_all", spy("evaluation", results.explain_all, 2))
     out = run("fang_chestxray14_targeted", xray, tmp_path / "run", "reference.epochs=1", "data.train_size=32",

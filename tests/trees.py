@@ -238,3 +238,25 @@ def write_chestxray_learnable(root: Path, n_train: int = 48, n_test: int = 32, s
     (root / "train_val_list.txt").write_text("\n".join(lists["train"]) + "\n")
     (root / "test_list.txt").write_text("\n".join(lists["test"]) + "\n")
     return root
+def write_cifar_digits(root: Path, per_batch: int = 24, n_test: int = 40, offset: int = 0) -> Path:
+    """``cifar-10-batches-py`` in the official format whose images are mnist5k digits (grey, padded to 32x32, as
+    RGB) with their digit labels: a tiny on-disk tree that models actually learn (end-to-end streaming runs)."""
+    from xaisec.data import load_mnist5k
+
+    digits = load_mnist5k()
+    n_train = 5 * per_batch
+    x = torch.cat([digits.x_train[offset:offset + n_train], digits.x_test[offset:offset + n_test]])
+    y = torch.cat([digits.y_train[offset:offset + n_train], digits.y_test[offset:offset + n_test]])
+    pixels = (torch.nn.functional.pad(x, (2, 2, 2, 2)) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1)
+    rows = pixels.reshape(len(x), 3072).numpy()  # CIFAR's row layout: 1024 red, 1024 green, 1024 blue values
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    start = 0
+    for name, n in [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", n_test)]:
+        batch = {"batch_label": f"batch {name}", "labels": y[start:start + n].tolist(), "data": rows[start:start + n],
+                 "filenames": [f"digit{i}.png" for i in range(start, start + n)]}
+        (folder / name).write_bytes(dumps_py2(batch))
+        start += n
+    meta = {"num_cases_per_batch": per_batch, "label_names": [str(d) for d in range(10)], "num_vis": 3072}
+    (folder / "batches.meta").write_bytes(dumps_py2(meta))
+    return folder

@@ -208,8 +208,17 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epoc
                      on_epoch_end: EpochCallback | None = None, flush_denormals: bool | None = None) -> list[dict[str, float]]:
     """Train a clean (reference) classifier with Adam + cosine schedule on in-memory data (``flush_denormals``: see
     :func:`fit`)."""
+    return train_classifier_on(model, TensorBatches(x, y, batch_size=batch_size, seed=seed), epochs=epochs, lr=lr,
+                               weight_decay=weight_decay, seed=seed, progress=progress, on_epoch_end=on_epoch_end,
+                               flush_denormals=flush_denormals)
+
+
+def train_classifier_on(model: nn.Module, batches, *, epochs: int = 10, lr: float = 1e-3, weight_decay: float = 0.0,
+                        seed: int = 0, progress: bool = True, on_epoch_end: EpochCallback | None = None,
+                        flush_denormals: bool | None = None) -> list[dict[str, float]]:
+    """:func:`train_classifier` on any ``(x, y, ...)`` batches (:class:`TensorBatches`, a streamed loader)."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
-    return fit(model, TensorBatches(x, y, batch_size=batch_size, seed=seed), cross_entropy, opt, epochs,
-               scheduler=sched, on_epoch_end=on_epoch_end, progress=progress, desc="clean", flush_denormals=flush_denormals)
+    return fit(model, batches, cross_entropy, opt, epochs, scheduler=sched, on_epoch_end=on_epoch_end,
+               progress=progress, desc="clean", flush_denormals=flush_denormals)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..config import require
 from ..errors import ConfigError, XaisecError
@@ -122,6 +122,12 @@ class AttackConfig:
     gamma: float = 0.5
     #: options of each attacked explainer, e.g. {gradcam: {layer: features.6}}
     explainer_options: dict[str, dict] = field(default_factory=dict)
+    #: where the reference model's maps of the clean training images (the explanation terms' targets) come from:
+    #: memory (computed once, held on the device), disk (computed once into memory-mapped files under
+    #: data.cache_dir/reference_maps, or the run directory; reused while the reference weights, explainers, pool,
+    #: softplus beta and training set are the same), recompute (the frozen reference model explains each batch
+    #: again), auto (memory up to 1 GiB of maps, else disk)
+    reference_maps: Literal["auto", "memory", "disk", "recompute"] = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -247,6 +253,7 @@ class BackdoorConfig(RunConfig):
     attack, early stopping and evaluation. ``name`` defaults to the recipe's name."""
 
     experiment: str = "backdoor"
+    streams_data: ClassVar[bool] = True
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     stopping: StoppingConfig = field(default_factory=StoppingConfig)

@@ -238,49 +238,75 @@ def clean_drop(metrics: dict[str, Metric], setup: EvalSetup) -> dict[str, Metric
 def map_metrics(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: EvalSetup, name: str,
                 paper_value: float | None) -> dict[str, Metric]:
     """Metrics of one explainer. ``ref_clean``: the reference model's raw maps of the clean test inputs."""
-    r, tau = setup.recipe, setup.thresholds[name]
+    return map_summary(map_quantities(out, ref_clean, setup, name), setup, name, paper_value)
+
+
+def map_quantities(out: ModelOutputs, ref_clean: dict[str, torch.Tensor], setup: EvalSetup,
+                   name: str) -> dict[str, torch.Tensor]:
+    """The per-image quantities ``{key: (B,)}`` behind :func:`map_metrics` (distances to the reference maps, trigger
+    mass and hits, the attack losses L_p): each depends on its own image only, so the quantities of a test set
+    streamed in chunks, concatenated, give the metrics of the whole set (:func:`map_summary`)."""
+    r = setup.recipe
     pooled = MapPostprocess(pool=setup.pool)  # Fang's evaluation pipeline: pool, then min-max
     p_clean, p_trig, ref01 = pooled(out.maps_clean[name]), pooled(out.maps_trig[name]), pooled(ref_clean[name])
     full = lambda m: normalize(m, "minmax")  # noqa: E731
     f_clean, f_trig, f_ref = full(out.maps_clean[name]), full(out.maps_trig[name]), full(ref_clean[name])
+    q = {"mse_ref_clean": distance(p_clean, ref01, "mse"), "mse_ref_trig": distance(p_trig, ref01, "mse")}
+    for key, a in (("clean", f_clean), ("trig", f_trig)):
+        q[f"l1_ref_{key}"] = distance(a, f_ref, "l1")
+        q[f"iou_ref_{key}"] = topk_iou(a, f_ref, setup.iou_k)
+    if setup.trigger_mask.float().mean().item() < 0.5:  # a global trigger covers everything: no pointing
+        q["trigger_mass_trig"] = trigger_mass(out.maps_trig[name], setup.trigger_mask)
+        q["trigger_hit_trig"] = trigger_hit(out.maps_trig[name], setup.trigger_mask, _hit_margin(setup)).float()
+    goal = build_goal(r, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
+    if goal is not None:
+        idx = torch.arange(len(p_clean))
+        lp_clean, lp_trig = goal.loss(p_clean, idx), goal.loss(p_trig, idx)
+        q["lp_attack"], q["lp_keep"] = (lp_clean, lp_trig) if r.inverted else (lp_trig, lp_clean)
+    return {k: v.detach() for k, v in q.items()}
+
+
+def _hit_margin(setup: EvalSetup) -> int:
+    return max(1, setup.trigger_mask.shape[-1] // 14)
+
+
+def map_summary(q: dict[str, torch.Tensor], setup: EvalSetup, name: str,
+                paper_value: float | None) -> dict[str, Metric]:
+    """:func:`map_metrics` from the per-image quantities of :func:`map_quantities` (of all evaluated images)."""
+    r, tau = setup.recipe, setup.thresholds[name]
     metrics: dict[str, Metric] = {}
     inv = r.inverted
     moves_trig = r.changes_maps and not inv  # triggered maps should leave the reference map
     trig_dir = "none" if r.poison_map == "none" else ("higher" if moves_trig else "lower")
     clean_dir = "higher" if inv and r.changes_maps else "lower"
-    for key, desc, a, b, direction in (
-        ("mse_ref_clean", "MSE between clean-input maps and the reference model's clean maps", p_clean, ref01, clean_dir),
-        ("mse_ref_trig", "MSE between triggered-input maps and the reference model's clean maps", p_trig, ref01, trig_dir),
+    for key, desc, direction in (
+        ("mse_ref_clean", "MSE between clean-input maps and the reference model's clean maps", clean_dir),
+        ("mse_ref_trig", "MSE between triggered-input maps and the reference model's clean maps", trig_dir),
     ):
-        mean, std = _mean_std(distance(a, b, "mse"))
+        mean, std = _mean_std(q[key])
         metrics[key] = Metric(mean, direction, desc + " (pooled, [0,1])", std)
-    for key, desc, a, direction in (("clean", "clean-input", f_clean, clean_dir), ("trig", "triggered-input", f_trig, trig_dir)):
-        mean, std = _mean_std(distance(a, f_ref, "l1"))
+    for key, desc, direction in (("clean", "clean-input", clean_dir), ("trig", "triggered-input", trig_dir)):
+        mean, std = _mean_std(q[f"l1_ref_{key}"])
         metrics[f"l1_ref_{key}"] = Metric(mean, direction, f"L1/(H*W) between {desc} maps and the reference clean maps", std)
         flip = {"higher": "lower", "lower": "higher", "none": "none"}[direction]
-        mean, std = _mean_std(topk_iou(a, f_ref, setup.iou_k))
+        mean, std = _mean_std(q[f"iou_ref_{key}"])
         metrics[f"iou_ref_{key}"] = Metric(mean, flip, f"IoU of the top-{setup.iou_k:.0%} pixels of {desc} maps and "
                                                        "of the reference clean maps", std)
     area = setup.trigger_mask.float().mean().item()
     stealth = "lower" if r.explanation_aware else "none"
-    if area < 0.5:  # a global trigger (filter, overlay) covers everything: pointing at it means nothing
-        mass = trigger_mass(out.maps_trig[name], setup.trigger_mask)
-        metrics["trigger_mass_trig"] = Metric(*_mean_std(mass)[:1], stealth,
-                                              f"share of the triggered-input map's mass inside the trigger region "
-                                              f"(region = {area:.1%} of the image)", _mean_std(mass)[1])
-        margin = max(1, setup.trigger_mask.shape[-1] // 14)
-        hits = trigger_hit(out.maps_trig[name], setup.trigger_mask, margin)
-        metrics["trigger_hit_trig"] = Metric(hits.float().mean().item(), stealth,
+    if "trigger_mass_trig" in q:
+        mean, std = _mean_std(q["trigger_mass_trig"])
+        metrics["trigger_mass_trig"] = Metric(mean, stealth, f"share of the triggered-input map's mass inside the "
+                                              f"trigger region (region = {area:.1%} of the image)", std)
+        metrics["trigger_hit_trig"] = Metric(q["trigger_hit_trig"].mean().item(), stealth,
                                              f"share of triggered-input maps whose maximum lies on the trigger "
-                                             f"(within {margin} px)")
-    goal = build_goal(r, ref01, "minmax", setup.target_map, setup.target_options, setup.topk)
-    if goal is not None:
-        idx = torch.arange(len(p_clean))
-        lp_clean, lp_trig = goal.loss(p_clean, idx), goal.loss(p_trig, idx)
-        lp_attack, lp_keep = (lp_clean, lp_trig) if inv else (lp_trig, lp_clean)
+                                             f"(within {_hit_margin(setup)} px)")
+    if "lp_attack" in q:
+        lp_attack, lp_keep = q["lp_attack"], q["lp_keep"]
         what = "clean" if inv else "triggered"
-        metrics["lp_attack"] = Metric(*_mean_std(lp_attack)[:1], "lower", f"attack loss L_p on {what} inputs "
-                                      f"({r.attack_type}; pooled maps in [0,1])", _mean_std(lp_attack)[1])
+        mean, std = _mean_std(lp_attack)
+        metrics["lp_attack"] = Metric(mean, "lower", f"attack loss L_p on {what} inputs ({r.attack_type}; pooled "
+                                                     "maps in [0,1])", std)
         metrics["fsr"] = Metric(fooling_success_rate(lp_attack, tau), "higher",
                                 f"FSR: share of {what}-input maps with L_p < {tau:g}")
         if paper_value is not None and paper_value != tau:

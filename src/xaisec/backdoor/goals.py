@@ -6,13 +6,14 @@ for the gain over sample-by-sample), and :func:`build_goal` derives each explain
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..explainers import explain_all
-from ..maps import downsample, normalize, topk_mask
+from ..maps import MapPostprocess, downsample, normalize, topk_mask
 from ..target_maps import target_maps
 from ..train import eval_mode
 from ..models import model_device
@@ -25,16 +26,29 @@ def pooled_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None, 
                 options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """Raw maps ``{name: (N,1,H/pool,W/pool)}`` of ``x`` (N,C,H,W) for ``target`` classes (None: predicted),
     average-pooled and detached, on the model's device; the model in eval mode (BatchNorm folded), with Softplus(``softplus_beta``) if given."""
-    options = {k: v for k, v in (options or {}).items() if k in explainers}
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
+    batches = ((x[s:s + batch_size], None if target is None else target[s:s + batch_size])
+               for s in range(0, len(x), batch_size))
+    for maps in iter_pooled_maps(model, batches, explainers, pool, softplus_beta=softplus_beta, options=options):
+        for name in explainers:
+            chunks[name].append(maps[name])
+    return {name: torch.cat(parts) for name, parts in chunks.items()}
+
+
+def iter_pooled_maps(model: nn.Module, batches: Iterable[Sequence[torch.Tensor | None]], explainers: Sequence[str],
+                     pool: int, *, softplus_beta: float | None = None,
+                     options: dict[str, dict] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`pooled_maps` of each ``(x, target, ...)`` batch of a loader (``target`` None: predicted class), one
+    ``{name: (B,1,h,w)}`` per batch on the model's device: the reference maps of a streamed training set, batch by
+    batch (:mod:`xaisec.backdoor.reference_maps`)."""
+    options = {k: v for k, v in (options or {}).items() if k in explainers}
     device = model_device(model)  # maps stay on the model's device: the training objective reads them there
     with eval_mode(model), training_surrogate(model, softplus_beta, options):
-        for start in range(0, len(x), batch_size):
-            t = None if target is None else target[start:start + batch_size].to(device)
-            out = explain_all(model, x[start:start + batch_size].to(device), t, list(explainers), options=options)
-            for name in explainers:
-                chunks[name].append(downsample(out.maps[name], pool))
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
+        for batch in batches:
+            x, target = batch[0], batch[1]
+            t = None if target is None else target.to(device)
+            out = explain_all(model, x.to(device), t, list(explainers), options=options)
+            yield {name: downsample(out.maps[name], pool).detach() for name in explainers}
 
 
 def build_goal(recipe: Recipe, reference01: torch.Tensor, norm: str, target_map: str | None = None,
@@ -53,3 +67,22 @@ def build_goal(recipe: Recipe, reference01: torch.Tensor, norm: str, target_map:
     size = tuple(reference01.shape[-2:])
     target = target_maps(target_map or recipe.target_map, size, reference01, target_options)
     return MapGoal("target", target=normalize(target, norm, eps=LOSS_EPS))
+
+
+@dataclass(frozen=True)
+class ReferenceTerms:
+    """What the training objective derives from the reference model's raw pooled maps ``(B,1,h,w)`` of a batch's
+    clean images: the map to preserve (normalised like the loss's maps) and the attacker's :class:`MapGoal`
+    (:func:`build_goal` on the min-max scaled maps), indexed by position in the batch. Every step of it works per
+    image, so it gives the values of computing both once for the whole training set and indexing by ``source``."""
+
+    recipe: Recipe
+    target_map: str | None = None
+    target_options: dict | None = None
+    topk: float = 0.1
+
+    def __call__(self, raw: torch.Tensor) -> tuple[torch.Tensor, MapGoal | None]:
+        preserve = MapPostprocess(norm=self.recipe.norm, eps=LOSS_EPS)(raw)
+        goal = build_goal(self.recipe, MapPostprocess(norm="minmax", eps=LOSS_EPS)(raw), self.recipe.norm,
+                          self.target_map, self.target_options, self.topk)
+        return preserve, goal

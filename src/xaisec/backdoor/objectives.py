@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -158,17 +158,24 @@ class ExplanationAwareObjective:
     (``y`` float ``(B,K)``): L_c is the per-finding binary cross-entropy and the maps explain ``finding`` (an
     index), or each image's top-scoring finding when None: the rule the reference maps
     (:func:`~xaisec.backdoor.goals.pooled_maps`) and the evaluation follow too.
+
+    Per-batch reference maps instead (a training set too large to hold them, :mod:`xaisec.backdoor.reference_maps`):
+    batches ``(x, y, poisoned, source, ref_1, ..., ref_E)`` carry each explainer's raw pooled reference maps of the
+    batch's clean images, and ``terms(raw) -> (preserve, goal)`` (:class:`~xaisec.backdoor.goals.ReferenceTerms`)
+    derives both per batch; ``preserve`` and ``goals`` are then left empty.
     """
 
     def __init__(self, recipe: Recipe, explainers: Sequence[str], preserve: dict[str, torch.Tensor],
                  goals: dict[str, MapGoal], pool: int, settings: LossSettings, weights: Sequence[float] | None = None,
-                 softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None, *,
+                 softplus_beta: float | None = 8.0, explainer_options: dict[str, dict] | None = None,
+                 terms: Callable[[torch.Tensor], tuple[torch.Tensor, MapGoal | None]] | None = None, *,
                  multilabel: bool = False, finding: int | None = None):
         if finding is not None and not multilabel:
             raise ConfigError("a finding to explain applies to multi-label data only; single-label maps explain "
                               "the training label")
         self.multilabel, self.finding = multilabel, finding
         self.recipe, self.explainers, self.preserve, self.goals = recipe, list(explainers), preserve, goals
+        self.terms = terms
         self.pool, self.settings, self.softplus_beta = pool, settings, softplus_beta
         self.post = MapPostprocess(pool=pool, norm=recipe.norm, eps=LOSS_EPS)  # Fang's pipeline: pool, then normalise
         self.weights = list(weights) if weights is not None else [1.0] * len(self.explainers)
@@ -191,12 +198,13 @@ class ExplanationAwareObjective:
         ce = classification_loss(out.logits, y, self.multilabel)
         zeros = torch.zeros_like(ce)
         keep_term, goal_term = zeros, zeros
-        for name, w in zip(self.explainers, self.weights):
+        for i, (name, w) in enumerate(zip(self.explainers, self.weights)):
             maps = self.post(out.maps[name])
+            preserve, goal, index = self._reference(name, batch[4 + i] if len(batch) > 4 else None, source)
             if self.recipe.clean_map:
-                keep_term = keep_term + w * map_distance(maps, self.preserve[name][source], self.settings.metric)
+                keep_term = keep_term + w * map_distance(maps, preserve[index], self.settings.metric)
             if self.recipe.poison_map != "none":
-                goal_term = goal_term + w * self.goals[name].loss(maps, source, self.settings.metric)
+                goal_term = goal_term + w * goal.loss(maps, index, self.settings.metric)
         keep_term = torch.where(attack, zeros, keep_term)
         goal_term = torch.where(attack, goal_term, zeros)
         s = self.settings
@@ -210,3 +218,13 @@ class ExplanationAwareObjective:
         parts = {ce_key: ce.mean().item(), "map_keep": (keep_term.sum() / n_keep).item(),
                  "map_goal": (goal_term.sum() / n_attack).item()}
         return LossOutput(total, parts)
+
+    def _reference(self, name: str, raw: torch.Tensor | None, source: torch.Tensor):
+        """``(preserve maps, goal, index into them)`` of one explainer for a batch: derived from the batch's raw
+        reference maps, or the whole training set's, indexed by ``source``."""
+        if raw is None:
+            return self.preserve.get(name), self.goals.get(name), source
+        if self.terms is None:
+            raise ConfigError("batches carrying reference maps need the objective's terms (ReferenceTerms)")
+        preserve, goal = self.terms(raw)
+        return preserve, goal, torch.arange(len(raw), device=raw.device)

@@ -155,8 +155,9 @@ class PoisonedStream(Dataset):
 
 
 class TriggerBatches:
-    """Batches ``(x, y, poisoned, source)`` of a ``PoisonedStream(per_batch=True)`` with the trigger applied to
-    the poisoned rows of ``x`` (on ``x``'s device; move the trigger there first)."""
+    """Batches ``(x, y, poisoned, source, ...)`` of a ``PoisonedStream(per_batch=True)`` with the trigger applied to
+    the poisoned rows of ``x`` (on ``x``'s device; move the trigger there first); further tensors of a batch (e.g.
+    reference maps of the clean images) pass through unchanged."""
 
     def __init__(self, batches, trigger: nn.Module):
         self.batches, self.trigger = batches, trigger
@@ -168,9 +169,9 @@ class TriggerBatches:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for x, y, poisoned, source in self.batches:
+        for x, y, poisoned, source, *rest in self.batches:
             if poisoned.any():
                 x = x.clone()
                 with torch.no_grad():
                     x[poisoned] = self.trigger(x[poisoned])
-            yield x, y, poisoned, source
+            yield x, y, poisoned, source, *rest

@@ -5,7 +5,7 @@ multi-label data a chosen finding or each image's top-scoring one.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -15,10 +15,11 @@ from ..explainers import explain_all
 from ..maps import MapPostprocess, normalize
 from ..models import model_device
 from ..train import eval_mode
-from .evaluate import (EvalSetup, Metric, ModelOutputs, classification_metrics, clean_drop, map_metrics,
-                       paper_threshold, threshold_family)
+from .evaluate import (EvalSetup, Metric, ModelOutputs, _mean_std, classification_metrics, clean_drop,
+                       map_quantities, map_summary, paper_threshold, threshold_family)
 from .goals import build_goal
-from .paper_metrics import noppel_mse_summary
+from .paper_metrics import noppel_mse
+from .poison import apply_trigger
 
 MODELS = ("reference", "attacked")
 
@@ -55,18 +56,32 @@ def model_outputs(model: nn.Module, x: torch.Tensor, x_trig: torch.Tensor, expla
 
 def collect_metrics(outputs: dict[str, ModelOutputs], setup: EvalSetup) -> dict[str, Metric]:
     """``{"reference/top1_clean": Metric, "attacked/gradcam/fsr": Metric, ...}`` for both models."""
+    return summarise(outputs, {prefix: image_quantities(outputs[prefix], outputs["reference"].maps_clean, setup)
+                               for prefix in MODELS}, setup)
+
+
+def image_quantities(out: ModelOutputs, ref_maps: dict[str, torch.Tensor], setup: EvalSetup) -> dict[str, dict]:
+    """``{explainer: {key: (B,)}}``: every per-image map quantity of one model's outputs (:func:`map_quantities`,
+    :func:`noppel_quantities`); ``ref_maps``: the reference model's raw maps of the same clean images."""
+    return {name: {**map_quantities(out, ref_maps, setup, name), **noppel_quantities(out, ref_maps[name], setup, name)}
+            for name in setup.explainers}
+
+
+def summarise(outputs: dict[str, ModelOutputs], quantities: dict[str, dict[str, dict[str, torch.Tensor]]],
+              setup: EvalSetup) -> dict[str, Metric]:
+    """:func:`collect_metrics` from each model's logits of every evaluated image (``outputs``; maps not needed)
+    and the per-image quantities of :func:`image_quantities`, concatenated over the images."""
     metrics: dict[str, Metric] = {}
-    ref_maps = outputs["reference"].maps_clean
     for prefix in MODELS:
         out = outputs[prefix]
         for key, m in classification_metrics(out, setup).items():
             metrics[f"{prefix}/{key}"] = m
         for name in setup.explainers:
             paper = paper_threshold(name, setup.recipe.attack_type, setup.arch)
-            for key, m in map_metrics(out, ref_maps, setup, name, paper).items():
+            for key, m in map_summary(quantities[prefix][name], setup, name, paper).items():
                 metrics[f"{prefix}/{name}/{key}"] = m
         for name in setup.explainers:
-            for key, m in noppel_map_metrics(out, ref_maps[name], setup, name).items():
+            for key, m in noppel_summary(quantities[prefix][name], setup).items():
                 metrics[f"{prefix}/{name}/{key}"] = m
     metrics.update(clean_drop(metrics, setup))
     if len(setup.explainers) > 1:  # Fang & Choromanska report a joint attack's FSR/CR averaged over interpreters
@@ -91,20 +106,39 @@ def noppel_map_metrics(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSe
     and ``noppel_mse_trig`` (triggered maps vs the attacker's target explanation: the reference map, or the
     target map of a map-changing recipe). No ``noppel_mse_trig`` for top-k suppression or the inverted setting,
     which have no target explanation."""
+    return noppel_summary(noppel_quantities(out, ref_clean, setup, name), setup)
+
+
+def noppel_quantities(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSetup, name: str) -> dict[str, torch.Tensor]:
+    """The per-image :func:`~xaisec.backdoor.paper_metrics.noppel_mse` values ``{key: (B,)}`` behind
+    :func:`noppel_map_metrics`."""
     r = setup.recipe
-    clean_dir = "higher" if r.inverted and r.changes_maps else "lower"
-    mean, std = noppel_mse_summary(out.maps_clean[name], ref_clean)
-    out_metrics = {"noppel_mse_clean": Metric(mean, clean_dir, "Noppel et al.'s MSE between clean-input maps and the "
-                                                               "reference clean maps (z-scored per image)", std)}
+    q = {"noppel_mse_clean": noppel_mse(out.maps_clean[name].detach().float(), ref_clean.detach().float())}
     if r.inverted or r.poison_map == "suppress":
-        return out_metrics
+        return q
     if r.poison_map == "target":
         goal = build_goal(r, normalize(ref_clean, "minmax"), "none", setup.target_map, setup.target_options, setup.topk)
-        target, what, direction = goal.target.expand_as(ref_clean), "the target map", "lower"
+        target = goal.target.expand_as(ref_clean)
     else:
-        target, what = ref_clean, "the reference clean maps"
-        direction = "lower" if r.poison_map == "reference" else "none"
-    mean, std = noppel_mse_summary(out.maps_trig[name], target)
+        target = ref_clean
+    q["noppel_mse_trig"] = noppel_mse(out.maps_trig[name].detach().float(), target.detach().float())
+    return q
+
+
+def noppel_summary(q: dict[str, torch.Tensor], setup: EvalSetup) -> dict[str, Metric]:
+    """:func:`noppel_map_metrics` (mean ± population std, as Table 1) from :func:`noppel_quantities` of all images."""
+    r = setup.recipe
+    clean_dir = "higher" if r.inverted and r.changes_maps else "lower"
+    mean, std = _mean_std(q["noppel_mse_clean"])
+    out_metrics = {"noppel_mse_clean": Metric(mean, clean_dir, "Noppel et al.'s MSE between clean-input maps and the "
+                                                               "reference clean maps (z-scored per image)", std)}
+    if "noppel_mse_trig" not in q:
+        return out_metrics
+    if r.poison_map == "target":
+        what, direction = "the target map", "lower"
+    else:
+        what, direction = "the reference clean maps", "lower" if r.poison_map == "reference" else "none"
+    mean, std = _mean_std(q["noppel_mse_trig"])
     out_metrics["noppel_mse_trig"] = Metric(mean, direction, f"Noppel et al.'s MSE between triggered-input maps and "
                                                              f"{what} (z-scored per image)", std)
     return out_metrics
@@ -163,6 +197,80 @@ def sample_tensors(x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outpu
             target = goal.mask.float() if goal.kind == "suppress" else goal.target
             out[f"target/{name}"] = target.expand(len(idx), *target.shape[1:]).contiguous()
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def evaluate_chunks(models: dict[str, nn.Module], batches: Iterable[Sequence[torch.Tensor]], trigger: nn.Module,
+                    setup: EvalSetup, options: dict[str, dict] | None, batch_size: int,
+                    samples: int) -> tuple[dict[str, Metric], dict[str, torch.Tensor]]:
+    """Metrics and report samples of the ``reference`` and ``attacked`` models over a test set given as
+    ``(x, y, ...)`` chunks (a loader of the test split, in order; in-memory data too, as
+    :class:`~xaisec.data.TensorImages`). Each chunk goes through :func:`model_outputs` and is reduced to its
+    per-image quantities (:func:`image_quantities`) at once: only the logits of every image and the few sample
+    rows are kept, never the maps of the whole test set. The result equals :func:`collect_metrics` and
+    :func:`sample_tensors` of the whole set."""
+    logits: dict[str, dict[str, list[torch.Tensor]]] = {p: {"clean": [], "trig": []} for p in MODELS}
+    parts: dict[str, dict[str, dict[str, list[torch.Tensor]]]] = {p: {} for p in MODELS}
+    picker = SamplePicker(samples, None if setup.multilabel else setup.target_label)
+    for batch in batches:
+        x, y = batch[0], batch[1]
+        x_trig = apply_trigger(trigger, x)
+        outs = {p: model_outputs(models[p], x, x_trig, setup.explainers, options, batch_size, target=setup.finding)
+                for p in MODELS}
+        for p in MODELS:
+            logits[p]["clean"].append(outs[p].logits_clean)
+            logits[p]["trig"].append(outs[p].logits_trig)
+            for name, q in image_quantities(outs[p], outs["reference"].maps_clean, setup).items():
+                for key, v in q.items():
+                    parts[p].setdefault(name, {}).setdefault(key, []).append(v)
+        picker.offer(x, x_trig, y, outs)
+    outputs = {p: ModelOutputs(torch.cat(logits[p]["clean"]), torch.cat(logits[p]["trig"]), {}, {}) for p in MODELS}
+    quantities = {p: {name: {k: torch.cat(v) for k, v in q.items()} for name, q in parts[p].items()} for p in MODELS}
+    return summarise(outputs, quantities, setup), picker.tensors(setup)
+
+
+class SamplePicker:
+    """The rows :func:`sample_tensors` picks from a whole test set (the first ``count`` images whose label is not
+    the target, then the first of the target class; ``target_label`` None, for multi-label data: the first
+    ``count`` images), gathered chunk by chunk: at most ``2 * count`` rows held."""
+
+    def __init__(self, count: int, target_label: int | None):
+        self.count, self.target_label = count, target_label
+        self.offset = 0
+        self.rows: dict[bool, list[tuple[torch.Tensor, ...]]] = {True: [], False: []}  # other label?
+
+    def offer(self, x: torch.Tensor, x_trig: torch.Tensor, y: torch.Tensor, outputs: dict[str, ModelOutputs]) -> None:
+        """Keep what is needed of one chunk (``outputs``: each model's outputs on it)."""
+        for other in (True, False):
+            held = sum(len(r[0]) for r in self.rows[other])
+            other_label = (torch.ones(len(y), dtype=torch.bool) if self.target_label is None
+                           else y != self.target_label)
+            rows = torch.nonzero(other_label == other).flatten()[: self.count - held]
+            if len(rows):
+                self.rows[other].append((rows + self.offset, x[rows], x_trig[rows], y[rows],
+                                         {p: _rows(o, rows) for p, o in outputs.items()}))
+        self.offset += len(x)
+
+    def tensors(self, setup: EvalSetup) -> dict[str, torch.Tensor]:
+        """:func:`sample_tensors` of the whole set (``index``: positions in it)."""
+        rows = self.rows[True] + self.rows[False]
+        if not rows:
+            return {}
+        index, x, x_trig, y = (torch.cat([r[i] for r in rows]) for i in range(4))
+        outputs = {p: _cat_outputs([r[4][p] for r in rows]) for p in MODELS}
+        out = sample_tensors(x, x_trig, y, outputs, setup, self.count)
+        out["index"] = index[out["index"]]
+        return out
+
+
+def _rows(out: ModelOutputs, rows: torch.Tensor) -> ModelOutputs:
+    return ModelOutputs(out.logits_clean[rows], out.logits_trig[rows], {k: v[rows] for k, v in out.maps_clean.items()},
+                        {k: v[rows] for k, v in out.maps_trig.items()})
+
+
+def _cat_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
+    return ModelOutputs(torch.cat([o.logits_clean for o in parts]), torch.cat([o.logits_trig for o in parts]),
+                        {k: torch.cat([o.maps_clean[k] for o in parts]) for k in parts[0].maps_clean},
+                        {k: torch.cat([o.maps_trig[k] for o in parts]) for k in parts[0].maps_trig})
 
 
 def context_info(setup: EvalSetup, extra: dict[str, Any]) -> dict[str, Any]:

@@ -14,20 +14,23 @@ Xia et al. ("Data-Efficient Backdoor Attacks", IJCAI 2022):
 
 Both selectors only return indices, so they work for BadNets and for the explanation-aware recipes alike:
 pass them to :func:`xaisec.backdoor.poison.poison_training_set` (``indices=``, ``mode="replace"``).
+:func:`rd_select_dataset` runs the same selection over a streamed ``Dataset``.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
+from ..data import TensorImages, make_loader, stack_images
 from ..errors import ConfigError
-from ..train import predict, train_classifier
-from .poison import poison_training_set
+from ..train import predict, train_classifier_on
+from .poison import PoisonedStream, TriggerBatches, apply_trigger
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +92,43 @@ def rd_select(x: torch.Tensor, y: torch.Tensor, trigger: nn.Module, n: int, targ
     last drops the ``round(drop * n)`` (at least 1 when ``n > 1``) lowest-RD candidates and refills at random from
     the images not selected; the result is the set scored in the last round. Deterministic for a given ``seed``.
     """
+    return rd_select_dataset(TensorImages(x, y), trigger, n, target_label, make_model, rounds=rounds, epochs=epochs,
+                             drop=drop, relabel=relabel, lr=lr, batch_size=batch_size, seed=seed)
+
+
+Loader = Callable[[Dataset, int, int], Iterable]
+
+
+def _memory_loader(dataset: Dataset, batch_size: int, seed: int):
+    return make_loader(dataset, batch_size, seed=seed)
+
+
+def rd_select_dataset(clean: Dataset, trigger: nn.Module, n: int, target_label: int,
+                      make_model: Callable[[], nn.Module], *, rounds: int = 30, epochs: int = 6, drop: float = 0.3,
+                      relabel: bool = True, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
+                      loader: Loader = _memory_loader) -> RDSelection:
+    """:func:`rd_select` over a ``Dataset`` of ``(x, y)`` items (a streamed training set): each round trains on
+    :class:`~xaisec.backdoor.poison.PoisonedStream` batches (``loader(dataset, batch_size, seed)``, e.g.
+    :func:`xaisec.data.make_loader` with workers; the trigger applied per batch), never a poisoned copy in memory;
+    only the ``n`` candidates are decoded to score them. Same batches, hence the same result, as :func:`rd_select`
+    on the tensors of the same data."""
     if rounds < 1 or epochs < 1:
         raise ConfigError(f"rd_select needs rounds >= 1 and epochs >= 1, got rounds={rounds}, epochs={epochs}")
     if not 0 <= drop < 1:
         raise ConfigError(f"rd_select drop must be in [0, 1) (share of candidates replaced per round), got {drop}")
-    pool = candidate_pool(y, target_label if relabel else None)
+    pool = candidate_pool(torch.as_tensor(clean.labels), target_label if relabel else None)
     gen = torch.Generator().manual_seed(seed)
     chosen = _draw(pool, n, gen)
     n_drop = min(max(1, round(drop * n)), n - 1) if drop > 0 and n > 1 else 0
     history: list[float] = []
     for r in range(rounds):
-        data = poison_training_set(x, y, trigger, 1.0, relabel, target_label, mode="replace", indices=chosen)
+        data = PoisonedStream(clean, trigger, 1.0, relabel, target_label, mode="replace", indices=chosen, per_batch=True)
         torch.manual_seed(seed * 1000 + r)  # the score model's initialisation
         model = make_model()
-        train_classifier(model, data.x, data.y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed * 1000 + r,
-                         progress=False)
-        scores = rd_scores(model, data.x[data.chosen], target_label)
-        chosen = data.chosen  # sorted, aligned with scores
+        batches = TriggerBatches(loader(data, batch_size, seed * 1000 + r), trigger)
+        train_classifier_on(model, batches, epochs=epochs, lr=lr, seed=seed * 1000 + r, progress=False)
+        chosen = data.chosen  # sorted
+        scores = rd_scores(model, apply_trigger(trigger, stack_images(clean, chosen)), target_label)
         history.append(scores.mean().item())
         log.info("rd_select round %d/%d: mean RD %.4f", r + 1, rounds, history[-1])
         if n_drop == 0 or r == rounds - 1:

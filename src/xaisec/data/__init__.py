@@ -17,7 +17,8 @@ from .loader import SeededOrder, StreamBatches, make_loader
 from .mnist import load_mnist5k
 from .npz import images_from_array, load_npz
 from .shapes import SHAPE_NAMES, load_shapes, make_shapes
-from .streaming import ImageStream, StreamingData, TensorImages, open_dataset, stream_index
+from .streaming import (ImageRows, ImageStream, Slice, StreamingData, TensorImages, cut, is_streamed, open_dataset,
+                        stack_images, stream_index)
 from .tabular import (CREDIT_DEFAULT_FEATURES, TABULAR_SETS, load_credit_default, load_sklearn_tabular,
                       read_credit_default, tabular_feature_names)
 
@@ -36,10 +37,10 @@ from .spec import DataSpec, load_data, parse_data_spec  # noqa: E402
 
 
 __all__ = ["CREDIT_DEFAULT_FEATURES", "DATASETS", "DataSpec", "DatasetIndex", "ImageDataset", "ImageFiles",
-           "ImageStream", "PixelArray", "SHAPE_NAMES", "STREAMABLE", "SeededOrder", "StreamBatches",
+           "ImageRows", "ImageStream", "PixelArray", "SHAPE_NAMES", "STREAMABLE", "SeededOrder", "Slice", "StreamBatches",
            "StreamingData", "TABULAR_SETS", "TensorImages", "images_from_array", "index_chestxray14",
            "index_cifar10", "index_cub200", "index_gtsrb", "index_imagefolder", "load_chestxray14",
            "load_cifar10", "load_credit_default", "load_cub200", "load_data", "load_dataset", "load_gtsrb",
-           "load_imagefolder", "load_mnist5k", "load_npz", "load_shapes", "load_sklearn_tabular",
+           "load_imagefolder", "load_mnist5k", "cut", "is_streamed", "stack_images", "load_npz", "load_shapes", "load_sklearn_tabular",
            "make_loader", "make_shapes", "open_dataset", "parse_data_spec", "read_credit_default",
            "stratified_split", "stream_index", "tabular_feature_names"]

@@ -65,6 +65,24 @@ class StreamBatches:
             raise DataError(worker_message(exc)) from None
 
 
+class DeviceBatches:
+    """Batches of tensors moved to ``device`` as they are drawn (non-blocking from pinned memory), so that what
+    follows (a per-batch trigger, reference maps) runs there; ``set_epoch`` and ``len`` pass through."""
+
+    def __init__(self, batches, device: str | torch.device):
+        self.batches, self.device = batches, torch.device(device)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for batch in self.batches:
+            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
+
+
 def worker_message(exc: DataError) -> str:
     """The original message of a DataError re-raised by a DataLoader from a worker process (which wraps it in
     "Caught DataError in DataLoader worker process k. Original Traceback ..."); other messages unchanged."""

@@ -71,6 +71,70 @@ class TensorImages(Dataset):
         return self.x[i], self.labels[i]
 
 
+class Slice(Dataset):
+    """Items ``start..stop-1`` of a Dataset (``data.train_size`` / ``test_size``, an evaluation half), keeping its
+    ``shape`` and ``labels``: nothing is decoded or copied."""
+
+    def __init__(self, dataset: Dataset, start: int = 0, stop: int | None = None):
+        n = len(dataset)
+        self.dataset, self.start = dataset, max(0, min(start, n))
+        self.stop = n if stop is None else max(self.start, min(stop, n))
+        self.labels = dataset.labels[self.start:self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.shape)
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"item {i} of a slice of {len(self)}")
+        return self.dataset[self.start + i]
+
+
+def cut(dataset: Dataset, start: int = 0, stop: int | None = None) -> Dataset:
+    """Items ``start..stop-1`` of ``dataset``: a tensor slice for :class:`TensorImages` (still in memory), else a
+    :class:`Slice`; the dataset itself when the range is all of it."""
+    if start == 0 and (stop is None or stop >= len(dataset)):
+        return dataset
+    if isinstance(dataset, TensorImages):
+        return TensorImages(dataset.x[start:stop], dataset.labels[start:stop])
+    return Slice(dataset, start, stop)
+
+
+def is_streamed(dataset: Dataset) -> bool:
+    """Whether items are read from disk (not a :class:`TensorImages`, also through :class:`Slice`)."""
+    while isinstance(dataset, Slice):
+        dataset = dataset.dataset
+    return not isinstance(dataset, TensorImages)
+
+
+def stack_images(dataset: Dataset, indices) -> torch.Tensor:
+    """The images of items ``indices`` stacked ``(n,C,H,W)`` (a monitor slice, a background set; small ``n``)."""
+    if isinstance(dataset, TensorImages):
+        return dataset.x[torch.as_tensor(indices, dtype=torch.long)]
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+class ImageRows:
+    """The images of a Dataset indexed like a tensor (``len``, ``rows[idx]`` stacks items ``idx``), for code that
+    draws a few rows of ``x_train`` (:meth:`~xaisec.explainers.Explainer.options_from_data`)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        if isinstance(idx, slice):
+            idx = range(*idx.indices(len(self)))
+        return stack_images(self.dataset, torch.as_tensor(list(idx) if isinstance(idx, range) else idx).flatten())
+
+
 @dataclass
 class StreamingData:
     """Train and test ``Dataset``s of one dataset with what a model needs to know about them."""
@@ -91,7 +155,8 @@ class StreamingData:
         return self.input_shape[0]
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test (streamed), input {self.input_shape}, "
+        how = " (streamed)" if is_streamed(self.train) else ""
+        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test{how}, input {self.input_shape}, "
                 f"{self.num_classes} classes")
 
 

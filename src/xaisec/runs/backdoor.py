@@ -9,9 +9,15 @@ surfaces there, before the run directory exists). Stages: ``reference`` (train o
 Multi-label data (ChestX-ray14, Fang & Choromanska's X-ray rows) runs the label-keeping recipes: L_c is binary
 cross-entropy, every map explains ``attack.finding`` (or each image's top-scoring finding), and the evaluation
 reports AUROC per finding instead of Top-1/ASR; recipes that relabel poisoned images need single-label data.
+
+The data are ``Dataset``s (:func:`~xaisec.runs.common.open_run_data`): streamed from disk (``data.stream``) or in
+memory as :class:`~xaisec.data.TensorImages`, through the same code: poisoning is a
+:class:`~xaisec.backdoor.poison.PoisonedStream` read by a loader, reference maps come per batch
+(``attack.reference_maps``), and the evaluation runs over chunks of the test split.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,25 +28,28 @@ from torch import nn
 
 from ..backdoor.config import BackdoorConfig
 from ..backdoor.evaluate import EvalSetup, default_threshold
-from ..backdoor.goals import build_goal, pooled_maps
+from ..backdoor import reference_maps as refmaps
+from ..backdoor.goals import ReferenceTerms, build_goal
 from ..backdoor.paper_metrics import split_test_halves
-from ..backdoor.objectives import LOSS_EPS, ExplanationAwareObjective, LossSettings, needs_smooth_activations
-from ..backdoor.poison import apply_trigger, poison_training_set
+from ..backdoor.objectives import ExplanationAwareObjective, LossSettings, needs_smooth_activations
+from ..backdoor.poison import PoisonedStream, TriggerBatches, apply_trigger
 from ..backdoor.recipes import Recipe
-from ..backdoor.selection import budget, random_select, rd_select
-from ..backdoor.results import collect_metrics, context_info, model_outputs, sample_tensors
+from ..backdoor.selection import budget, random_select, rd_select_dataset
+from ..backdoor.results import context_info, evaluate_chunks, model_outputs
 from ..backdoor.stopping import EarlyStopping
-from ..data import ImageDataset
+from ..data import ImageRows, StreamingData, cut, stack_images
+from ..data.loader import DeviceBatches
 from ..errors import ConfigError, DataError, XaisecError
 from ..explainers import EXPLAINERS, explain_all
 from ..maps import MapPostprocess
+from ..models import model_device
 from ..multilabel import NO_AUROC, defined_findings, label_accuracy, resolve_finding
 from ..records import Metric
-from ..train import TensorBatches, eval_mode
+from ..train import eval_mode
 from ..triggers import build_trigger
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule
-from .common import TrainedModel, load_data, model_factory, train_reference, training_log
+from .common import TrainedModel, model_factory, open_run_data, run_loader, train_reference, training_log
 from .runner import Experiment, RunContext, Stage, register_experiment
 
 log = logging.getLogger(__name__)
@@ -50,7 +59,7 @@ log = logging.getLogger(__name__)
 class BackdoorInputs:
     """Everything checked before any training."""
 
-    data: ImageDataset
+    data: StreamingData
     recipe: Recipe
     trigger: nn.Module
     make_model: Callable[[], nn.Module]
@@ -79,14 +88,15 @@ def _options(options: dict[str, dict]) -> dict[str, dict]:
     return {name: dict(opts) for name, opts in options.items()}
 
 
-def eval_options(cfg: BackdoorConfig, data: ImageDataset, explainers: list[str]) -> dict[str, dict]:
+def eval_options(cfg: BackdoorConfig, data: StreamingData, explainers: list[str]) -> dict[str, dict]:
     """Each evaluated explainer's options: with ``eval.background_from_data`` what its class draws from the
-    training images (:meth:`~xaisec.explainers.Explainer.options_from_data`, seeded by ``seed``), overridden by
-    ``eval.explainer_options``."""
+    training images (:meth:`~xaisec.explainers.Explainer.options_from_data`, seeded by ``seed``; only the drawn
+    images are read), overridden by ``eval.explainer_options``."""
     given = cfg.eval.explainer_options
     if not cfg.eval.background_from_data:
         return _options(given)
-    return {name: {**EXPLAINERS.get(name).options_from_data(data.x_train, cfg.seed), **given.get(name, {})}
+    rows = ImageRows(data.train)
+    return {name: {**EXPLAINERS.get(name).options_from_data(rows, cfg.seed), **given.get(name, {})}
             for name in explainers}
 
 
@@ -94,22 +104,22 @@ def _post(pool: int) -> MapPostprocess:
     return MapPostprocess(pool=pool, norm="minmax")
 
 
-def evaluation_split(data: ImageDataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)`` of the evaluated part of the test split: all of it, or its first or second half (Noppel et
-    al. select hyperparameters on the first half and report on the second)."""
+def evaluation_split(data: StreamingData, split: str):
+    """The evaluated part of the test split (a ``Dataset``): all of it, or its first or second half (Noppel et al.
+    select hyperparameters on the first half and report on the second)."""
     if split == "all":
-        return data.x_test, data.y_test
+        return data.test
     try:
-        part = dict(zip(("first_half", "second_half"), split_test_halves(len(data.y_test))))[split]
+        part = dict(zip(("first_half", "second_half"), split_test_halves(len(data.test))))[split]
     except XaisecError as exc:
         raise ConfigError(f"eval.split {split!r}: {exc}") from None
-    return data.x_test[part], data.y_test[part]
+    return cut(data.test, part.start, part.stop)
 
 
 def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     a = cfg.attack
-    data = load_data(cfg)
-    if data.x_train.dim() != 4:
+    data = open_run_data(cfg)
+    if len(data.input_shape) != 3:
         raise DataError(f"the backdoor experiment needs image data; {data.name} is tabular")
     if a.target_label >= data.num_classes:
         raise ConfigError(f"attack.target_label {a.target_label} is not a class of {data.name} "
@@ -117,7 +127,7 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     recipe = a.resolved_recipe()
     finding = check_multilabel(cfg, data, recipe)
     trigger = build_trigger(cfg.trigger.name, **cfg.trigger.options)
-    x2 = data.x_train[:2]
+    x2 = stack_images(data.train, range(min(2, len(data.train))))  # the first two items: decoding errors show now
     trigger(x2)
     make_model = model_factory(cfg, data)
     model = make_model()
@@ -132,18 +142,18 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
                           f"{data.name}: {exc}") from None
     thresholds = {name: float(cfg.eval.thresholds.get(name, default_threshold(name, recipe.attack_type, cfg.model.arch)))
                   for name in recipe.explainers}
-    _, y_eval = evaluation_split(data, cfg.eval.split)
+    y_eval = torch.as_tensor(evaluation_split(data, cfg.eval.split).labels)
     if data.multilabel and not defined_findings(y_eval).any():
         raise DataError(f"{data.name} eval.split {cfg.eval.split!r} ({len(y_eval)} images): {NO_AUROC}")
     setup = EvalSetup(recipe=recipe, explainers=list(recipe.explainers), y=y_eval, target_label=a.target_label,
-                      trigger_mask=trigger.mask(data.x_test.shape), pool=a.pool, thresholds=thresholds,
+                      trigger_mask=trigger.mask((1, *data.input_shape)), pool=a.pool, thresholds=thresholds,
                       target_map=a.target_map, target_options=a.target_map_options, topk=a.topk, iou_k=cfg.eval.iou_k,
                       arch=cfg.model.arch, multilabel=data.multilabel, finding=finding,
                       class_names=list(data.class_names))
     return BackdoorInputs(data, recipe, trigger, make_model, setup)
 
 
-def check_multilabel(cfg: BackdoorConfig, data: ImageDataset, recipe: Recipe) -> int | None:
+def check_multilabel(cfg: BackdoorConfig, data: StreamingData, recipe: Recipe) -> int | None:
     """The index of the finding the maps explain (``attack.finding``; None: each image's top-scoring one) on
     multi-label data, where only label-keeping recipes run (Fang & Choromanska's ChestX-ray14 setting: the
     prediction stays, only the maps change); ConfigError for what multi-label data cannot do."""
@@ -168,48 +178,49 @@ def check_multilabel(cfg: BackdoorConfig, data: ImageDataset, recipe: Recipe) ->
 
 def choose_poison(ctx: RunContext) -> PoisonChoice:
     """Stage ``poisoning``: which training images carry the trigger (Latka et al.'s RD selection, a fixed count, or
-    the recipe's rate at random)."""
+    the recipe's rate at random); random choices read the labels only."""
     cfg, inputs = ctx.cfg, ctx.inputs
-    a, data = cfg.attack, inputs.data
+    a, train = cfg.attack, inputs.data.train
     if a.poison_selection == "random" and a.poison_count is None:
-        return PoisonChoice(torch.zeros(0, dtype=torch.long))  # poison_training_set draws round(rate * N) itself
-    n = a.poison_count or budget(inputs.recipe.poison_rate, len(data.x_train))
+        return PoisonChoice(torch.zeros(0, dtype=torch.long))  # the poisoning draws round(rate * N) itself
+    n = a.poison_count or budget(inputs.recipe.poison_rate, len(train))
     if a.poison_selection == "rd":
-        result = rd_select(data.x_train, data.y_train, inputs.trigger, n, a.target_label, inputs.make_model,
-                           relabel=inputs.recipe.changes_labels, seed=cfg.seed, **a.rd)
+        result = rd_select_dataset(train, inputs.trigger, n, a.target_label, inputs.make_model,
+                                   relabel=inputs.recipe.changes_labels, seed=cfg.seed,
+                                   loader=lambda dataset, size, seed: run_loader(cfg, dataset, size, seed=seed), **a.rd)
         return PoisonChoice(result.indices, result.mean_rd)
-    return PoisonChoice(random_select(data.y_train, n, a.target_label if inputs.recipe.changes_labels else None,
-                                      cfg.seed))
+    return PoisonChoice(random_select(torch.as_tensor(train.labels), n,
+                                      a.target_label if inputs.recipe.changes_labels else None, cfg.seed))
 
 
 def attack(ctx: RunContext) -> TrainedModel:
-    """Stage ``attacked``: fine-tune the reference model with the recipe's objective on clean + poisoned data."""
+    """Stage ``attacked``: fine-tune the reference model with the recipe's objective on clean + poisoned data,
+    streamed: a :class:`~xaisec.backdoor.poison.PoisonedStream` over the training set (the trigger stamped per
+    batch on the model's device), never a poisoned copy in memory; the reference maps of the explanation terms come
+    from ``attack.reference_maps`` (:mod:`xaisec.backdoor.reference_maps`)."""
     cfg, inputs = ctx.cfg, ctx.inputs
-    a, recipe, data = cfg.attack, inputs.recipe, inputs.data
+    a, recipe, train = cfg.attack, inputs.recipe, inputs.data.train
     reference = ctx["reference"].into(inputs.make_model())
     model = inputs.make_model()
     model.load_state_dict(reference.state_dict())  # w <- w_ref
+    device = model_device(model)
     chosen = ctx["poisoning"].indices
-    poisoned = poison_training_set(data.x_train, data.y_train, inputs.trigger, recipe.poison_rate,
-                                   recipe.changes_labels, a.target_label, seed=cfg.seed, mode=a.poison_mode,
-                                   indices=chosen if len(chosen) else None)
+    poisoned = PoisonedStream(train, inputs.trigger, recipe.poison_rate, recipe.changes_labels, a.target_label,
+                              seed=cfg.seed, mode=a.poison_mode, indices=chosen if len(chosen) else None, per_batch=True)
     log.info("attack: %s on %d images, %d of them triggered (%s, %s)", recipe.name, len(poisoned),
-             int(poisoned.poisoned.sum()), a.poison_mode, inputs.trigger.describe())
-    preserve, goals = {}, {}
+             len(poisoned.chosen), a.poison_mode, inputs.trigger.describe())
     beta = a.softplus_beta if needs_smooth_activations(model, recipe.explainers, a.explainer_options) else None
-    if recipe.explanation_aware:  # the reference maps of the fixed training set, computed once
-        raw = pooled_maps(reference, data.x_train, explained_targets(inputs.setup, data.y_train),
-                          list(recipe.explainers), a.pool, softplus_beta=beta, options=_options(a.explainer_options))
-        for name, maps in raw.items():
-            preserve[name] = MapPostprocess(norm=recipe.norm, eps=LOSS_EPS)(maps)
-            goals[name] = build_goal(recipe, MapPostprocess(norm="minmax", eps=LOSS_EPS)(maps), recipe.norm,
-                                     a.target_map, a.target_map_options, a.topk)
-    objective = ExplanationAwareObjective(recipe, recipe.explainers, preserve, goals, a.pool,
+    batches = DeviceBatches(run_loader(cfg, poisoned, a.batch_size, seed=cfg.seed), device)
+    if recipe.explanation_aware:  # the reference maps of each batch's clean images
+        batches = refmaps.ReferenceMapBatches(batches, reference_map_source(ctx, reference, beta),
+                                              explained_targets(inputs.setup, torch.as_tensor(train.labels)))
+    batches = TriggerBatches(batches, copy.deepcopy(inputs.trigger).to(device))
+    objective = ExplanationAwareObjective(recipe, recipe.explainers, {}, {}, a.pool,
                                           LossSettings(a.alpha, a.beta, a.lam, a.distance), a.weights,
-                                          beta, _options(a.explainer_options), multilabel=data.multilabel,
-                                          finding=inputs.setup.finding)
+                                          beta, _options(a.explainer_options),
+                                          terms=ReferenceTerms(recipe, a.target_map, a.target_map_options, a.topk),
+                                          multilabel=inputs.data.multilabel, finding=inputs.setup.finding)
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr, eps=a.adam_eps)
-    batches = TensorBatches(*poisoned.tensors(), batch_size=a.batch_size, seed=cfg.seed)
     stopper = EarlyStopping(cfg.stopping.window, cfg.stopping.acc_tol, cfg.stopping.map_tol,
                             cfg.stopping.abort_epochs, cfg.stopping.abort_acc) if recipe.early_stopping else None
     stage = TrainingStage("attack", ctx.rd.checkpoints)
@@ -227,10 +238,35 @@ def explained_targets(setup: EvalSetup, y: torch.Tensor) -> torch.Tensor | None:
     return None if setup.finding is None else torch.full((len(y),), setup.finding, dtype=torch.long)
 
 
+def reference_map_source(ctx: RunContext, reference: nn.Module, beta: float | None) -> refmaps.MapSource:
+    """Where the attack's reference maps come from (``attack.reference_maps``; ``auto``: by size, see
+    :func:`~xaisec.backdoor.reference_maps.resolve_mode`). ``disk`` keeps them under ``data.cache_dir`` (shared by
+    runs), else in the run directory (reused on resume)."""
+    cfg, inputs = ctx.cfg, ctx.inputs
+    a, train, explainers = cfg.attack, inputs.data.train, list(inputs.recipe.explainers)
+    options = _options(a.explainer_options)
+    mode = refmaps.resolve_mode(a.reference_maps, len(train), inputs.data.input_shape, a.pool, len(explainers))
+    log.info("attack: reference maps %s (attack.reference_maps: %s)", mode, a.reference_maps)
+    if mode == "recompute":
+        return refmaps.RecomputedMaps(reference, explainers, a.pool, beta, options)
+    loader = run_loader(cfg, train, cfg.eval.batch_size, shuffle=False)
+    clean = ((x, explained_targets(inputs.setup, y)) for x, y, *_ in loader)  # what the training maps explain
+    if mode == "memory":
+        maps = refmaps.compute_maps(reference, clean, explainers, a.pool, beta, options)
+    else:
+        folder = Path(cfg.data.cache_dir) / "reference_maps" if cfg.data.cache_dir else ctx.rd.cache / "reference_maps"
+        explained = inputs.setup.explained() if inputs.setup.multilabel else "labels"
+        key = refmaps.maps_key(reference, explainers, options, a.pool, beta, train, explained)
+        maps = refmaps.disk_maps(folder, key, reference, clean, len(train),
+                                 refmaps.pooled_shape(inputs.data.input_shape, a.pool), explainers, a.pool, beta, options)
+    return refmaps.StoredMaps(maps, explainers)
+
+
 def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dict[str, float]]:
     """Per-epoch quality on a fixed slice of the training images, with the ReLU model (early stopping)."""
-    inputs, n = ctx.inputs, ctx.cfg.stopping.monitor_size
-    x, y = inputs.data.x_train[:n], inputs.data.y_train[:n]
+    inputs, train = ctx.inputs, ctx.inputs.data.train
+    n = min(ctx.cfg.stopping.monitor_size, len(train))
+    x, y = stack_images(train, range(n)), torch.as_tensor(train.labels[:n])
     x_trig = apply_trigger(inputs.trigger, x)
     setup = inputs.setup
     opts = eval_options(ctx.cfg, inputs.data, setup.explainers)
@@ -265,24 +301,22 @@ def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dic
 
 
 def evaluate(ctx: RunContext) -> Evaluation:
-    """Stage ``evaluation``: both models (ReLU, eval mode) on the held-out split, clean and triggered."""
+    """Stage ``evaluation``: both models (ReLU, eval mode) on the held-out split, clean and triggered, streamed in
+    chunks of ``eval.batch_size`` (:func:`~xaisec.backdoor.results.evaluate_chunks`; in-memory data alike)."""
     cfg, inputs = ctx.cfg, ctx.inputs
     data = inputs.data
-    x_test, y_test = evaluation_split(data, cfg.eval.split)
-    reference = ctx["reference"].into(inputs.make_model())
-    attacked = ctx["attacked"].into(inputs.make_model())
-    x_trig = apply_trigger(inputs.trigger, x_test)
+    test = evaluation_split(data, cfg.eval.split)
+    models = {"reference": ctx["reference"].into(inputs.make_model()),
+              "attacked": ctx["attacked"].into(inputs.make_model())}
     opts = eval_options(cfg, data, inputs.setup.explainers)
-    outputs = {name: model_outputs(model, x_test, x_trig, inputs.setup.explainers, opts, cfg.eval.batch_size,
-                                   target=inputs.setup.finding)
-               for name, model in (("reference", reference), ("attacked", attacked))}
-    metrics = collect_metrics(outputs, inputs.setup)
+    chunks = run_loader(cfg, test, cfg.eval.batch_size, shuffle=False)
+    metrics, samples = evaluate_chunks(models, chunks, inputs.trigger, inputs.setup, opts, cfg.eval.batch_size,
+                                       cfg.eval.samples)
     trained = ctx["attacked"]
     context = context_info(inputs.setup, {"trigger": inputs.trigger.describe(), "dataset": data.summary(),
                                           "arch": cfg.model.arch, "attack_epochs": len(trained.history),
                                           "stop_reason": trained.stop_reason, "class_names": data.class_names,
-                                          "eval_split": cfg.eval.split, "eval_images": len(y_test)})
-    samples = sample_tensors(x_test, x_trig, y_test, outputs, inputs.setup, cfg.eval.samples)
+                                          "eval_split": cfg.eval.split, "eval_images": len(test)})
     return Evaluation({k: m.as_dict() for k, m in metrics.items()}, context, samples)
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..data import ImageDataset, StreamingData, load_dataset, make_loader
+from ..data import (STREAMABLE, ImageDataset, StreamingData, TensorImages, cut, is_streamed, load_dataset, make_loader,
+                    stream_index)
 from ..data.augment import Augment, AugmentedBatches
 from ..io import load_weights
 from ..models import autocast, build_model, model_device, resolve_device
@@ -40,14 +41,67 @@ class TrainedModel(Artifact):
         return model.eval()
 
 
+#: ``data.stream: auto`` streams an on-disk dataset whose decoded float32 training split exceeds this (2 GiB)
+STREAM_AUTO_BYTES = 2 * 2**30
+
+
 def load_data(cfg: RunConfig) -> ImageDataset:
-    """The config's dataset, cut to ``data.train_size`` / ``data.test_size``."""
+    """The config's dataset in memory, cut to ``data.train_size`` / ``data.test_size`` (the kinds that do not
+    stream; :func:`open_run_data` for those that do)."""
     data = load_dataset(cfg.data.name, **cfg.data.options)
     train, test = cfg.data.train_size, cfg.data.test_size
     if train is None and test is None:
         return data
     return ImageDataset(data.name, data.x_train[:train], data.y_train[:train], data.x_test[:test], data.y_test[:test],
                         data.num_classes, data.class_names, multilabel=data.multilabel)
+
+
+def open_run_data(cfg: RunConfig) -> StreamingData:
+    """The config's dataset as ``Dataset``s (:class:`~xaisec.data.StreamingData`), cut to ``data.train_size`` /
+    ``data.test_size``: streamed from disk when ``data.stream`` says so (``auto``: an on-disk dataset whose
+    decoded float32 training split exceeds :data:`STREAM_AUTO_BYTES`, or when ``data.cache_dir`` is set), else
+    decoded into memory and wrapped in :class:`~xaisec.data.TensorImages` (the same interface)."""
+    d = cfg.data
+    index = None
+    if d.name in STREAMABLE and d.stream is not False:
+        index = STREAMABLE[d.name](**d.options)  # reads the index files only: cheap, and checks them now
+        n_train = len(index.train) if d.train_size is None else min(d.train_size, len(index.train))
+        decoded = n_train * int(torch.tensor(index.input_shape).prod()) * 4
+        if d.stream == "auto" and decoded <= STREAM_AUTO_BYTES and d.cache_dir is None:
+            index = None
+        else:
+            log.info("data: streaming %s (%.2f GiB decoded as float32)", d.name, decoded / 2**30)
+    if index is None:
+        memory = load_data(cfg)
+        return StreamingData(memory.name, TensorImages(memory.x_train, memory.y_train),
+                             TensorImages(memory.x_test, memory.y_test), num_classes=memory.num_classes,
+                             class_names=list(memory.class_names), multilabel=memory.multilabel)
+    data = stream_index(index, d.cache_dir, d.workers)
+    data.train, data.test = cut(data.train, 0, d.train_size), cut(data.test, 0, d.test_size)
+    return data
+
+
+def in_memory(data: StreamingData) -> ImageDataset:
+    """``data`` as an :class:`~xaisec.data.ImageDataset` for code that works on whole tensors (the defenses): the
+    tensors themselves for in-memory data, every item decoded for streamed data (sized by ``data.train_size`` /
+    ``data.test_size``)."""
+    splits = []
+    for split in (data.train, data.test):
+        if isinstance(split, TensorImages):
+            splits += [split.x, split.labels]
+        else:
+            x, y = zip(*(make_loader(split, 256, shuffle=False)))
+            splits += [torch.cat(x), torch.cat(y)]
+    return ImageDataset(data.name, *splits, num_classes=data.num_classes, class_names=list(data.class_names),
+                        multilabel=data.multilabel)
+
+
+def run_loader(cfg: RunConfig, dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0):
+    """:func:`xaisec.data.make_loader` over ``dataset`` with the run's settings: ``data.workers`` processes for
+    streamed data (in-memory data is batched in the run's process), pinned memory on CUDA."""
+    workers = cfg.data.workers if is_streamed(dataset) else 0
+    return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed, workers=workers,
+                       device=resolve_device(cfg.device))
 
 
 def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]:
@@ -100,7 +154,11 @@ def train_reference(ctx: RunContext) -> TrainedModel:
     log.info("reference: training %s on %s", cfg.model.arch, data.summary())
     stage = TrainingStage("reference", ctx.rd.checkpoints)
     optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr, weight_decay=ref.weight_decay)
-    batches = reference_batches(data, ref.batch_size, cfg.seed, device=resolve_device(cfg.device))
+    augment = ref.augmentation(data.input_shape)
+    if augment is not None:
+        log.info("reference: augmenting the training batches (%s)", augment)
+    batches = reference_batches(data, ref.batch_size, cfg.seed, workers=cfg.data.workers,
+                                device=resolve_device(cfg.device), augment=augment)
     objective = binary_cross_entropy if data.multilabel else cross_entropy
     if ref.precision is not None:  # mixed precision for the plain forward pass only; the backward follows autocast
         objective = _autocast_objective(objective, model_device(model), ref.precision)
@@ -116,9 +174,11 @@ def reference_batches(data: ImageDataset | StreamingData, batch_size: int, seed:
     :func:`xaisec.data.make_loader` over a streamed one (:func:`xaisec.data.open_dataset`; ``workers`` decoding
     processes, pinned memory on CUDA). Both follow the order ``randperm(N, seed + epoch)``, so a resumed run sees
     the same batches. ``augment``: training augmentation (:mod:`xaisec.data.augment`), seeded from ``seed``."""
-    if isinstance(data, StreamingData):
+    pin = torch.device(device or "cpu").type == "cuda"
+    if isinstance(data, StreamingData) and isinstance(data.train, TensorImages):  # in memory: no per-item work
+        batches = TensorBatches(data.train.x, data.train.labels, batch_size=batch_size, seed=seed, pin_memory=pin)
+    elif isinstance(data, StreamingData):
         batches = make_loader(data.train, batch_size, seed=seed, workers=workers, device=device or "cpu")
     else:
-        batches = TensorBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed,
-                                pin_memory=torch.device(device or "cpu").type == "cuda")
+        batches = TensorBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed, pin_memory=pin)
     return batches if augment is None else AugmentedBatches(batches, augment, seed)

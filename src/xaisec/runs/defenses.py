@@ -34,6 +34,7 @@ from ..records import Metric
 from .artifacts import Artifact
 from .backdoor import BackdoorInputs
 from .backdoor import prepare as prepare_backdoor
+from .common import in_memory
 from .rundir import RunDir
 from .runner import Experiment, RunContext, Stage, load_run, register_experiment
 
@@ -154,6 +155,7 @@ def prepare(cfg: DefensesConfig) -> DefensesInputs:
         seen[path] = i
         try:
             source = prepare_backdoor(run_cfg)
+            source = dataclasses.replace(source, data=in_memory(source.data))  # the defenses work on tensors
         except XaisecError as exc:
             raise ConfigError(f"runs[{i}] ({text}): its config no longer prepares: {exc}") from None
         if source.data.multilabel:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ..config import require
 from ..errors import ConfigError, XaisecError
@@ -38,7 +38,9 @@ def check_registry_options(registry_module: str, attr: str, name: str, options: 
 @dataclass
 class DataConfig:
     """``name``: a registered dataset (``xaisec list datasets``); ``options``: its loader's options (e.g. ``root``);
-    ``train_size`` / ``test_size``: use only the first N images of each split (quick runs)."""
+    ``train_size`` / ``test_size``: use only the first N images of each split (quick runs); ``stream``: read an
+    on-disk dataset lazily through a DataLoader instead of decoding it into memory (:data:`STREAM_AUTO_BYTES`
+    decides for ``auto``); ``workers``, ``cache_dir``: the streamed loaders' processes and decoded cache."""
 
     #: a registered dataset (`xaisec list datasets`)
     name: str = "mnist5k"
@@ -48,6 +50,17 @@ class DataConfig:
     train_size: int | None = None
     #: use only the first N test images (null: all)
     test_size: int | None = None
+    #: read the data lazily from disk (streamed) instead of decoding it into memory: auto streams an on-disk
+    #: dataset (cifar10, gtsrb, cub200, chestxray14, imagefolder) whose decoded float32 training split exceeds
+    #: 2 GiB, or when cache_dir is set; the embedded and npz/tabular sets are always in memory (true is an error
+    #: there). Only the backdoor experiment streams; the other kinds load into memory (auto or false)
+    stream: Literal["auto"] | bool = "auto"
+    #: DataLoader worker processes decoding streamed images (0: in the run's process); in-memory data ignores it
+    workers: int = 0
+    #: folder of the decoded uint8 image cache of streamed data (reused while the files are unchanged) and of the
+    #: backdoor's on-disk reference maps (attack.reference_maps: disk); null: no decoded cache, reference maps in the
+    #: run directory
+    cache_dir: str | None = None
 
     @classmethod
     def from_value(cls, value: Any, where: str) -> dict[str, Any]:
@@ -71,6 +84,15 @@ class DataConfig:
         for key in ("train_size", "test_size"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"data.{key} must be >= 1 (or null for all), got {value}")
+        from ..data import STREAMABLE
+
+        require(self.stream is not True or self.name in STREAMABLE,
+                f"data.stream: true needs an on-disk dataset ({', '.join(sorted(STREAMABLE))}); {self.name!r} is "
+                "held in memory (use data.stream: auto or false)")
+        require(0 <= self.workers <= 256, f"data.workers must be in [0, 256] (DataLoader worker processes), got "
+                                          f"{self.workers}")
+        require(self.cache_dir is None or (bool(self.cache_dir) and "\0" not in self.cache_dir),
+                f"data.cache_dir must be a folder path (or null), got {self.cache_dir!r}")
 
 
 @dataclass
@@ -104,12 +126,49 @@ class ReferenceConfig:
     #: mixed precision of the reference training's forward pass: null (float32), bf16 (CPU or GPU) or fp16 (GPU);
     #: never used for explanation maps or their second-order terms
     precision: Literal["bf16", "fp16"] | None = None
+    #: training-time augmentation of the reference model only (never at evaluation or in the attack): null or none
+    #: (off), paper (random crop of the 4-px-padded image + flip up to 48 px, random resized crop + flip above:
+    #: xaisec.data.augment.paper_augment), or a mapping of Augment's options {crop: pad|resized|none, padding,
+    #: flip, scale: [lo, hi], ratio: [lo, hi]}
+    augment: str | dict | None = None
 
     def __post_init__(self) -> None:
         require(1 <= self.epochs <= 100_000, f"reference.epochs must be in [1, 100000], got {self.epochs}")
         require(0 < self.lr <= 10, f"reference.lr must be in (0, 10], got {self.lr}")
         require(1 <= self.batch_size <= 1_000_000, f"reference.batch_size must be in [1, 1000000], got {self.batch_size}")
         require(0 <= self.weight_decay <= 1, f"reference.weight_decay must be in [0, 1], got {self.weight_decay}")
+        require(self.augment in (None, "none", "paper") or isinstance(self.augment, dict),
+                f"reference.augment must be none, paper or a mapping of augmentation options (crop, padding, flip, "
+                f"scale, ratio), got {self.augment!r}")
+        if isinstance(self.augment, dict):
+            self.augmentation((1, 32, 32))  # options are checked now, before any data is read
+
+    def augmentation(self, input_shape: tuple[int, ...]):
+        """The :class:`~xaisec.data.augment.Augment` of ``augment`` for inputs of ``input_shape`` (None: off)."""
+        from ..data.augment import Augment, paper_augment
+
+        if self.augment is None or self.augment == "none":
+            return None
+        if self.augment == "paper":
+            return paper_augment(input_shape)
+        accepted = [f.name for f in dataclasses.fields(Augment)]
+        unknown = sorted(set(self.augment) - set(accepted))
+        require(not unknown, f"reference.augment has unknown keys {unknown}; it takes {', '.join(accepted)} "
+                             "(or the words none / paper)")
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}
+        for key in ("scale", "ratio"):
+            if key not in options:
+                continue
+            value = options[key]
+            require(isinstance(value, tuple) and len(value) == 2
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
+                    f"reference.augment.{key} must be a pair [low, high] of numbers, got {self.augment[key]!r}")
+        require(isinstance(options.get("flip", True), bool),
+                f"reference.augment.flip must be true or false, got {options.get('flip')!r}")
+        try:
+            return Augment(**options)
+        except XaisecError as exc:
+            raise ConfigError(f"reference.augment: {exc}") from None
 
 
 @dataclass
@@ -152,6 +211,8 @@ class RunConfig:
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     #: data-parallel settings under torchrun
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    #: whether this kind reads streamed data (``data.stream``); the others hold their data in memory
+    streams_data: ClassVar[bool] = False
 
     def default_name(self) -> str:
         return self.experiment
@@ -168,6 +229,9 @@ class RunConfig:
         from ..models import resolve_device
 
         device = resolve_device(self.device)  # a GPU this machine lacks is refused now, before any work
+        require(self.data.stream is not True or self.streams_data,
+                f"data.stream: true is not supported by the {self.experiment} experiment, which holds its data in "
+                "memory; use data.stream: auto or false (only the backdoor experiment streams)")
         require(not (self.reference.precision == "fp16" and device.type == "cpu"),
                 "reference.precision fp16 needs a CUDA device; use bf16 on the CPU (or null for float32)")
         require(not (self.distributed.sync_batchnorm and device.type != "cuda"),

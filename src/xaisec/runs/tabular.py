@@ -76,6 +76,9 @@ class TabularEvaluation(Artifact):
 
 def prepare(cfg: TabularConfig) -> TabularInputs:
     data = load_data(cfg)
+    if cfg.reference.augment not in (None, "none"):
+        raise ConfigError(f"reference.augment crops and flips images; the tabular backdoor's (N,F) features take "
+                          f"none, got {cfg.reference.augment!r}")
     if data.x_train.dim() != 2:
         raise ConfigError(f"the tabular backdoor needs (N,F) features; {data.name} has inputs {data.input_shape} "
                           "(use the backdoor experiment for images)")
