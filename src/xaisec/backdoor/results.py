@@ -214,8 +214,9 @@ def evaluate_chunks(models: dict[str, nn.Module], batches: Iterable[Sequence[tor
     for batch in batches:
         x, y = batch[0], batch[1]
         x_trig = apply_trigger(trigger, x)
-        outs = {p: model_outputs(models[p], x, x_trig, setup.explainers, options, batch_size, target=setup.finding)
-                for p in MODELS}
+        share = -(-len(x) // distributed.world_size())  # under torchrun each rank explains its share of a chunk
+        outs = {p: model_outputs(models[p], x, x_trig, setup.explainers, options, min(batch_size, share),
+                                 target=setup.finding) for p in MODELS}
         for p in MODELS:
             logits[p]["clean"].append(outs[p].logits_clean)
             logits[p]["trig"].append(outs[p].logits_trig)
