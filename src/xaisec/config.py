@@ -20,6 +20,9 @@ from .errors import ConfigError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
+#: the value a config file gives a key the user must set (OmegaConf's convention): ``reference: {weights: ???}``
+REQUIRED = "???"
+
 
 class _StrictLoader(yaml.SafeLoader):
     """YAML's safe loader that refuses duplicate keys (YAML itself lets the last one win silently)."""
@@ -144,6 +147,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints are accepted as floats); return it converted."""
+    _check_given(value, where)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return _check_finite(value, where)
@@ -205,8 +209,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _check_given(value: Any, where: str) -> None:
+    """A key the config marks :data:`REQUIRED` and nothing overrode raises :class:`ConfigError` naming it."""
+    if isinstance(value, str) and value == REQUIRED:
+        key = where.removeprefix("config.")
+        raise ConfigError(f"{key} is required by this config and has no value (the config marks it {REQUIRED}); "
+                          f"give it on the command line, e.g. {key}=...")
+
+
 def _check_finite(value: Any, where: str) -> Any:
-    """Free-form option values (nested dicts and lists): every number must be finite."""
+    """Free-form option values (nested dicts and lists): every number must be finite, none left :data:`REQUIRED`."""
+    _check_given(value, where)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if isinstance(value, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -12,8 +13,9 @@ from torch import nn
 
 from ..data import ImageDataset, StreamingData, load_dataset, make_loader
 from ..data.augment import Augment, AugmentedBatches
-from ..io import load_weights
+from ..errors import ConfigError, ModelError
 from ..models import autocast, build_model, model_device, resolve_device
+from ..models.zoo import load_model_weights
 from ..multilabel import binary_cross_entropy
 from ..train import TensorBatches, cross_entropy
 from .artifacts import Artifact
@@ -62,6 +64,31 @@ def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]
     return make_model
 
 
+def reference_weights_file(cfg: RunConfig) -> Path | None:
+    """``reference.weights`` as a path, or None; a file that does not exist raises :class:`ConfigError` (cheap: call
+    it first in ``prepare``, before the data is read)."""
+    if cfg.reference.weights is None:
+        return None
+    path = Path(cfg.reference.weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"reference.weights: the file {path} does not exist; give the trained classifier's weights "
+                          f"(a safetensors file of the {cfg.model.arch} model for this data), or leave "
+                          "reference.weights null to train it")
+    return path
+
+
+def load_reference_weights(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """``reference.weights`` loaded into ``model``: an xaisec file (safetensors of the whole model), or a torchvision /
+    timm state dict of the wrapped network saved as safetensors (keys without ``net.``; convert a ``.pth`` with
+    ``safetensors.torch.save_file(torch.load(f, weights_only=True), "model.safetensors")``). A missing file or
+    weights of another architecture or class count raise :class:`ConfigError` naming ``reference.weights``."""
+    path = reference_weights_file(cfg)
+    try:
+        return load_model_weights(model, path)
+    except ModelError as exc:
+        raise ConfigError(f"reference.weights: {exc}") from None
+
+
 def training_log(ctx: RunContext, *current: TrainingStage) -> Callable[[], None]:
     """A callback rewriting ``log.jsonl`` from the finished stages' histories and the ``current`` ones."""
     finished = [r for r in ctx.results.values() if isinstance(r, TrainedModel)]
@@ -89,7 +116,7 @@ def train_reference(ctx: RunContext) -> TrainedModel:
     ref = cfg.reference
     model = ctx.inputs.make_model()
     if ref.weights is not None:
-        load_weights(model, ref.weights)
+        load_reference_weights(model, cfg)
         log.info("reference: reusing %s", ref.weights)
         return TrainedModel(dict(model.state_dict()), [], "loaded")
     log.info("reference: training %s on %s", cfg.model.arch, data.summary())
