@@ -205,9 +205,10 @@ def _isic_csv(path: Path, rows, columns) -> None:
 
 
 def isic_image(path: Path, k: int) -> None:
-    """A 450x600-like (here 30x40) dermoscopy stand-in JPEG, its colour set by ``k``."""
+    """A dermoscopy stand-in JPEG (30x40; the real ones are 450x600 and larger), its colour set by the class ``k``,
+    so a small model learns the classes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (40, 30), (40 + 20 * k % 200, 90, 160)).save(path, quality=95)
+    Image.new("RGB", (40, 30), (30 * k, 90, 250 - 30 * k)).save(path, quality=95)
 
 
 def write_isic2018(root: Path, splits=("Training", "Test", "Validation"), images=None) -> Path:
@@ -215,8 +216,8 @@ def write_isic2018(root: Path, splits=("Training", "Test", "Validation"), images
     ``ISIC2018_Task3_<Split>_GroundTruth/ISIC2018_Task3_<Split>_GroundTruth.csv``."""
     images = images or ISIC_2018_IMAGES
     for split in splits:
-        for k, (image, _) in enumerate(images[split]):
-            isic_image(root / f"ISIC2018_Task3_{split}_Input" / f"{image}.jpg", k)
+        for image, label in images[split]:
+            isic_image(root / f"ISIC2018_Task3_{split}_Input" / f"{image}.jpg", ISIC_COLUMNS[2018].index(label))
         (root / f"ISIC2018_Task3_{split}_Input" / "LICENSE.txt").write_text("CC-BY-NC\n")
         gt = f"ISIC2018_Task3_{split}_GroundTruth"
         _isic_csv(root / gt / f"{gt}.csv", images[split], ISIC_COLUMNS[2018])
@@ -233,4 +234,20 @@ def write_isic2019(root: Path, per_class: int = 3) -> Path:
             isic_image(root / "ISIC_2019_Training_Input" / f"{image}.jpg", c)
             rows.append((image, label))
     _isic_csv(root / "ISIC_2019_Training_GroundTruth.csv", rows, ISIC_COLUMNS[2019])
+    return root
+
+
+def write_imagenet_folder(root: Path, wnids=("n01440764", "n01443537", "n01484850"), per_class: int = 4,
+                          n_val: int = 2) -> Path:
+    """An ImageNet-layout folder: ``train/<wnid>/<wnid>_<i>.JPEG`` and ``val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG``
+    (ILSVRC2012's val images sorted into class folders), each class one colour so a small model learns it."""
+    n = 0
+    for c, wnid in enumerate(wnids):
+        for split, count in (("train", per_class), ("val", n_val)):
+            (root / split / wnid).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                n += 1
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{n:08d}.JPEG"
+                solid((40, 30), (220 * c // max(len(wnids) - 1, 1), 80, 200 - 60 * c)).save(root / split / wnid / name,
+                                                                                           format="JPEG", quality=95)
     return root
