@@ -133,9 +133,15 @@ def _cifar(root: Path) -> Path:
     return root / "cifar-10-batches-py"
 
 
+#: ISIC 2018 with every diagnosis in the training split (ADV2 takes its target maps from training images of each class)
+ISIC_ALL = {"Training": [(f"ISIC_{100 + i:07d}", label) for i, label in
+                         enumerate(["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"] * 2)],
+            "Test": [("ISIC_0000001", "NV"), ("ISIC_0000002", "MEL"), ("ISIC_0000003", "DF")]}
+
+
 TREES = {"cub200": lambda root: write_cub(root, per_class=4), "gtsrb": lambda root: write_gtsrb(root, n_test=6),
          "cifar10": _cifar, "chestxray14": write_chestxray, "imagefolder": write_imagenet_folder,
-         "isic": write_isic2018}
+         "isic": lambda root: write_isic2018(root, splits=("Training", "Test"), images=ISIC_ALL)}
 SMALL = ["model.arch=small_cnn", "data.options.size=16", "reference.epochs=1", "device=cpu", "threads=1"]
 SMALL_BACKDOOR = [*SMALL, "attack.epochs=1", "attack.batch_size=8", "attack.pool=2", "stopping.monitor_size=8",
                   "eval.samples=2"]
@@ -151,12 +157,18 @@ def fitted_weights(path: Path, dataset: str, root: Path, options: dict) -> Path:
     data = load_dataset(dataset, root=root, size=16, **options)
     torch.manual_seed(0)
     model = build_model("small_cnn", data.input_shape, data.num_classes)
-    train_classifier(model, data.x_train, data.y_train, epochs=40, lr=2e-2, batch_size=8, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_classifier(model, data.x_train, data.y_train, epochs=30, lr=2e-2, batch_size=32, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     save_weights(model, path)
     return path
 
 
-@pytest.mark.parametrize("name", sorted(PAPER))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("adv2") else n
+                                  for n in sorted(PAPER)])
 def test_config_runs_end_to_end_on_a_tiny_tree(name, tmp_path):
     dataset = PAPER[name]["data.name"]
     root = TREES[dataset](tmp_path / "data")
@@ -170,5 +182,27 @@ def test_config_runs_end_to_end_on_a_tiny_tree(name, tmp_path):
     kind, cfg = build(name, *overrides)
     result = run_experiment(cfg, tmp_path / "run", progress=False)
     assert (result.path / "metrics.json").is_file() and result.metrics
+    stored = read_yaml(result.path / "config.yaml")
+    assert stored["data"]["name"] == dataset and stored["data"]["options"]["root"] == str(root)
     assert all(not isinstance(m.value, float) or math.isfinite(m.value) or math.isnan(m.value)
                for m in result.metrics.values())
+
+
+def test_reference_weights_take_a_library_state_dict_and_name_a_mismatch(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from xaisec.errors import ConfigError
+    from xaisec.runs.common import load_reference_weights
+
+    torch.manual_seed(1)
+    trained = build_model("torchvision:mobilenet_v3_small", (3, 32, 32), 7)
+    path = tmp_path / "mobilenet.safetensors"  # torchvision's own keys, as a converted .pth holds them
+    save_file({k: v.contiguous() for k, v in trained.net.state_dict().items()}, str(path))
+    cfg = SimpleNamespace(reference=SimpleNamespace(weights=str(path)), model=SimpleNamespace(arch="mobilenet"))
+    torch.manual_seed(2)
+    model = load_reference_weights(build_model("torchvision:mobilenet_v3_small", (3, 32, 32), 7), cfg)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    with pytest.raises(ConfigError, match="reference.weights: weights in .*mobilenet.safetensors do not match.*shape"):
+        load_reference_weights(build_model("torchvision:mobilenet_v3_small", (3, 32, 32), 5), cfg)
