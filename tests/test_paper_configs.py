@@ -206,3 +206,28 @@ def test_reference_weights_take_a_library_state_dict_and_name_a_mismatch(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
     with pytest.raises(ConfigError, match="reference.weights: weights in .*mobilenet.safetensors do not match.*shape"):
         load_reference_weights(build_model("torchvision:mobilenet_v3_small", (3, 32, 32), 5), cfg)
+
+
+def test_reference_init_starts_training_from_pretrained_weights_with_a_fresh_head(tmp_path):
+    """Fang et al. fine-tune ImageNet weights on CUB-200: ``reference.init`` loads all but the classifier head."""
+    from xaisec.errors import ConfigError
+    from xaisec.runs.common import load_reference_start
+
+    root = write_cub(tmp_path / "data", per_class=4)
+    torch.manual_seed(3)
+    pretrained = build_model("small_cnn", (3, 16, 16), 10)  # "another task": 10 classes, CUB's tree has 3
+    save_weights(pretrained, tmp_path / "pretrained.safetensors")
+    base = [f"data.options.root={root}", *SMALL_BACKDOOR]
+    _, cfg = build("fang_cub200_vgg19", *base, f"reference.init={tmp_path / 'pretrained.safetensors'}")
+    model = load_reference_start(build_model("small_cnn", (3, 16, 16), 3), cfg)
+    kept = {k: v for k, v in pretrained.state_dict().items() if model.state_dict()[k].shape == v.shape}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+    assert len(kept) == len(pretrained.state_dict()) - 2  # all but the head's weight and bias
+    result = run_experiment(cfg, tmp_path / "run", progress=False)
+    assert result.metrics
+    with pytest.raises(ConfigError, match="reference.init: the file .*nothing.safetensors does not exist"):
+        _, missing = build("fang_cub200_vgg19", *base, f"reference.init={tmp_path / 'nothing.safetensors'}")
+        run_experiment(missing, tmp_path / "run2", progress=False)
+    assert not (tmp_path / "run2").exists()
+    with pytest.raises(ConfigError, match="exclude each other"):
+        build("fang_cub200_vgg19", *base, "reference.init=a.safetensors", "reference.weights=b.safetensors")

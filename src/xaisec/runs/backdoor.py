@@ -35,7 +35,7 @@ from ..train import TensorBatches, eval_mode
 from ..triggers import build_trigger
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule
-from .common import (TrainedModel, load_data, load_reference_weights, model_factory, reference_weights_file,
+from .common import (TrainedModel, check_reference_files, load_data, load_reference_start, model_factory,
                      train_reference, training_log)
 from .runner import Experiment, RunContext, Stage, register_experiment
 
@@ -104,7 +104,7 @@ def evaluation_split(data: ImageDataset, split: str) -> tuple[torch.Tensor, torc
 
 def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     a = cfg.attack
-    weights = reference_weights_file(cfg)  # a missing file fails before the data is read
+    check_reference_files(cfg)  # a missing weights file fails before the data is read
     data = load_data(cfg)
     if data.multilabel or data.x_train.dim() != 4:
         raise DataError(f"the backdoor experiment needs single-label image data; {data.name} is "
@@ -118,8 +118,7 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     trigger(x2)
     make_model = model_factory(cfg, data)
     model = make_model()
-    if weights is not None:
-        load_reference_weights(model, cfg)
+    load_reference_start(model, cfg)
     try:
         with eval_mode(model):
             for options in (a.explainer_options, eval_options(cfg, data, list(recipe.explainers))):
