@@ -231,3 +231,46 @@ def test_reference_init_starts_training_from_pretrained_weights_with_a_fresh_hea
     assert not (tmp_path / "run2").exists()
     with pytest.raises(ConfigError, match="exclude each other"):
         build("fang_cub200_vgg19", *base, "reference.init=a.safetensors", "reference.weights=b.safetensors")
+
+
+#: one config per real architecture the packaged configs name
+REAL_ARCH = ["fang_cub200_vgg19", "fang_cub200_resnet50", "fang_cub200_densenet121", "noppel_gtsrb_ep",
+             "latka_cifar10_badnets", "latka_chestxray14", "adv2_imagenet", "adv2_isic"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_ARCH)
+def test_config_prepares_with_its_real_architecture_at_a_small_size(name, tmp_path):
+    """``prepare`` (everything a run checks before its run directory exists: the data, the model, every explainer or
+    interpreter on two images, the weights file) with the paper's architecture at 32 px."""
+    from xaisec.runs import get_kind
+
+    dataset = PAPER[name]["data.name"]
+    root = TREES[dataset](tmp_path / "data")
+    overrides = [f"data.options.root={root}", "data.options.size=32", "device=cpu", "threads=1"]
+    if name.startswith("adv2"):
+        data = load_dataset(dataset, root=root, size=32, **({"year": 2018} if dataset == "isic" else {}))
+        model = build_model(PAPER[name]["model.arch"], data.input_shape, data.num_classes)
+        save_weights(model, tmp_path / "classifier.safetensors")
+        overrides += [f"reference.weights={tmp_path / 'classifier.safetensors'}", "n_images=2",
+                      "detection.enabled=false", "rts.width=4", "interpreter_settings.mask.options.steps=3",
+                      "interpreter_settings.mask.term.inner_steps=1"]
+    kind, cfg = build(name, *overrides)
+    assert cfg.model.arch == PAPER[name]["model.arch"]
+    inputs = kind.prepare(cfg)
+    assert inputs.make_model() is not None
+
+
+def test_a_sweep_trial_reuses_the_reference_trained_from_reference_init(tmp_path):
+    """The sweep trains the reference once (from ``reference.init``) and gives the trials its weights alone."""
+    from types import SimpleNamespace
+
+    from xaisec.runs.sweep_trials import TrialRunner
+
+    root = write_cub(tmp_path / "data", per_class=4)
+    save_weights(build_model("small_cnn", (3, 16, 16), 10), tmp_path / "pretrained.safetensors")
+    data = merge(read_yaml(resolve_config("fang_cub200_vgg19")),
+                 parse_overrides([f"data.options.root={root}", *SMALL_BACKDOOR,
+                                  f"reference.init={tmp_path / 'pretrained.safetensors'}"]))
+    cfg = TrialRunner(SimpleNamespace(base=data, holdout=False), tmp_path / "sweep").config({}, "000")
+    assert cfg.reference.init is None and Path(cfg.reference.weights).parent.name == ".reference_cache"
