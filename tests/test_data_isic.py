@@ -39,6 +39,11 @@ def test_isic2019_drops_unk_and_holds_out_a_stratified_test_split(tmp_path):
     assert any(p.name.endswith("_downsampled.jpg") for p in index.train.paths)
     with pytest.raises(DataError, match="no test ground truth.*holdout"):
         index_isic(tmp_path, year=2019, size=8, test_split="test")
+    csv = tmp_path / "ISIC_2019_Training_GroundTruth.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], lines[1][:-3] + "1.0", *lines[2:]]) + "\n")  # UNK set on a MEL image
+    with pytest.raises(DataError, match=r"line 2: .*one-hot.*\(and 0 in \['UNK'\]\)"):
+        index_isic(tmp_path, year=2019)
 
 
 def test_isic_streams_the_same_pixels_as_the_in_memory_loader(tmp_path):

@@ -243,8 +243,6 @@ REAL_ARCH = ["fang_cub200_vgg19", "fang_cub200_resnet50", "fang_cub200_densenet1
 def test_config_prepares_with_its_real_architecture_at_a_small_size(name, tmp_path):
     """``prepare`` (everything a run checks before its run directory exists: the data, the model, every explainer or
     interpreter on two images, the weights file) with the paper's architecture at 32 px."""
-    from xaisec.runs import get_kind
-
     dataset = PAPER[name]["data.name"]
     root = TREES[dataset](tmp_path / "data")
     overrides = [f"data.options.root={root}", "data.options.size=32", "device=cpu", "threads=1"]

@@ -1,7 +1,8 @@
 """Layered, validated configs: dataclass defaults <- YAML file (with optional ``base:``) <- ``key=value`` overrides.
 
 Unknown keys (with suggestions), wrong types and invalid values raise :class:`ConfigError` when the config
-loads, before any work starts. ``dump_config`` gives the resolved config to write next to the results.
+loads, before any work starts; so does a value a config file leaves as ``???`` (:data:`REQUIRED`, in block style:
+``weights: ???``) unless an override gives it. ``dump_config`` gives the resolved config to write next to the results.
 """
 from __future__ import annotations
 
