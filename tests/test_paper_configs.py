@@ -167,8 +167,7 @@ def fitted_weights(path: Path, dataset: str, root: Path, options: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("adv2") else n
-                                  for n in sorted(PAPER)])
+@pytest.mark.parametrize("name", sorted(PAPER))
 def test_config_runs_end_to_end_on_a_tiny_tree(name, tmp_path):
     dataset = PAPER[name]["data.name"]
     root = TREES[dataset](tmp_path / "data")
@@ -238,7 +237,6 @@ REAL_ARCH = ["fang_cub200_vgg19", "fang_cub200_resnet50", "fang_cub200_densenet1
              "latka_cifar10_badnets", "latka_chestxray14", "adv2_imagenet", "adv2_isic"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_ARCH)
 def test_config_prepares_with_its_real_architecture_at_a_small_size(name, tmp_path):
     """``prepare`` (everything a run checks before its run directory exists: the data, the model, every explainer or
@@ -255,7 +253,10 @@ def test_config_prepares_with_its_real_architecture_at_a_small_size(name, tmp_pa
                       "interpreter_settings.mask.term.inner_steps=1"]
     kind, cfg = build(name, *overrides)
     assert cfg.model.arch == PAPER[name]["model.arch"]
-    inputs = kind.prepare(cfg)
+    from xaisec.runs.runner import run_environment
+
+    with run_environment(cfg):  # as a run: one thread, denormals flushed
+        inputs = kind.prepare(cfg)
     assert inputs.make_model() is not None
 
 
