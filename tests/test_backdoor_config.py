@@ -9,7 +9,7 @@ import pytest
 from xaisec.backdoor import BackdoorConfig
 from xaisec.cli import main
 from xaisec.commands.run_cmd import split_items
-from xaisec.config import load_config, merge, packaged_configs, read_yaml, resolve_config
+from xaisec.config import REQUIRED, load_config, merge, packaged_configs, read_yaml, resolve_config
 from xaisec.runs import load_experiment
 from xaisec.runs.backdoor import prepare
 from xaisec.errors import ConfigError, XaisecError
@@ -86,6 +86,10 @@ def test_packaged_configs_load(name):
         with pytest.raises(ConfigError, match="needs data.options.root"):
             load_experiment(data)
         data = merge(data, {"data": {"options": {"root": "/data/somewhere"}}})
+    if data.get("reference", {}).get("weights") == REQUIRED:  # ADV2 at paper scale: a trained classifier to give
+        with pytest.raises(ConfigError, match="reference.weights is required by this config"):
+            load_experiment(data)
+        data = merge(data, {"reference": {"weights": "/models/classifier.safetensors"}})
     kind, cfg = load_experiment(data)
     assert isinstance(cfg, kind.schema) and cfg.experiment == kind.name
 

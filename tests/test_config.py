@@ -140,3 +140,20 @@ def test_docs_config_reference_is_current():
     expected = markdown(packaged_schemas())
     doc = Path(__file__).parents[1] / "docs" / "config_reference.md"
     assert doc.read_text() == expected, "run: xaisec config reference > docs/config_reference.md"
+
+
+@dataclass
+class WithOptions:
+    name: str = "x"
+    seed: Optional[int] = None
+    options: dict = field(default_factory=dict)
+
+
+def test_required_marker_must_be_overridden(tmp_path):
+    (tmp_path / "req.yaml").write_text("seed: ???\noptions: {path: '???', keep: 1}\n")
+    with pytest.raises(ConfigError, match=r"^seed is required by this config .* e\.g\. seed=\.\.\.$"):
+        load_config(WithOptions, tmp_path / "req.yaml")
+    with pytest.raises(ConfigError, match=r"^options\.path is required by this config"):
+        load_config(WithOptions, tmp_path / "req.yaml", ["seed=1"])
+    cfg = load_config(WithOptions, tmp_path / "req.yaml", ["seed=1", "options.path=/data"])
+    assert cfg.seed == 1 and cfg.options == {"path": "/data", "keep": 1}

@@ -260,3 +260,68 @@ def write_cifar_digits(root: Path, per_batch: int = 24, n_test: int = 40, offset
     meta = {"num_cases_per_batch": per_batch, "label_names": [str(d) for d in range(10)], "num_vis": 3072}
     (folder / "batches.meta").write_bytes(dumps_py2(meta))
     return folder
+ISIC_2018_IMAGES = {  # split -> [(image id, class column)]
+    "Training": [("ISIC_0024306", "NV"), ("ISIC_0024307", "MEL"), ("ISIC_0024308", "NV"), ("ISIC_0024309", "BCC"),
+                 ("ISIC_0024310", "MEL"), ("ISIC_0024311", "VASC")],
+    "Test": [("ISIC_0034524", "NV"), ("ISIC_0034525", "MEL"), ("ISIC_0034526", "BKL")],
+    "Validation": [("ISIC_0034321", "DF"), ("ISIC_0034322", "NV")],
+}
+ISIC_COLUMNS = {2018: ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"],
+                2019: ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]}
+
+
+def _isic_csv(path: Path, rows, columns) -> None:
+    """The challenge's ground truth: ``image,<classes>`` then one-hot rows written as 0.0 / 1.0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [",".join(["image", *columns])]
+    lines += [",".join([image, *("1.0" if c == label else "0.0" for c in columns)]) for image, label in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def isic_image(path: Path, k: int) -> None:
+    """A dermoscopy stand-in JPEG (30x40; the real ones are 450x600 and larger), its colour set by the class ``k``,
+    so a small model learns the classes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (30 * k, 90, 250 - 30 * k)).save(path, quality=95)
+
+
+def write_isic2018(root: Path, splits=("Training", "Test", "Validation"), images=None) -> Path:
+    """ISIC 2018 Task 3 as unpacked from the challenge's archives: ``ISIC2018_Task3_<Split>_Input/<id>.jpg`` and
+    ``ISIC2018_Task3_<Split>_GroundTruth/ISIC2018_Task3_<Split>_GroundTruth.csv``."""
+    images = images or ISIC_2018_IMAGES
+    for split in splits:
+        for image, label in images[split]:
+            isic_image(root / f"ISIC2018_Task3_{split}_Input" / f"{image}.jpg", ISIC_COLUMNS[2018].index(label))
+        (root / f"ISIC2018_Task3_{split}_Input" / "LICENSE.txt").write_text("CC-BY-NC\n")
+        gt = f"ISIC2018_Task3_{split}_GroundTruth"
+        _isic_csv(root / gt / f"{gt}.csv", images[split], ISIC_COLUMNS[2018])
+    return root
+
+
+def write_isic2019(root: Path, per_class: int = 3) -> Path:
+    """ISIC 2019's training download: ``ISIC_2019_Training_Input/<id>.jpg`` (some ids ``_downsampled``) and
+    ``ISIC_2019_Training_GroundTruth.csv`` with the ``UNK`` column (all 0)."""
+    rows = []
+    for c, label in enumerate(ISIC_COLUMNS[2019][:8]):
+        for i in range(per_class):
+            image = f"ISIC_{c * per_class + i:07d}" + ("_downsampled" if i == 0 else "")
+            isic_image(root / "ISIC_2019_Training_Input" / f"{image}.jpg", c)
+            rows.append((image, label))
+    _isic_csv(root / "ISIC_2019_Training_GroundTruth.csv", rows, ISIC_COLUMNS[2019])
+    return root
+
+
+def write_imagenet_folder(root: Path, wnids=("n01440764", "n01443537", "n01484850"), per_class: int = 4,
+                          n_val: int = 2) -> Path:
+    """An ImageNet-layout folder: ``train/<wnid>/<wnid>_<i>.JPEG`` and ``val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG``
+    (ILSVRC2012's val images sorted into class folders), each class one colour so a small model learns it."""
+    n = 0
+    for c, wnid in enumerate(wnids):
+        for split, count in (("train", per_class), ("val", n_val)):
+            (root / split / wnid).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                n += 1
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{n:08d}.JPEG"
+                solid((40, 30), (220 * c // max(len(wnids) - 1, 1), 80, 200 - 60 * c)).save(root / split / wnid / name,
+                                                                                           format="JPEG", quality=95)
+    return root

@@ -1,7 +1,8 @@
 """Layered, validated configs: dataclass defaults <- YAML file (with optional ``base:``) <- ``key=value`` overrides.
 
 Unknown keys (with suggestions), wrong types and invalid values raise :class:`ConfigError` when the config
-loads, before any work starts. ``dump_config`` gives the resolved config to write next to the results.
+loads, before any work starts; so does a value a config file leaves as ``???`` (:data:`REQUIRED`, in block style:
+``weights: ???``) unless an override gives it. ``dump_config`` gives the resolved config to write next to the results.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import yaml
 from .errors import ConfigError
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+#: the value a config file gives a key the user must set (OmegaConf's convention): ``reference: {weights: ???}``
+REQUIRED = "???"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -144,6 +148,7 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (ints are accepted as floats); return it converted."""
+    _check_given(value, where)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return _check_finite(value, where)
@@ -205,8 +210,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _check_given(value: Any, where: str) -> None:
+    """A key the config marks :data:`REQUIRED` and nothing overrode raises :class:`ConfigError` naming it."""
+    if isinstance(value, str) and value == REQUIRED:
+        key = where.removeprefix("config.")
+        raise ConfigError(f"{key} is required by this config and has no value (the config marks it {REQUIRED}); "
+                          f"give it on the command line, e.g. {key}=...")
+
+
 def _check_finite(value: Any, where: str) -> Any:
-    """Free-form option values (nested dicts and lists): every number must be finite."""
+    """Free-form option values (nested dicts and lists): every number must be finite, none left :data:`REQUIRED`."""
+    _check_given(value, where)
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if isinstance(value, dict):

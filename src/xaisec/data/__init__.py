@@ -13,6 +13,7 @@ from .cub import index_cub200, load_cub200
 from .gtsrb import index_gtsrb, load_gtsrb
 from .imagefolder import index_imagefolder, load_imagefolder
 from .index import DatasetIndex, ImageFiles, PixelArray
+from .isic import index_isic, load_isic
 from .loader import SeededOrder, StreamBatches, make_loader
 from .mnist import load_mnist5k
 from .npz import images_from_array, load_npz
@@ -25,7 +26,7 @@ from .tabular import (CREDIT_DEFAULT_FEATURES, TABULAR_SETS, load_credit_default
 
 #: the on-disk datasets' index readers (same options as their loaders): what ``open_dataset`` streams
 STREAMABLE = {"cifar10": index_cifar10, "gtsrb": index_gtsrb, "cub200": index_cub200,
-              "chestxray14": index_chestxray14, "imagefolder": index_imagefolder}
+              "chestxray14": index_chestxray14, "imagefolder": index_imagefolder, "isic": index_isic}
 
 
 def load_dataset(name: str, **options) -> ImageDataset:
@@ -39,8 +40,9 @@ from .spec import DataSpec, load_data, parse_data_spec  # noqa: E402
 __all__ = ["CREDIT_DEFAULT_FEATURES", "DATASETS", "DataSpec", "DatasetIndex", "ImageDataset", "ImageFiles",
            "ImageRows", "ImageStream", "PixelArray", "SHAPE_NAMES", "STREAMABLE", "SeededOrder", "Slice", "StreamBatches",
            "StreamingData", "TABULAR_SETS", "TensorImages", "images_from_array", "index_chestxray14",
-           "index_cifar10", "index_cub200", "index_gtsrb", "index_imagefolder", "load_chestxray14",
-           "load_cifar10", "load_credit_default", "load_cub200", "load_data", "load_dataset", "load_gtsrb",
-           "load_imagefolder", "load_mnist5k", "cut", "is_streamed", "stack_images", "load_npz", "load_shapes", "load_sklearn_tabular",
+           "index_cifar10", "index_cub200", "index_gtsrb", "index_imagefolder", "index_isic",
+           "load_chestxray14", "load_cifar10", "load_credit_default", "load_cub200", "load_data", "load_dataset",
+           "load_gtsrb", "load_imagefolder", "load_isic", "load_mnist5k", "cut", "is_streamed", "stack_images",
+           "load_npz", "load_shapes", "load_sklearn_tabular",
            "make_loader", "make_shapes", "open_dataset", "parse_data_spec", "read_credit_default",
            "stratified_split", "stream_index", "tabular_feature_names"]

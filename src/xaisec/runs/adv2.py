@@ -30,13 +30,15 @@ from ..maps import MapPostprocess
 from ..records import Metric
 from .adv2_tools import (Adv2Inputs, AttackSet, Attacks, Bench, SaverModel, attack_term, build_interpreter, new_saver,
                          random_patches, target_maps, train_saver)
-from .common import TrainedModel, load_data, model_factory, train_reference
+from .common import (TrainedModel, check_reference_files, load_data, load_reference_start, model_factory,
+                     train_reference)
 from .runner import Experiment, RunContext, Stage, register_experiment
 
 log = logging.getLogger(__name__)
 
 
 def prepare(cfg: Adv2Config) -> Adv2Inputs:
+    check_reference_files(cfg)  # a missing weights file fails before the data is read
     data = load_data(cfg)
     if data.multilabel or data.x_train.dim() != 4:
         raise DataError(f"the adv2 experiment needs single-label image data; {data.name} is "
@@ -49,6 +51,7 @@ def prepare(cfg: Adv2Config) -> Adv2Inputs:
                           f"{len(data.x_test)} test images of {data.name}; lower them")
     make_model = model_factory(cfg, data)
     model = make_model().eval()
+    load_reference_start(model, cfg)
     posts = {n: MapPostprocess(pool=cfg.map_pool, norm=cfg.settings(n).norm) for n in cfg.interpreters}
     saver = new_saver(cfg, model, data) if cfg.saver_interpreters() else None
     x2 = data.x_test[:2]

@@ -49,7 +49,8 @@ from ..train import eval_mode
 from ..triggers import build_trigger
 from .artifacts import Artifact
 from .checkpoint import TrainingStage, schedule
-from .common import TrainedModel, model_factory, open_run_data, run_loader, train_reference, training_log
+from .common import (TrainedModel, check_reference_files, load_reference_start, model_factory, open_run_data,
+                     run_loader, train_reference, training_log)
 from .runner import Experiment, RunContext, Stage, register_experiment
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def evaluation_split(data: StreamingData, split: str):
 
 def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     a = cfg.attack
+    check_reference_files(cfg)  # a missing weights file fails before the data is read
     data = open_run_data(cfg)
     if len(data.input_shape) != 3:
         raise DataError(f"the backdoor experiment needs image data; {data.name} is tabular")
@@ -131,6 +133,7 @@ def prepare(cfg: BackdoorConfig) -> BackdoorInputs:
     trigger(x2)
     make_model = model_factory(cfg, data)
     model = make_model()
+    load_reference_start(model, cfg)
     try:
         with eval_mode(model):
             for options in (a.explainer_options, eval_options(cfg, data, list(recipe.explainers))):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -14,8 +15,9 @@ from .. import distributed
 from ..data import (STREAMABLE, ImageDataset, StreamingData, TensorImages, cut, is_streamed, load_dataset, make_loader,
                     stream_index)
 from ..data.augment import Augment, AugmentedBatches
-from ..io import load_weights
+from ..errors import ConfigError, ModelError
 from ..models import autocast, build_model, model_device, resolve_device
+from ..models.zoo import load_model_weights
 from ..multilabel import binary_cross_entropy
 from ..train import TensorBatches, cross_entropy
 from .artifacts import Artifact
@@ -121,6 +123,51 @@ def model_factory(cfg: RunConfig, data: ImageDataset) -> Callable[[], nn.Module]
     return make_model
 
 
+def reference_weights_file(cfg: RunConfig, key: str = "weights") -> Path | None:
+    """``reference.weights`` (or ``reference.init``) as a path, or None; a file that does not exist raises
+    :class:`ConfigError` (cheap: call it first in ``prepare``, before the data is read)."""
+    value = getattr(cfg.reference, key)
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        what = (f"the trained classifier's weights (a safetensors file of the {cfg.model.arch} model for this data), "
+                "or leave reference.weights null to train it") if key == "weights" else \
+               (f"pretrained {cfg.model.arch} weights (safetensors), or leave reference.init null to train from "
+                "random weights")
+        raise ConfigError(f"reference.{key}: the file {path} does not exist; give {what}")
+    return path
+
+
+def load_reference_weights(model: nn.Module, cfg: RunConfig, key: str = "weights") -> nn.Module:
+    """``reference.weights`` loaded into ``model``: an xaisec file (safetensors of the whole model), or a torchvision /
+    timm state dict of the wrapped network saved as safetensors (keys without ``net.``; convert a ``.pth`` with
+    ``safetensors.torch.save_file(torch.load(f, weights_only=True), "model.safetensors")``). ``key="init"``: the
+    weights of ``reference.init``, pretrained on another task: all but the classifier head, the first conv adapted to
+    the data's channels. A missing file or weights of another architecture (or, for ``weights``, class count) raise
+    :class:`ConfigError` naming the key."""
+    path = reference_weights_file(cfg, key)
+    try:
+        return load_model_weights(model, path, finetune=key == "init")
+    except ModelError as exc:
+        raise ConfigError(f"reference.{key}: {exc}") from None
+
+
+def check_reference_files(cfg: RunConfig) -> None:
+    """``reference.weights`` and ``reference.init`` exist (for ``prepare``, before the data is read)."""
+    for key in ("weights", "init"):
+        reference_weights_file(cfg, key)
+
+
+def load_reference_start(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """``model`` with ``reference.weights`` or ``reference.init`` loaded if the config names one (``prepare`` calls
+    it on a throw-away model, so weights that do not fit fail before the run directory exists)."""
+    for key in ("weights", "init"):
+        if getattr(cfg.reference, key) is not None:
+            load_reference_weights(model, cfg, key)
+    return model
+
+
 def training_log(ctx: RunContext, *current: TrainingStage) -> Callable[[], None]:
     """A callback rewriting ``log.jsonl`` from the finished stages' histories and the ``current`` ones."""
     finished = [r for r in ctx.results.values() if isinstance(r, TrainedModel)]
@@ -148,9 +195,12 @@ def train_reference(ctx: RunContext) -> TrainedModel:
     ref = cfg.reference
     model = ctx.inputs.make_model()
     if ref.weights is not None:
-        load_weights(model, ref.weights)
+        load_reference_weights(model, cfg)
         log.info("reference: reusing %s", ref.weights)
         return TrainedModel(dict(model.state_dict()), [], "loaded")
+    if ref.init is not None:
+        load_reference_weights(model, cfg, "init")
+        log.info("reference: starting from %s (all but the classifier head)", ref.init)
     log.info("reference: training %s on %s", cfg.model.arch, data.summary())
     stage = TrainingStage("reference", ctx.rd.checkpoints)
     optimizer = torch.optim.Adam(model.parameters(), lr=ref.lr, weight_decay=ref.weight_decay)

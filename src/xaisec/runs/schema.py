@@ -111,10 +111,14 @@ class ModelConfig:
 
 @dataclass
 class ReferenceConfig:
-    """The clean reference classifier: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule)."""
+    """The clean reference classifier: reuse ``weights`` (safetensors) or train it (Adam, cosine schedule), from random
+    weights or from ``init`` (pretrained on another task)."""
 
     #: a safetensors file with trained weights to use instead of training (null: train)
     weights: str | None = None
+    #: a safetensors file the training starts from, trained on another task (e.g. ImageNet weights, as Fang et al.
+    #: initialise their Birds models): every layer but the classifier head is loaded (null: random initialisation)
+    init: str | None = None
     #: training epochs of the clean model
     epochs: int = 8
     #: Adam learning rate at the start of the cosine schedule
@@ -133,6 +137,8 @@ class ReferenceConfig:
     augment: str | dict | None = None
 
     def __post_init__(self) -> None:
+        require(self.weights is None or self.init is None, "reference.weights (use a trained model) and reference.init "
+                "(start its training from pretrained weights) exclude each other; give one")
         require(1 <= self.epochs <= 100_000, f"reference.epochs must be in [1, 100000], got {self.epochs}")
         require(0 < self.lr <= 10, f"reference.lr must be in (0, 10], got {self.lr}")
         require(1 <= self.batch_size <= 1_000_000, f"reference.batch_size must be in [1, 1000000], got {self.batch_size}")

@@ -183,7 +183,8 @@ class TrialRunner:
         _, cfg = load_experiment(data)
         weights = cached_reference(cfg, self.sweep_dir.parent / ".reference_cache")
         if weights is not None:
-            _, cfg = load_experiment(merge(data, {"reference": {"weights": str(weights)}}))
+            # the cached model was trained from reference.init already: the trials load it as it is
+            _, cfg = load_experiment(merge(data, {"reference": {"weights": str(weights), "init": None}}))
         return cfg
 
     def __call__(self, trial) -> float:
