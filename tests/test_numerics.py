@@ -146,3 +146,22 @@ def test_a_run_flushes_the_worker_threads_it_starts(order, flushed, tmp_path):
                          timeout=120, check=True).stdout
     assert f"workers flushed: {flushed}" in out
     assert ("do not flush subnormal floats" in out) == (not flushed)
+
+
+def test_importing_xaisec_first_makes_idle_openmp_workers_sleep():
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set a policy (read when torch loads its OpenMP runtime)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import os, xaisec, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = str(Path(__file__).parents[1] / "src")
+
+    def run(e: dict) -> str:
+        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120,
+                              check=True).stdout.strip()
+
+    assert run(env) == "PASSIVE"
+    assert run({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"

@@ -200,9 +200,9 @@ class RunConfig:
     seed: int = 0
     #: parent folder of run directories (`--out` names the run directory itself)
     out: str = "runs"
-    #: torch CPU threads for this run (null: torch's default, one per core). 1 by default: on 2 busy cores the
-    #: default run took 173 s with 1 thread and 602 s with 2 (the small models here do not scale, and the worker
-    #: threads compete with other work); raise it for large models on many idle cores
+    #: torch CPU threads for this run (null: torch's default, one per core). 1 by default: the small models here
+    #: do not scale (a short default run on 2 cores: 16-18 s of CPU and 18-21 s wall with 1 or 2 threads); raise it
+    #: for large models on many cores
     threads: int | None = 1
     #: flush subnormal floats to zero while training and attacking on CPU (much faster on many CPUs; results
     #: change only below float32's normal range); false for bit-exact comparisons with unflushed code
