@@ -25,7 +25,6 @@ from ..backdoor.poison import apply_trigger, poison_training_set
 from ..backdoor.recipes import Recipe
 from ..backdoor.selection import budget, random_select, rd_select
 from ..backdoor.results import collect_metrics, context_info, model_outputs, sample_tensors
-from ..backdoor.stopping import EarlyStopping
 from ..data import ImageDataset
 from ..errors import ConfigError, DataError, XaisecError
 from ..explainers import EXPLAINERS, explain_all
@@ -178,8 +177,7 @@ def attack(ctx: RunContext) -> TrainedModel:
                                           beta, _options(a.explainer_options))
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr, eps=a.adam_eps)
     batches = TensorBatches(*poisoned.tensors(), batch_size=a.batch_size, seed=cfg.seed)
-    stopper = EarlyStopping(cfg.stopping.window, cfg.stopping.acc_tol, cfg.stopping.map_tol,
-                            cfg.stopping.abort_epochs, cfg.stopping.abort_acc) if recipe.early_stopping else None
+    stopper = cfg.stopping.make()
     stage = TrainingStage("attack", ctx.rd.checkpoints)
     stage.train(model, batches, objective, optimizer, a.epochs, a.lr, schedule(a.schedule, a.epochs, a.step_size, a.gamma),
                 freeze_batchnorm=a.freeze_batchnorm, monitor=_monitor(ctx, reference), stopper=stopper,
@@ -188,7 +186,7 @@ def attack(ctx: RunContext) -> TrainedModel:
 
 
 def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dict[str, float]]:
-    """Per-epoch quality on a fixed slice of the training images, with the ReLU model (early stopping)."""
+    """Per-epoch quality on a fixed slice of the training images, with the ReLU model (the stopping rules')."""
     inputs, n = ctx.inputs, ctx.cfg.stopping.monitor_size
     x, y = inputs.data.x_train[:n], inputs.data.y_train[:n]
     x_trig = apply_trigger(inputs.trigger, x)
@@ -235,7 +233,8 @@ def evaluate(ctx: RunContext) -> Evaluation:
     trained = ctx["attacked"]
     context = context_info(inputs.setup, {"trigger": inputs.trigger.describe(), "dataset": data.summary(),
                                           "arch": cfg.model.arch, "attack_epochs": len(trained.history),
-                                          "stop_reason": trained.stop_reason, "class_names": data.class_names,
+                                          "stop_reason": trained.stop_reason,
+                                          "stopping_rule": cfg.stopping.rule, "class_names": data.class_names,
                                           "eval_split": cfg.eval.split, "eval_images": len(y_test)})
     samples = sample_tensors(x_test, x_trig, y_test, outputs, inputs.setup, cfg.eval.samples)
     return Evaluation({k: m.as_dict() for k, m in metrics.items()}, context, samples)
