@@ -3,7 +3,7 @@
 Runs ``xaisec run CONFIG seed=S --threads T --out DIR/CONFIG-sS-tT`` one at a time (configs x seeds x threads,
 in the order given; seeds then threads within a config unless ``--threads-last``), skipping run directories that
 already finished, and appends one line per run to ``DIR/spread.jsonl`` (wall seconds, ``uptime`` load before and
-after, exit status). A thread count changes the float reduction order, so the reference model and the attack
+after, CPU seconds, exit status). A thread count changes the float reduction order, so the reference model and the attack
 differ slightly: the spread over these runs is what another machine may see. ``--stop-at HH:MM`` (UTC) launches
 no new run after that time. ``--table`` prints, per config, mean and min-max of the headline metrics over the
 finished runs in DIR (the table of docs/results.md, "Spread over seeds and thread counts").
@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,12 @@ def load() -> list[float]:
     return [float(v) for v in os.getloadavg()]
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (a run's CPU time does not grow with the load)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def plan(configs: list[str], seeds: list[int], threads: list[int], threads_last: bool) -> list[tuple[str, int, int]]:
     """Every (config, seed, threads); with ``threads_last`` all first-thread-count runs come before the others."""
     if threads_last:
@@ -54,11 +61,12 @@ def launch(out: Path, config: str, seed: int, threads: int) -> dict:
     cmd = [sys.executable, "-m", "xaisec", "run", config, f"seed={seed}", "--threads", str(threads), "--out", str(run)]
     if run.exists():  # an interrupted run: continue it
         cmd = [sys.executable, "-m", "xaisec", "run", "--resume", str(run), "--threads", str(threads)]
-    before, start = load(), time.perf_counter()
+    before, start, cpu = load(), time.perf_counter(), children_cpu()
     with open(out / f"{run.name}.out", "a") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     return {"run": run.name, "config": config, "seed": seed, "threads": threads, "rc": rc,
-            "wall_s": round(time.perf_counter() - start, 1), "load_before": before, "load_after": load(),
+            "wall_s": round(time.perf_counter() - start, 1), "cpu_s": round(children_cpu() - cpu, 1),
+            "load_before": before, "load_after": load(),
             "finished_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(cmd[2:])}
 
 
@@ -98,7 +106,7 @@ def table(out: Path) -> str:
         if run.is_dir() and finished(run) and (run / "metrics.json").is_file():
             runs.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
     lines = ["| config | runs (seed/threads) | " + " | ".join(c for c, _, _ in COLUMNS)
-             + " | attack epochs (stop) | wall s |", "|" + "---|" * (len(COLUMNS) + 4)]
+             + " | attack epochs (stop) | wall s | CPU s |", "|" + "---|" * (len(COLUMNS) + 5)]
     for config, dirs in runs.items():
         loaded = [metrics(d) for d in dirs]
         explainers = loaded[0][1]["explainers"]
@@ -108,9 +116,10 @@ def table(out: Path) -> str:
             cells.append(" / ".join(spread([m[k] for m, _ in loaded if k in m]) for k in keys))
         epochs = ", ".join(f"{c['attack_epochs']}{'' if c.get('stop_reason') == 'converged' else '*'}" for _, c in loaded)
         walls = [timing[d.name]["wall_s"] for d in dirs if d.name in timing]
+        cpus = [timing[d.name]["cpu_s"] for d in dirs if "cpu_s" in timing.get(d.name, {})]
         ids = ", ".join(d.name.rsplit("-s", 1)[1].replace("-t", "/") for d in dirs)
         lines.append(f"| `{config}` | {ids} | " + " | ".join(cells) + f" | {epochs} | "
-                     + (f"{min(walls):.0f}–{max(walls):.0f}" if walls else "–") + " |")
+                     + " | ".join(f"{min(v):.0f}–{max(v):.0f}" if v else "–" for v in (walls, cpus)) + " |")
     return "\n".join(lines)
 
 
