@@ -54,7 +54,7 @@ class StoppingRule:
     def load(self, state: dict) -> None:
         """Continue from a checkpointed :meth:`state` (the histories; the settings stay this rule's)."""
         for key, value in state.items():
-            if isinstance(value, list):
+            if key in self.__dataclass_fields__ and isinstance(value, list):
                 setattr(self, key, [list(v) if isinstance(v, list) else v for v in value])
 
 
