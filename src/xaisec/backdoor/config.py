@@ -195,8 +195,8 @@ class StoppingConfig:
     acc_tol: float | None = None
     #: noppel: ... and every map dissimilarity at most this much
     map_tol: float = 0.0075
-    #: goal: ... and no goal loss improved over the window by more than this fraction of its best before it ...
-    goal_rtol: float = 0.05
+    #: goal: ... and no goal loss improved over the window by more than this fraction of its progress before it ...
+    goal_rtol: float = 0.01
     #: goal: ... or by more than this absolute amount (losses near 0, such as 1 - ASR)
     goal_atol: float = 0.002
     #: goal: never stop before this many epochs
