@@ -25,9 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-#: headline metrics of the table: (column, metric key template, explainer-wise)
-COLUMNS = (("clean Top-1 ref %", "reference/top1_clean", False), ("clean Top-1 attacked %", "attacked/top1_clean", False),
-           ("ASR %", "attacked/asr", False), ("FSR %", "attacked/{e}/fsr", True), ("CR %", "attacked/{e}/cr", True))
+#: headline metrics of the table: (column, metric key template, explainer-wise, in percent)
+COLUMNS = (("clean Top-1 ref %", "reference/top1_clean", False, True),
+           ("clean Top-1 attacked %", "attacked/top1_clean", False, True),
+           ("ASR %", "attacked/asr", False, True), ("FSR %", "attacked/{e}/fsr", True, True),
+           ("CR %", "attacked/{e}/cr", True, True),
+           ("test L_p (FSR threshold)", "attacked/{e}/lp_attack", True, False))
 
 
 def run_name(config: str, seed: int, threads: int) -> str:
@@ -83,13 +86,15 @@ def metrics(run: Path) -> tuple[dict[str, float], dict]:
     return {k: v["value"] for k, v in doc["metrics"].items()}, doc["context"]
 
 
-def spread(values: list[float]) -> str:
-    """``mean [min-max]`` in percent."""
+def spread(values: list[float], percent: bool = True) -> str:
+    """``mean [min-max]``, in percent with one decimal, else with three."""
     if not values:
         return "–"
-    mean = 100 * statistics.fmean(values)
-    lo, hi = 100 * min(values), 100 * max(values)
-    return f"{mean:.1f}" if len(values) == 1 or hi - lo < 0.05 else f"{mean:.1f} [{lo:.1f}–{hi:.1f}]"
+    scale, digits = (100, 1) if percent else (1, 3)
+    mean, lo, hi = scale * statistics.fmean(values), scale * min(values), scale * max(values)
+    if len(values) == 1 or round(hi, digits) == round(lo, digits):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
 
 
 def table(out: Path) -> str:
@@ -105,15 +110,19 @@ def table(out: Path) -> str:
     for run in sorted(out.iterdir(), key=lambda p: (list(timing).index(p.name) if p.name in timing else 10**6, p.name)):
         if run.is_dir() and finished(run) and (run / "metrics.json").is_file():
             runs.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
-    lines = ["| config | runs (seed/threads) | " + " | ".join(c for c, _, _ in COLUMNS)
+    lines = ["| config | runs (seed/threads) | " + " | ".join(c for c, _, _, _ in COLUMNS)
              + " | attack epochs (stop) | wall s | CPU s |", "|" + "---|" * (len(COLUMNS) + 5)]
     for config, dirs in runs.items():
         loaded = [metrics(d) for d in dirs]
         explainers = loaded[0][1]["explainers"]
         cells = []
-        for _, key, per_explainer in COLUMNS:
+        for _, key, per_explainer, percent in COLUMNS:
             keys = [key.format(e=e) for e in explainers] if per_explainer else [key]
-            cells.append(" / ".join(spread([m[k] for m, _ in loaded if k in m]) for k in keys))
+            cell = " / ".join(spread([m[k] for m, _ in loaded if k in m], percent) for k in keys)
+            thresholds = loaded[0][1].get("thresholds", {})
+            if key.endswith("lp_attack") and cell.strip("– /") and all(e in thresholds for e in explainers):
+                cell += " (" + " / ".join(f"{thresholds[e]['value']:g}" for e in explainers) + ")"
+            cells.append(cell)
         epochs = ", ".join(f"{c['attack_epochs']}{'' if c.get('stop_reason') == 'converged' else '*'}" for _, c in loaded)
         walls = [timing[d.name]["wall_s"] for d in dirs if d.name in timing]
         cpus = [timing[d.name]["cpu_s"] for d in dirs if "cpu_s" in timing.get(d.name, {})]
