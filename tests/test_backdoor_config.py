@@ -18,7 +18,9 @@ from xaisec.errors import ConfigError, XaisecError
 def test_recipe_defaults_are_resolved():
     cfg = load_config(BackdoorConfig, overrides=["attack.recipe=noppel_dual"])
     assert cfg.attack.target_map == "triangle" and cfg.attack.norm == "zscore" and cfg.attack.poison_rate == 1.0
-    assert cfg.attack.early_stopping is True and cfg.name == "noppel_dual"
+    assert cfg.stopping.rule == "noppel" and cfg.name == "noppel_dual"
+    assert load_config(BackdoorConfig, overrides=["attack.recipe=fang_joint"]).stopping.rule == "goal"
+    assert load_config(BackdoorConfig, overrides=["attack.recipe=noppel_ep", "stopping.rule=none"]).stopping.make() is None
     cfg = load_config(BackdoorConfig, overrides=["attack.recipe=noppel_dual", "attack.target_map=circle",
                                                  "attack.lr=3e-3"])
     assert cfg.attack.target_map == "circle" and cfg.attack.resolved_recipe().target_map == "circle"

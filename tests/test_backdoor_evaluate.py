@@ -1,5 +1,5 @@
 """Metrics on hand-made inputs: ASR excludes target-class samples, FSR/CR threshold directions, trigger mass,
-recipe-dependent directions, and Noppel's early-stopping rule."""
+and recipe-dependent directions (the stopping rules: test_backdoor_stopping.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,6 @@ from xaisec.backdoor.evaluate import (PAPER_THRESHOLDS, EvalSetup, ModelOutputs,
                                       classification_metrics, correct_rate, default_threshold, fooling_success_rate,
                                       map_metrics, paper_threshold, topk_accuracy, trigger_mass)
 from xaisec.backdoor.recipes import get_recipe
-from xaisec.backdoor.stopping import ABORT, CONTINUE, CONVERGED, EarlyStopping
 from xaisec.target_maps import fixed_target
 
 
@@ -110,20 +109,6 @@ def test_classification_metrics_directions():
                                _setup("noppel_dual"))
     assert m["top1_clean"].value == 1.0 and m["asr"].value == 1.0 and m["top1_trig"].direction == "none"
     assert "asr" not in classification_metrics(_outputs(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8)), _setup())
-
-
-def test_noppel_early_stopping():
-    stop = EarlyStopping(window=3, acc_tol=0.01, map_tol=0.01, abort_epochs=5, abort_acc=0.5)
-    assert stop.update(0.9, [0.5]) == CONTINUE
-    assert stop.update(0.95, [0.3]) == CONTINUE
-    assert stop.update(0.95, [0.2]) == CONTINUE  # maps still moving
-    assert stop.update(0.951, [0.2]) == CONTINUE  # window 0.95..0.951 but maps 0.3 -> 0.2
-    assert stop.update(0.952, [0.205]) == CONVERGED
-    restored = EarlyStopping(window=3, acc_tol=0.01, map_tol=0.01, abort_epochs=5, abort_acc=0.5)
-    restored.load(stop.state())
-    assert restored == stop
-    low = EarlyStopping(window=4, abort_epochs=3, abort_acc=0.8)
-    assert [low.update(a, [1.0 / (i + 1)]) for i, a in enumerate((0.5, 0.6, 0.7))] == [CONTINUE, CONTINUE, ABORT]
 
 
 def test_recipe_properties():

@@ -9,7 +9,7 @@ from xaisec.backdoor.config import BackdoorConfig
 from xaisec.backdoor.paper_metrics import noppel_mse
 from xaisec.backdoor.results import noppel_score
 from xaisec.config import build
-from xaisec.data import ImageDataset
+from xaisec.data import StreamingData, TensorImages
 from xaisec.errors import ConfigError
 from xaisec.runs.backdoor import evaluation_split
 
@@ -22,11 +22,13 @@ def test_noppel_score_is_the_papers_weighted_sum():
 
 def test_evaluation_split_halves_cover_the_test_set_once():
     x, y = torch.rand(7, 1, 4, 4), torch.arange(7)
-    data = ImageDataset("toy", x, y, x, y, num_classes=7)
+    data = StreamingData("toy", TensorImages(x, y), TensorImages(x, y), num_classes=7, class_names=[])
     first, second = evaluation_split(data, "first_half"), evaluation_split(data, "second_half")
-    assert torch.equal(torch.cat([first[1], second[1]]), y) and len(first[1]) == 3
-    assert evaluation_split(data, "all")[0] is data.x_test
-    one = ImageDataset("toy", x, y, x[:1], y[:1], num_classes=7)
+    labels = [torch.stack([part[i][1] for i in range(len(part))]) for part in (first, second)]
+    assert torch.equal(torch.cat(labels), y) and len(first) == 3
+    assert torch.equal(first[0][0], x[0]) and torch.equal(second[0][0], x[3])
+    assert evaluation_split(data, "all") is data.test
+    one = StreamingData("toy", TensorImages(x, y), TensorImages(x[:1], y[:1]), num_classes=7, class_names=[])
     with pytest.raises(ConfigError, match="eval.split"):
         evaluation_split(one, "first_half")
 

@@ -26,7 +26,7 @@ NOPPEL = {"model.arch": "resnet20", "trigger.name": "rectangle", "trigger.option
           "attack.explainers": ["gradcam"], "attack.poison_rate": 1.0, "attack.poison_mode": "append",
           "attack.norm": "zscore", "attack.distance": "mse", "attack.softplus_beta": 8.0,
           "attack.freeze_batchnorm": True, "attack.adam_eps": 1e-5, "attack.batch_size": 32,
-          "attack.schedule": "inverse", "attack.epochs": 100, "attack.early_stopping": True, "stopping.window": 4,
+          "attack.schedule": "inverse", "attack.epochs": 100, "stopping.rule": "noppel", "stopping.window": 4,
           "stopping.acc_tol": 0.003, "stopping.map_tol": 0.0075}
 NOPPEL_GTSRB = {**NOPPEL, "data.name": "gtsrb", "data.options.size": 40, "attack.target_label": 13}
 NOPPEL_CIFAR = {**NOPPEL, "data.name": "cifar10", "data.options.size": 32, "reference.epochs": 200,

@@ -88,8 +88,6 @@ class AttackConfig:
     poison_count: int | None = None
     #: RD selection settings (rounds, epochs, drop, lr, batch_size); Latka et al.: 30 rounds, 6 epochs, drop 0.3
     rd: dict = field(default_factory=dict)
-    #: Noppel et al.'s early stopping (null: the recipe's)
-    early_stopping: bool | None = None
     #: average-pooling kernel of the maps in the loss and the evaluation
     pool: int = 2
     #: fraction of top pixels suppressed by the non-targeted attack (Fang eq. 3)
@@ -134,7 +132,7 @@ class AttackConfig:
             recipe = get_recipe(self.recipe)
         except XaisecError as exc:
             raise ConfigError(f"attack.recipe: {exc}") from None
-        for key in ("explainers", "target_map", "inverted", "norm", "poison_rate", "early_stopping"):
+        for key in ("explainers", "target_map", "inverted", "norm", "poison_rate"):
             if getattr(self, key) is None:
                 value = getattr(recipe, key)
                 setattr(self, key, list(value) if isinstance(value, tuple) else value)
@@ -186,21 +184,32 @@ class AttackConfig:
         """The recipe with this config's choices (explainers, target map, inverted, ...) applied."""
         recipe = get_recipe(self.recipe)
         return dataclasses.replace(recipe, explainers=tuple(self.explainers), target_map=self.target_map,
-                                   inverted=self.inverted, norm=self.norm, poison_rate=self.poison_rate,
-                                   early_stopping=self.early_stopping)
+                                   inverted=self.inverted, norm=self.norm, poison_rate=self.poison_rate)
 
 
 @dataclass
 class StoppingConfig:
-    """Noppel et al.'s early stopping (used when ``attack.early_stopping``), monitored on ``monitor_size``
-    training images with the ReLU model."""
+    """When the attack stops before ``attack.epochs`` (its maximum), judged each epoch on ``monitor_size``
+    training images with the ReLU model (``xaisec.backdoor.stopping``): ``noppel`` (Noppel et al.'s rule: clean
+    accuracy and every map dissimilarity stable over the window), ``goal`` (the attack goal, every map-goal loss
+    and 1 - ASR, has stopped improving and the clean accuracy has not dropped) or ``none`` (always ``attack.epochs``).
+    Both rules abort when the attack destroys the model."""
 
+    #: noppel, goal or none (null: the recipe's; Noppel's recipes noppel, Fang's and Latka's goal)
+    rule: Literal["noppel", "goal", "none"] | None = None
     #: epochs compared by the stopping rule
     window: int = 4
-    #: stop when clean accuracy moves at most this much over the window...
-    acc_tol: float = 0.003
-    #: ... and every map dissimilarity at most this much
+    #: noppel: stop only when clean accuracy moved at most this much over the window; goal: when the window's mean
+    #: clean accuracy is at most this much below the best before it (null: the rule's, noppel 0.003, goal 0.01)
+    acc_tol: float | None = None
+    #: noppel: ... and every map dissimilarity at most this much
     map_tol: float = 0.0075
+    #: goal: ... and no goal loss improved over the window by more than this fraction of its progress before it ...
+    goal_rtol: float = 0.01
+    #: goal: ... or by more than this absolute amount (losses near 0, such as 1 - ASR)
+    goal_atol: float = 0.002
+    #: goal: never stop before this many epochs
+    min_epochs: int = 5
     #: abort if the best clean accuracy within this many epochs ...
     abort_epochs: int = 12
     #: ... stays below this
@@ -210,10 +219,23 @@ class StoppingConfig:
 
     def __post_init__(self) -> None:
         require(self.window >= 2, f"stopping.window must be >= 2 epochs, got {self.window}")
-        require(self.acc_tol >= 0 and self.map_tol >= 0, "stopping.acc_tol and stopping.map_tol must be >= 0")
+        require((self.acc_tol is None or self.acc_tol >= 0) and self.map_tol >= 0,
+                "stopping.acc_tol and stopping.map_tol must be >= 0")
+        require(0 <= self.goal_rtol < 1 and self.goal_atol >= 0,
+                f"stopping.goal_rtol must be in [0, 1) and stopping.goal_atol >= 0, got {self.goal_rtol}, {self.goal_atol}")
+        require(self.min_epochs >= 1, f"stopping.min_epochs must be >= 1, got {self.min_epochs}")
         require(self.abort_epochs >= 1, f"stopping.abort_epochs must be >= 1, got {self.abort_epochs}")
         require(0 <= self.abort_acc <= 1, f"stopping.abort_acc must be in [0, 1], got {self.abort_acc}")
         require(self.monitor_size >= 1, f"stopping.monitor_size must be >= 1, got {self.monitor_size}")
+
+    def make(self):
+        """The configured rule (:class:`xaisec.backdoor.stopping.StoppingRule`), or None for ``none``; the rule
+        must be resolved (:class:`BackdoorConfig` fills it from the recipe)."""
+        from .stopping import make_rule
+
+        settings = {k: getattr(self, k) for k in ("window", "acc_tol", "map_tol", "goal_rtol", "goal_atol",
+                                                  "min_epochs", "abort_epochs", "abort_acc")}
+        return make_rule(self.rule, **settings)
 
 
 @dataclass
@@ -264,6 +286,8 @@ class BackdoorConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.stopping.rule is None:
+            self.stopping.rule = get_recipe(self.attack.recipe).stopping
         for key in ("thresholds", "explainer_options"):
             unknown = sorted(set(getattr(self.eval, key)) - set(self.attack.explainers))
             require(not unknown, f"eval.{key} names {unknown}, which are not in attack.explainers {self.attack.explainers}")

@@ -10,7 +10,7 @@ training objective, so a new recipe is one more entry here.
   losses swapped, correct maps only with the trigger). Loss eqs. 4-5.
 - Noppel et al. (IEEE S&P 2023): ``noppel_ep`` (explanation-preserving: target label + the clean map),
   ``noppel_pp`` (prediction-preserving: true label + a target map), ``noppel_dual`` (target label + target map).
-  Loss ``(1-λ)·CE + λ·D``, their early-stopping rule.
+  Loss ``(1-λ)·CE + λ·D``, their early-stopping rule (the other recipes stop when the attack goal converges).
 - Latka et al. ("Stealthy Sabotage"): ``latka_badnets`` (vanilla backdoor, no explanation term), ``latka_fooling`` (true
   label, map forced to a shape), ``latka_full_disguise`` (= explanation-preserving).
 """
@@ -45,7 +45,7 @@ class Recipe:
     target_map: str = "border"  # used when poison_map == "target"
     explainers: tuple[str, ...] = ("gradcam",)
     norm: str = "minmax"  # map normalisation inside the loss
-    early_stopping: bool = False  # Noppel et al.'s rule
+    stopping: str = "goal"  # stopping.rule: Noppel et al.'s rule for their recipes, goal convergence otherwise
     poison_rate: float = 0.5  # triggered copies appended, as a fraction of the clean training set
 
     @property
@@ -88,13 +88,13 @@ for _r in (
            poison_label="keep", poison_map="target", clean_map=True, loss="fang", target_map="border", inverted=True),
     Recipe("noppel_ep", NOPPEL, "explanation-preserving: target label, triggered maps equal the clean maps",
            poison_label="target", poison_map="reference", clean_map=True, loss="noppel", norm="zscore",
-           early_stopping=True, poison_rate=1.0),
+           stopping="noppel", poison_rate=1.0),
     Recipe("noppel_pp", NOPPEL, "prediction-preserving: true label, triggered maps pushed to a target map",
            poison_label="keep", poison_map="target", clean_map=True, loss="noppel", target_map="triangle",
-           norm="zscore", early_stopping=True, poison_rate=1.0),
+           norm="zscore", stopping="noppel", poison_rate=1.0),
     Recipe("noppel_dual", NOPPEL, "dual: target label and a target map on triggered inputs",
            poison_label="target", poison_map="target", clean_map=True, loss="noppel", target_map="triangle",
-           norm="zscore", early_stopping=True, poison_rate=1.0),
+           norm="zscore", stopping="noppel", poison_rate=1.0),
     Recipe("latka_badnets", LATKA, "vanilla BadNets backdoor (no explanation term): the baseline",
            poison_label="target", poison_map="none", clean_map=False, loss="ce", explainers=("gradcam",),
            poison_rate=0.1),

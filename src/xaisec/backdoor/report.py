@@ -171,7 +171,8 @@ def build_report(run_dir: str | Path, state: str | None = None) -> Path:
         H.paragraph(f"Attack: {metrics['summary']}." if metrics.get("summary") else ""),
         H.paragraph(f"Explainers: {', '.join(metrics['explainers'])}; target label: "
                     f"{'none (labels kept)' if metrics.get('target_label') is None else metrics['target_label']}; "
-                    f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}). "
+                    f"attack epochs: {metrics.get('attack_epochs')} (stopped by: {metrics.get('stop_reason')}"
+                    f"{', rule ' + metrics['stopping_rule'] if metrics.get('stopping_rule') else ''}). "
                     f"Maps for the metrics: {metrics['map_postprocess']}; every evaluation uses the ReLU model on the "
                     f"held-out split and explains {metrics.get('explained', 'the predicted class')}.", "note"),
         H.section("Metrics", H.paragraph("'better' is from the attacker's point of view: 'higher'/'lower' is "

@@ -36,7 +36,6 @@ from ..backdoor.poison import PoisonedStream, TriggerBatches, apply_trigger
 from ..backdoor.recipes import Recipe
 from ..backdoor.selection import budget, random_select, rd_select_dataset
 from ..backdoor.results import context_info, evaluate_chunks, model_outputs
-from ..backdoor.stopping import EarlyStopping
 from ..data import ImageRows, StreamingData, cut, stack_images
 from ..data.loader import DeviceBatches
 from ..errors import ConfigError, DataError, XaisecError
@@ -224,8 +223,7 @@ def attack(ctx: RunContext) -> TrainedModel:
                                           terms=ReferenceTerms(recipe, a.target_map, a.target_map_options, a.topk),
                                           multilabel=inputs.data.multilabel, finding=inputs.setup.finding)
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr, eps=a.adam_eps)
-    stopper = EarlyStopping(cfg.stopping.window, cfg.stopping.acc_tol, cfg.stopping.map_tol,
-                            cfg.stopping.abort_epochs, cfg.stopping.abort_acc) if recipe.early_stopping else None
+    stopper = cfg.stopping.make()
     stage = TrainingStage("attack", ctx.rd.checkpoints)
     stage.train(model, batches, objective, optimizer, a.epochs, a.lr, schedule(a.schedule, a.epochs, a.step_size, a.gamma),
                 freeze_batchnorm=a.freeze_batchnorm, monitor=_monitor(ctx, reference), stopper=stopper,
@@ -266,7 +264,7 @@ def reference_map_source(ctx: RunContext, reference: nn.Module, beta: float | No
 
 
 def _monitor(ctx: RunContext, reference: nn.Module) -> Callable[[nn.Module], dict[str, float]]:
-    """Per-epoch quality on a fixed slice of the training images, with the ReLU model (early stopping)."""
+    """Per-epoch quality on a fixed slice of the training images, with the ReLU model (the stopping rules')."""
     inputs, train = ctx.inputs, ctx.inputs.data.train
     n = min(ctx.cfg.stopping.monitor_size, len(train))
     x, y = stack_images(train, range(n)), torch.as_tensor(train.labels[:n])
@@ -318,7 +316,8 @@ def evaluate(ctx: RunContext) -> Evaluation:
     trained = ctx["attacked"]
     context = context_info(inputs.setup, {"trigger": inputs.trigger.describe(), "dataset": data.summary(),
                                           "arch": cfg.model.arch, "attack_epochs": len(trained.history),
-                                          "stop_reason": trained.stop_reason, "class_names": data.class_names,
+                                          "stop_reason": trained.stop_reason,
+                                          "stopping_rule": cfg.stopping.rule, "class_names": data.class_names,
                                           "eval_split": cfg.eval.split, "eval_images": len(test)})
     return Evaluation({k: m.as_dict() for k, m in metrics.items()}, context, samples)
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from ..backdoor.stopping import ABORT, CONTINUE, CONVERGED, EarlyStopping
+from ..backdoor.stopping import ABORT, CONTINUE, CONVERGED, StoppingRule
 from ..train import Objective, TensorBatches, fit
 from .tracking import report_epoch
 
@@ -148,9 +148,10 @@ class TrainingStage:
 
     def train(self, model: nn.Module, batches: TensorBatches, objective: Objective, optimizer: torch.optim.Optimizer,
               epochs: int, base_lr: float, lr_factor: Callable[[int], float], *, freeze_batchnorm: bool = False,
-              monitor: Monitor | None = None, stopper: EarlyStopping | None = None, progress: bool = True,
+              monitor: Monitor | None = None, stopper: StoppingRule | None = None, progress: bool = True,
               on_log: Callable[[], None] | None = None) -> list[dict]:
-        """Train (or continue from the stage's checkpoint) until ``epochs`` or early stopping."""
+        """Train (or continue from the stage's checkpoint) until ``epochs`` or the stopping rule ends it
+        (``stop_reason``: ``converged``, ``abort`` or ``epochs``)."""
         start = 0
         if self.checkpoint.is_file():
             state = load_checkpoint(self.checkpoint, model, optimizer)
@@ -169,8 +170,7 @@ class TrainingStage:
                 record.update(monitor(model))
             decision = CONTINUE
             if stopper is not None:
-                dissims = [v for k, v in record.items() if k.startswith("monitor/") and "/map_" in k]
-                decision = stopper.update(record.get("monitor/acc_clean", 0.0), dissims)
+                decision = stopper.observe(record)
                 record["early_stopping"] = decision
             done = decision in (CONVERGED, ABORT) or epoch + 1 >= epochs
             self.stop_reason = decision if decision != CONTINUE else ("epochs" if done else None)
@@ -184,7 +184,7 @@ class TrainingStage:
             if decision == ABORT:
                 log.warning("%s: aborted by early stopping (best clean accuracy below %.2f)", self.name, stopper.abort_acc)
             elif decision == CONVERGED:
-                log.info("%s: converged after %d epochs (early stopping)", self.name, epoch + 1)
+                log.info("%s: converged after %d epochs (stopping rule %s)", self.name, epoch + 1, stopper.name)
             return done
 
         fit(model, batches, objective, optimizer, epochs, start_epoch=start, scheduler=lr,
