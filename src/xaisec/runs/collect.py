@@ -27,7 +27,7 @@ from ..errors import ConfigError, XaisecError
 from ..io import atomic_write_text
 from ..records import Metric
 from .rundir import RunDir
-from .runner import read_metrics
+from .runner import read_metrics, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def read_row(path: Path) -> RunRow:
     """One run's row; a damaged or unfinished run gives a row with its state and a note, never an exception."""
     rd = RunDir(path)
     try:
-        config = flatten(rd.read_config())
+        config = flatten(with_defaults(rd.read_config()))  # runs from before a key existed compare at its default
     except XaisecError as exc:
         return RunRow(path, "damaged", note=str(exc))
     state = rd.state()

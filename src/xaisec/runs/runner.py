@@ -167,7 +167,7 @@ def stored_config(cfg: Any) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(dump_config(cfg), sort_keys=False))
 
 
-def _with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
     """A stored ``config.yaml`` with the keys added to the schema since the run started, at their defaults (the
     values it holds stay as written); as written if it no longer validates."""
     try:
@@ -235,7 +235,7 @@ def run_experiment(cfg: Any, run_dir: str | Path | None = None, *, resume: bool 
     rd = RunDir(run_dir if run_dir is not None else default_run_dir(cfg))
     config = stored_config(cfg)
     if resume:
-        changes = _diff(_with_defaults(rd.read_config()), config)
+        changes = _diff(with_defaults(rd.read_config()), config)
         if changes:
             raise ConfigError(f"--resume: the config differs from the one {rd.path} was started with "
                               f"({'; '.join(changes[:5])}); start a new run instead")
@@ -348,4 +348,4 @@ def build_report(run_dir: str | Path) -> Path:
 
 __all__ = ["DEFAULT_KIND", "EXPERIMENTS", "Experiment", "RunContext", "RunResult", "Stage", "build_report",
            "get_kind", "load_experiment", "load_kinds", "load_run", "read_metrics", "register_experiment",
-           "run_experiment", "stored_config"]
+           "run_experiment", "stored_config", "with_defaults"]
