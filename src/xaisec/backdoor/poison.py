@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..data.loader import WrappedBatches
 from ..errors import ConfigError
 
 
@@ -154,19 +155,14 @@ class PoisonedStream(Dataset):
         return x, torch.as_tensor(y), torch.tensor(poisoned), torch.tensor(source)
 
 
-class TriggerBatches:
+class TriggerBatches(WrappedBatches):
     """Batches ``(x, y, poisoned, source, ...)`` of a ``PoisonedStream(per_batch=True)`` with the trigger applied to
     the poisoned rows of ``x`` (on ``x``'s device; move the trigger there first); further tensors of a batch (e.g.
     reference maps of the clean images) pass through unchanged."""
 
     def __init__(self, batches, trigger: nn.Module):
-        self.batches, self.trigger = batches, trigger
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+        super().__init__(batches)
+        self.trigger = trigger
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for x, y, poisoned, source, *rest in self.batches:

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..data import ImageStream, Slice, TensorImages
 from ..data.cache import CachedImages, cache_key
+from ..data.loader import WrappedBatches
 from ..errors import ConfigError, DataError
 from ..maps import downsample
 from .goals import iter_pooled_maps
@@ -141,21 +142,16 @@ class RecomputedMaps:
         return [maps[name] for name in self.explainers]
 
 
-class ReferenceMapBatches:
+class ReferenceMapBatches(WrappedBatches):
     """Batches ``(x, y, poisoned, source)`` of clean images (a ``PoisonedStream(per_batch=True)`` loader, before
     the trigger) extended by each explainer's raw reference maps of those clean images: ``(..., ref_1, ...,
     ref_E)``. ``labels``: the classes the maps explain per training image ``(N,)``: the clean labels (the true
     class, not a poisoned label), a multi-label run's finding, or None (each image's top-scoring class)."""
 
     def __init__(self, batches, maps: MapSource, labels: torch.Tensor | None):
-        self.batches, self.maps = batches, maps
+        super().__init__(batches)
+        self.maps = maps
         self.labels = None if labels is None else torch.as_tensor(labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for x, y, poisoned, source, *rest in self.batches:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .loader import WrappedBatches
 
 CROPS = ("pad", "resized", "none")
 
@@ -98,20 +99,18 @@ def paper_augment(input_shape: tuple[int, ...]) -> Augment:
     return Augment(crop="pad" if max(input_shape[-2:]) <= 48 else "resized")
 
 
-class AugmentedBatches:
+class AugmentedBatches(WrappedBatches):
     """Training batches ``(x, y, ...)`` with ``augment`` applied to ``x`` (the other tensors untouched); any
     batches object with ``set_epoch`` (``TensorBatches``, ``make_loader``) goes in."""
 
     def __init__(self, batches, augment: Augment, seed: int = 0):
-        self.batches, self.augment, self.seed = batches, augment, seed
+        super().__init__(batches)
+        self.augment, self.seed = augment, seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        self.batches.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+        super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for i, batch in enumerate(self.batches):

@@ -65,18 +65,28 @@ class StreamBatches:
             raise DataError(worker_message(exc)) from None
 
 
-class DeviceBatches:
-    """Batches of tensors moved to ``device`` as they are drawn (non-blocking from pinned memory), so that what
-    follows (a per-batch trigger, reference maps) runs there; ``set_epoch`` and ``len`` pass through."""
+class WrappedBatches:
+    """Base of the batch wrappers (device moves, augmentation, triggers, reference maps): ``set_epoch`` and ``len``
+    pass through to the wrapped ``batches`` (``TensorBatches``, ``make_loader`` or another wrapper); a subclass
+    defines ``__iter__``."""
 
-    def __init__(self, batches, device: str | torch.device):
-        self.batches, self.device = batches, torch.device(device)
+    def __init__(self, batches):
+        self.batches = batches
 
     def set_epoch(self, epoch: int) -> None:
         self.batches.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+class DeviceBatches(WrappedBatches):
+    """Batches of tensors moved to ``device`` as they are drawn (non-blocking from pinned memory), so that what
+    follows (a per-batch trigger, reference maps) runs there."""
+
+    def __init__(self, batches, device: str | torch.device):
+        super().__init__(batches)
+        self.device = torch.device(device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for batch in self.batches:
