@@ -164,6 +164,7 @@ def test_reference_training_and_evaluation_maps_explain_the_same_finding(finding
                                                                           monkeypatch):
     """The reference maps (iter_pooled_maps), the training maps (the objective's explain_all) and the evaluation maps
     (model_outputs) all explain the chosen finding, or all each image's top-scoring one."""
+    import xaisec.backdoor.goals as goals
     import xaisec.backdoor.objectives as objectives
     import xaisec.backdoor.reference_maps as refmaps
     import xaisec.backdoor.results as results
@@ -192,7 +193,8 @@ def test_reference_training_and_evaluation_maps_explain_the_same_finding(finding
             return function(model, recorded(), *args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(refmaps, "iter_pooled_maps", spy_batches(refmaps.iter_pooled_maps))
+    for module in (goals, refmaps):  # every reference-map source computes through iter_pooled_maps
+        monkeypatch.setattr(module, "iter_pooled_maps", spy_batches(module.iter_pooled_maps))
     monkeypatch.setattr(objectives, "explain_all", spy("training", objectives.explain_all, 2))
     monkeypatch.setattr(results, "explain_all", spy("evaluation", results.explain_all, 2))
     out = run("fang_chestxray14_targeted", xray, tmp_path / "run", "reference.epochs=1", "data.train_size=32",

@@ -133,7 +133,7 @@ def trigger_hit(maps: torch.Tensor, mask: torch.Tensor, margin: int = 0) -> torc
     return region.flatten()[peak] > 0
 
 
-def _mean_std(t: torch.Tensor) -> tuple[float, float]:
+def mean_std(t: torch.Tensor) -> tuple[float, float]:
     return t.mean().item(), (t.std(unbiased=False).item() if t.numel() > 1 else 0.0)
 
 
@@ -283,19 +283,19 @@ def map_summary(q: dict[str, torch.Tensor], setup: EvalSetup, name: str,
         ("mse_ref_clean", "MSE between clean-input maps and the reference model's clean maps", clean_dir),
         ("mse_ref_trig", "MSE between triggered-input maps and the reference model's clean maps", trig_dir),
     ):
-        mean, std = _mean_std(q[key])
+        mean, std = mean_std(q[key])
         metrics[key] = Metric(mean, direction, desc + " (pooled, [0,1])", std)
     for key, desc, direction in (("clean", "clean-input", clean_dir), ("trig", "triggered-input", trig_dir)):
-        mean, std = _mean_std(q[f"l1_ref_{key}"])
+        mean, std = mean_std(q[f"l1_ref_{key}"])
         metrics[f"l1_ref_{key}"] = Metric(mean, direction, f"L1/(H*W) between {desc} maps and the reference clean maps", std)
         flip = {"higher": "lower", "lower": "higher", "none": "none"}[direction]
-        mean, std = _mean_std(q[f"iou_ref_{key}"])
+        mean, std = mean_std(q[f"iou_ref_{key}"])
         metrics[f"iou_ref_{key}"] = Metric(mean, flip, f"IoU of the top-{setup.iou_k:.0%} pixels of {desc} maps and "
                                                        "of the reference clean maps", std)
     area = setup.trigger_mask.float().mean().item()
     stealth = "lower" if r.explanation_aware else "none"
     if "trigger_mass_trig" in q:
-        mean, std = _mean_std(q["trigger_mass_trig"])
+        mean, std = mean_std(q["trigger_mass_trig"])
         metrics["trigger_mass_trig"] = Metric(mean, stealth, f"share of the triggered-input map's mass inside the "
                                               f"trigger region (region = {area:.1%} of the image)", std)
         metrics["trigger_hit_trig"] = Metric(q["trigger_hit_trig"].mean().item(), stealth,
@@ -304,7 +304,7 @@ def map_summary(q: dict[str, torch.Tensor], setup: EvalSetup, name: str,
     if "lp_attack" in q:
         lp_attack, lp_keep = q["lp_attack"], q["lp_keep"]
         what = "clean" if inv else "triggered"
-        mean, std = _mean_std(lp_attack)
+        mean, std = mean_std(lp_attack)
         metrics["lp_attack"] = Metric(mean, "lower", f"attack loss L_p on {what} inputs ({r.attack_type}; pooled "
                                                      "maps in [0,1])", std)
         metrics["fsr"] = Metric(fooling_success_rate(lp_attack, tau), "higher",

@@ -26,9 +26,17 @@ def pooled_maps(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None, 
                 options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """Raw maps ``{name: (N,1,H/pool,W/pool)}`` of ``x`` (N,C,H,W) for ``target`` classes (None: predicted),
     average-pooled and detached, on the model's device; the model in eval mode (BatchNorm folded), with Softplus(``softplus_beta``) if given."""
-    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
     batches = ((x[s:s + batch_size], None if target is None else target[s:s + batch_size])
                for s in range(0, len(x), batch_size))
+    return concat_pooled_maps(model, batches, explainers, pool, softplus_beta=softplus_beta, options=options)
+
+
+def concat_pooled_maps(model: nn.Module, batches: Iterable[Sequence[torch.Tensor | None]], explainers: Sequence[str],
+                       pool: int, *, softplus_beta: float | None = None,
+                       options: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`iter_pooled_maps` of every ``(x, target, ...)`` batch, concatenated in order: ``{name: (N,1,h,w)}``
+    on the model's device."""
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
     for maps in iter_pooled_maps(model, batches, explainers, pool, softplus_beta=softplus_beta, options=options):
         for name in explainers:
             chunks[name].append(maps[name])

@@ -4,8 +4,8 @@ every step's maps with (Fang & Choromanska's L_s, Noppel et al.'s D), for traini
 ``attack.reference_maps`` picks where they come from; every source hands the training loop the raw pooled maps
 ``(B,1,h,w)`` of each batch's clean images (explaining their true class), looked up by the samples' ``source``:
 
-- ``memory``: computed once over the training set (:func:`~xaisec.backdoor.goals.iter_pooled_maps` over a loader)
-  and held on the model's device;
+- ``memory``: computed once over the training set (:func:`~xaisec.backdoor.goals.concat_pooled_maps` over a
+  loader) and held on the model's device;
 - ``disk``: computed once into ``np.memmap`` files (float32) in a cache folder, keyed by a hash of the reference
   weights, the explainers and their options, the pooling, the Softplus beta and the training set's identity
   (:func:`maps_key`); a later run (or a resumed one) with the same key reads them instead of recomputing;
@@ -100,9 +100,8 @@ def maps_key(reference: nn.Module, explainers: Sequence[str], options: dict[str,
     """24 hex digits naming the reference maps of ``dataset``: reference weights, explainer names and options,
     pooling, Softplus beta, the dataset's identity (:func:`dataset_identity`) and what the maps explain
     (``explained``: the labels, or on multi-label data a finding rule)."""
-    parts = [weights_identity(reference), list(explainers), options, pool, softplus_beta, dataset_identity(dataset)]
-    if explained != "labels":  # keys of single-label maps stay as they were
-        parts.append(explained)
+    parts = [weights_identity(reference), list(explainers), options, pool, softplus_beta, dataset_identity(dataset),
+             explained]
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -157,16 +156,6 @@ class ReferenceMapBatches(WrappedBatches):
         for x, y, poisoned, source, *rest in self.batches:
             y_true = None if self.labels is None else self.labels[source.cpu()].to(x.device)
             yield (x, y, poisoned, source, *rest, *self.maps(x, y_true, source))
-
-
-def compute_maps(reference: nn.Module, batches: Iterable, explainers: Sequence[str], pool: int,
-                 softplus_beta: float | None, options: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """``memory``: the maps of every ``(x, y)`` batch of the training set in order, concatenated on the device."""
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in explainers}
-    for maps in iter_pooled_maps(reference, batches, explainers, pool, softplus_beta=softplus_beta, options=options):
-        for name in explainers:
-            parts[name].append(maps[name])
-    return {name: torch.cat(p) for name, p in parts.items()}
 
 
 def disk_maps(folder: str | Path, key: str, reference: nn.Module, batches: Iterable, n_images: int,

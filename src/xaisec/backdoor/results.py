@@ -15,7 +15,7 @@ from ..explainers import explain_all
 from ..maps import MapPostprocess, normalize
 from ..models import model_device
 from ..train import eval_mode
-from .evaluate import (EvalSetup, Metric, ModelOutputs, _mean_std, classification_metrics, clean_drop,
+from .evaluate import (EvalSetup, Metric, ModelOutputs, mean_std, classification_metrics, clean_drop,
                        map_quantities, map_summary, paper_threshold, threshold_family)
 from .goals import build_goal
 from .paper_metrics import noppel_mse
@@ -100,18 +100,9 @@ def summarise(outputs: dict[str, ModelOutputs], quantities: dict[str, dict[str, 
     return metrics
 
 
-def noppel_map_metrics(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSetup, name: str) -> dict[str, Metric]:
-    """Noppel et al.'s map dissimilarities (MSE of per-image z-scored, channel-max maps at full resolution;
-    mean ± std) beside xaisec's pooled min-max ones: ``noppel_mse_clean`` (clean maps vs the reference model's)
-    and ``noppel_mse_trig`` (triggered maps vs the attacker's target explanation: the reference map, or the
-    target map of a map-changing recipe). No ``noppel_mse_trig`` for top-k suppression or the inverted setting,
-    which have no target explanation."""
-    return noppel_summary(noppel_quantities(out, ref_clean, setup, name), setup)
-
-
 def noppel_quantities(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSetup, name: str) -> dict[str, torch.Tensor]:
     """The per-image :func:`~xaisec.backdoor.paper_metrics.noppel_mse` values ``{key: (B,)}`` behind
-    :func:`noppel_map_metrics`."""
+    :func:`noppel_summary`."""
     r = setup.recipe
     q = {"noppel_mse_clean": noppel_mse(out.maps_clean[name].detach().float(), ref_clean.detach().float())}
     if r.inverted or r.poison_map == "suppress":
@@ -126,10 +117,14 @@ def noppel_quantities(out: ModelOutputs, ref_clean: torch.Tensor, setup: EvalSet
 
 
 def noppel_summary(q: dict[str, torch.Tensor], setup: EvalSetup) -> dict[str, Metric]:
-    """:func:`noppel_map_metrics` (mean ± population std, as Table 1) from :func:`noppel_quantities` of all images."""
+    """Noppel et al.'s map dissimilarities (MSE of per-image z-scored, channel-max maps at full resolution; mean ±
+    population std, as their Table 1) from :func:`noppel_quantities` of all images, beside xaisec's pooled min-max
+    ones: ``noppel_mse_clean`` (clean maps vs the reference model's) and ``noppel_mse_trig`` (triggered maps vs the
+    attacker's target explanation: the reference map, or the target map of a map-changing recipe). No
+    ``noppel_mse_trig`` for top-k suppression or the inverted setting, which have no target explanation."""
     r = setup.recipe
     clean_dir = "higher" if r.inverted and r.changes_maps else "lower"
-    mean, std = _mean_std(q["noppel_mse_clean"])
+    mean, std = mean_std(q["noppel_mse_clean"])
     out_metrics = {"noppel_mse_clean": Metric(mean, clean_dir, "Noppel et al.'s MSE between clean-input maps and the "
                                                                "reference clean maps (z-scored per image)", std)}
     if "noppel_mse_trig" not in q:
@@ -138,7 +133,7 @@ def noppel_summary(q: dict[str, torch.Tensor], setup: EvalSetup) -> dict[str, Me
         what, direction = "the target map", "lower"
     else:
         what, direction = "the reference clean maps", "lower" if r.poison_map == "reference" else "none"
-    mean, std = _mean_std(q["noppel_mse_trig"])
+    mean, std = mean_std(q["noppel_mse_trig"])
     out_metrics["noppel_mse_trig"] = Metric(mean, direction, f"Noppel et al.'s MSE between triggered-input maps and "
                                                              f"{what} (z-scored per image)", std)
     return out_metrics

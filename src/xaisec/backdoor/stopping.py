@@ -15,6 +15,7 @@ resumes exactly.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
@@ -26,7 +27,7 @@ _ACC = "monitor/acc_clean"
 
 
 @dataclass
-class StoppingRule:
+class StoppingRule(abc.ABC):
     """The shared part: the clean-accuracy history, the abort test and checkpointing of the state."""
 
     name: ClassVar[str] = ""
@@ -36,9 +37,9 @@ class StoppingRule:
     abort_acc: float = 0.8
     accs: list[float] = field(default_factory=list)
 
+    @abc.abstractmethod
     def observe(self, record: dict[str, float]) -> str:
         """Record one epoch's monitor record; returns ``continue``, ``converged`` or ``abort``."""
-        raise NotImplementedError
 
     def _aborted(self) -> bool:
         return len(self.accs) >= self.abort_epochs and max(self.accs) < self.abort_acc

@@ -29,7 +29,7 @@ from torch import nn
 from ..backdoor.config import BackdoorConfig
 from ..backdoor.evaluate import EvalSetup, default_threshold
 from ..backdoor import reference_maps as refmaps
-from ..backdoor.goals import ReferenceTerms, build_goal
+from ..backdoor.goals import ReferenceTerms, build_goal, concat_pooled_maps
 from ..backdoor.paper_metrics import split_test_halves
 from ..backdoor.objectives import ExplanationAwareObjective, LossSettings, needs_smooth_activations
 from ..backdoor.poison import PoisonedStream, TriggerBatches, apply_trigger
@@ -253,7 +253,7 @@ def reference_map_source(ctx: RunContext, reference: nn.Module, beta: float | No
     loader = run_loader(cfg, train, cfg.eval.batch_size, shuffle=False)
     clean = ((x, explained_targets(inputs.setup, y)) for x, y, *_ in loader)  # what the training maps explain
     if mode == "memory":
-        maps = refmaps.compute_maps(reference, clean, explainers, a.pool, beta, options)
+        maps = concat_pooled_maps(reference, clean, explainers, a.pool, softplus_beta=beta, options=options)
     else:
         folder = Path(cfg.data.cache_dir) / "reference_maps" if cfg.data.cache_dir else ctx.rd.cache / "reference_maps"
         explained = inputs.setup.explained() if inputs.setup.multilabel else "labels"
