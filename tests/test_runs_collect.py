@@ -225,7 +225,7 @@ def test_a_run_from_before_a_key_existed_aggregates_with_newer_ones(tmp_path):
     from xaisec.runs import load_experiment
     from xaisec.runs.runner import stored_config
 
-    old = seeded_run(tmp_path / "runs" / "old-s0", 0.8, seed=0, threads=1, metrics={"attacked/top1_clean": 0.9})
+    seeded_run(tmp_path / "runs" / "old-s0", 0.8, seed=0, threads=1, metrics={"attacked/top1_clean": 0.9})
     new = seeded_run(tmp_path / "runs" / "new-s1", 0.8, seed=1, threads=1, metrics={"attacked/top1_clean": 0.7})
     full = stored_config(load_experiment(yaml.safe_load((new / "config.yaml").read_text()))[1])
     (new / "config.yaml").write_text(yaml.safe_dump(full))  # every key, as a run of today's code writes it
