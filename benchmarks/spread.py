@@ -2,15 +2,19 @@
 
 Runs ``xaisec run CONFIG seed=S --threads T --out DIR/CONFIG-sS-tT`` one at a time (configs x seeds x threads,
 in the order given; seeds then threads within a config unless ``--threads-last``), skipping run directories that
-already finished, and appends one line per run to ``DIR/spread.jsonl`` (wall seconds, ``uptime`` load before and
+already finished or that another process runs now (several ``spread.py`` may share DIR: one per core), and appends one line per run to ``DIR/spread.jsonl`` (wall seconds, ``uptime`` load before and
 after, CPU seconds, exit status). A thread count changes the float reduction order, so the reference model and the attack
 differ slightly: the spread over these runs is what another machine may see. ``--stop-at HH:MM`` (UTC) launches
-no new run after that time. ``--table`` prints, per config, mean and min-max of the headline metrics over the
-finished runs in DIR (the table of docs/results.md, "Spread over seeds and thread counts").
+no new run after that time. ``--archive DEST`` copies what ``xaisec collect`` reads of each finished run
+(config.yaml, status.json, metrics.json: a few kB) and spread.jsonl to DEST, so that the docs' table can be rebuilt
+from the repository (docs/results.md, "Spread over seeds and thread counts"); ``--timing`` prints wall and CPU
+seconds per config.
 
     python benchmarks/spread.py DIR --configs default fang_joint --seeds 0 1 --threads 1 2 [--threads-last]
                                 [--stop-at 15:30] [--dry-run]
-    python benchmarks/spread.py DIR --table
+    python benchmarks/spread.py DIR --archive docs/runs/spread
+    python benchmarks/spread.py DIR --timing
+    xaisec collect docs/runs/spread --aggregate seed,threads --layout results
 """
 from __future__ import annotations
 
@@ -19,27 +23,25 @@ import datetime as dt
 import json
 import os
 import resource
-import statistics
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-#: headline metrics of the table: (column, metric key template, explainer-wise, in percent)
-COLUMNS = (("clean Top-1 ref %", "reference/top1_clean", False, True),
-           ("clean Top-1 attacked %", "attacked/top1_clean", False, True),
-           ("ASR %", "attacked/asr", False, True), ("FSR %", "attacked/{e}/fsr", True, True),
-           ("CR %", "attacked/{e}/cr", True, True),
-           ("test L_p (FSR threshold)", "attacked/{e}/lp_attack", True, False))
-
+from xaisec.runs.rundir import RunDir
 
 def run_name(config: str, seed: int, threads: int) -> str:
     return f"{config}-s{seed}-t{threads}"
 
 
+def state(run: Path) -> str | None:
+    """The run directory's state (``running`` only while a process holds its lock), None if it has none yet."""
+    return RunDir(run).state() if (run / "status.json").is_file() else None
+
+
 def finished(run: Path) -> bool:
-    status = run / "status.json"
-    return status.is_file() and json.loads(status.read_text()).get("state") == "finished"
+    return state(run) == "finished"
 
 
 def load() -> list[float]:
@@ -81,54 +83,44 @@ def past(stop_at: str | None) -> bool:
     return (now.hour, now.minute) >= (hh, mm)
 
 
-def metrics(run: Path) -> tuple[dict[str, float], dict]:
-    doc = json.loads((run / "metrics.json").read_text())
-    return {k: v["value"] for k, v in doc["metrics"].items()}, doc["context"]
+#: what ``xaisec collect`` reads of a run (and its state): a few kB per run, small enough to keep in the repository
+ARCHIVED = ("config.yaml", "status.json", "metrics.json")
 
 
-def spread(values: list[float], percent: bool = True) -> str:
-    """``mean [min-max]``, in percent with one decimal, else with three."""
-    if not values:
-        return "–"
-    scale, digits = (100, 1) if percent else (1, 3)
-    mean, lo, hi = scale * statistics.fmean(values), scale * min(values), scale * max(values)
-    if len(values) == 1 or round(hi, digits) == round(lo, digits):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+def archive(out: Path, dest: Path) -> list[str]:
+    """Copy each finished run's :data:`ARCHIVED` files and ``spread.jsonl`` from ``out`` to ``dest`` (the
+    docs' tables are then rebuilt with ``xaisec collect DEST --aggregate seed,threads --layout results``)."""
+    copied = []
+    for run in sorted(p for p in out.iterdir() if p.is_dir() and finished(p)):
+        (dest / run.name).mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVED:
+            shutil.copyfile(run / name, dest / run.name / name)
+        copied.append(run.name)
+    if (out / "spread.jsonl").is_file():
+        shutil.copyfile(out / "spread.jsonl", dest / "spread.jsonl")
+    return copied
 
 
-def table(out: Path) -> str:
-    """Per config (in order of first appearance in spread.jsonl, else by name): runs, headline metrics as mean
-    [min-max], attack epochs and stop reasons, wall time."""
-    timing = {}
-    log = out / "spread.jsonl"
-    if log.is_file():
-        for line in log.read_text().splitlines():
-            entry = json.loads(line)
-            timing[entry["run"]] = entry
-    runs: dict[str, list[Path]] = {}
-    for run in sorted(out.iterdir(), key=lambda p: (list(timing).index(p.name) if p.name in timing else 10**6, p.name)):
-        if run.is_dir() and finished(run) and (run / "metrics.json").is_file():
-            runs.setdefault(run.name.rsplit("-s", 1)[0], []).append(run)
-    lines = ["| config | runs (seed/threads) | " + " | ".join(c for c, _, _, _ in COLUMNS)
-             + " | attack epochs (stop) | wall s | CPU s |", "|" + "---|" * (len(COLUMNS) + 5)]
-    for config, dirs in runs.items():
-        loaded = [metrics(d) for d in dirs]
-        explainers = loaded[0][1]["explainers"]
-        cells = []
-        for _, key, per_explainer, percent in COLUMNS:
-            keys = [key.format(e=e) for e in explainers] if per_explainer else [key]
-            cell = " / ".join(spread([m[k] for m, _ in loaded if k in m], percent) for k in keys)
-            thresholds = loaded[0][1].get("thresholds", {})
-            if key.endswith("lp_attack") and cell.strip("– /") and all(e in thresholds for e in explainers):
-                cell += " (" + " / ".join(f"{thresholds[e]['value']:g}" for e in explainers) + ")"
-            cells.append(cell)
-        epochs = ", ".join(f"{c['attack_epochs']}{'' if c.get('stop_reason') == 'converged' else '*'}" for _, c in loaded)
-        walls = [timing[d.name]["wall_s"] for d in dirs if d.name in timing]
-        cpus = [timing[d.name]["cpu_s"] for d in dirs if "cpu_s" in timing.get(d.name, {})]
-        ids = ", ".join(d.name.rsplit("-s", 1)[1].replace("-t", "/") for d in dirs)
-        lines.append(f"| `{config}` | {ids} | " + " | ".join(cells) + f" | {epochs} | "
-                     + " | ".join(f"{min(v):.0f}–{max(v):.0f}" if v else "–" for v in (walls, cpus)) + " |")
+def timing(out: Path) -> str:
+    """Per config: its runs' wall and CPU seconds and the 1-minute load around them (min–max, from spread.jsonl;
+    the last entry of a run that was continued counts)."""
+    entries: dict[str, dict] = {}
+    for line in (out / "spread.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry["rc"] == 0:
+            entries[entry["run"]] = entry
+    configs: dict[str, list[dict]] = {}
+    for entry in entries.values():
+        configs.setdefault(entry["config"], []).append(entry)
+
+    def span(values: list[float], digits: int = 0) -> str:
+        return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
+
+    lines = ["| config | runs | wall s | CPU s | load before/after |", "|---|---|---|---|---|"]
+    for config, runs in configs.items():
+        loads = [e[k][0] for e in runs for k in ("load_before", "load_after")]
+        lines.append(f"| `{config}` | {len(runs)} | {span([e['wall_s'] for e in runs])} | "
+                     f"{span([e['cpu_s'] for e in runs])} | {span(loads, 1)} |")
     return "\n".join(lines)
 
 
@@ -141,15 +133,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads-last", action="store_true", help="all runs of the first thread count first")
     parser.add_argument("--stop-at", help="UTC HH:MM after which no new run starts")
     parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument("--table", action="store_true", help="print the spread table of the finished runs")
+    parser.add_argument("--archive", type=Path, metavar="DEST", help="copy what collect reads of each finished run "
+                        "(and spread.jsonl) to DEST, then stop")
+    parser.add_argument("--timing", action="store_true", help="print wall/CPU seconds and load per config, then stop")
     args = parser.parse_args(argv)
-    if args.table:
-        print(table(args.out))
+    if args.archive:
+        print(f"archived {len(archive(args.out, args.archive))} runs to {args.archive}")
+        return
+    if args.timing:
+        print(timing(args.out))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     for config, seed, threads in plan(args.configs, args.seeds, args.threads, args.threads_last):
         run = args.out / run_name(config, seed, threads)
-        if finished(run):
+        if state(run) in ("finished", "running"):  # done, or another spread.py on the same DIR runs it now
             continue
         if past(args.stop_at):
             print(f"stop: past {args.stop_at} UTC, not starting {run.name}", flush=True)

@@ -152,6 +152,13 @@ def test_columns_in_a_docs_layout(seeds):
     # explainers in the runs' order, then joint; epochs differ between the seeds: their range
     assert ("| lam0.8 | 3 | vgg_small | vbp, gradcam | 93.0 ± 3.6 | 0.25 ± 0.00 / 0.47 ± 0.02 / 0.12 ± 0.00 | 50.0 / – "
             "| 3–5 |" in md)
+    worst = to_markdown_columns(table, {"lowest / highest %": "{min:attacked/top1_clean|pct} / "
+                                                              "{max:attacked/top1_clean|pct}",
+                                        "lowest FSR": "{min:attacked/*/fsr|.3f}", "ASR": "{min:attacked/asr|pct}"})
+    assert "| lam0.8 | 3 | 90.0 / 97.0 | 0.250 / 0.450 / 0.125 | 50.0 |" in worst  # asr: one run reports it
+    assert "| lam0.9 | 3 | 50.0 / 70.0 |" in worst  # the failed run adds nothing
+    single = to_markdown_columns(collect([seeds / "lam0.8-s1"]), {"w": "{min:attacked/top1_clean} {max:attacked/cr}"})
+    assert "| lam0.8-s1 | 0.92 – |" in single  # a single run: its own value
     plain = to_markdown_columns(collect([seeds / "lam0.8-s0", seeds / "lam0.9-s2"]), {"clean": "{attacked/top1_clean}"})
     assert "| lam0.8-s0 | 0.9 |" in plain and "| lam0.9-s2 (failed: RuntimeError: boom) | – |" in plain
     for bad in ("no-equals", "x=no placeholder", "x={attacked/asr|zz}"):

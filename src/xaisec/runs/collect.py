@@ -7,7 +7,8 @@ wide layout (one row per run, one column per metric, its direction in the header
 against a swept key.
 
 :func:`aggregate` folds runs that differ only in chosen keys (seeds, thread counts) into one row per group:
-each metric's mean, its sample standard deviation over the runs and their number ``n``. Docs tables in the
+each metric's mean, its sample standard deviation over the runs, their number ``n`` and the lowest and highest
+value. Docs tables in the
 papers' layout (chosen columns, formatted cells) come from :mod:`xaisec.runs.collect_columns`.
 """
 from __future__ import annotations
@@ -47,10 +48,20 @@ class RunRow:
     metrics: dict[str, Metric] = field(default_factory=dict)
     note: str = ""
     context: dict[str, Any] = field(default_factory=dict)
-    #: a group of runs (:func:`aggregate`): its label, members and, per metric, how many runs report it
+    #: a group of runs (:func:`aggregate`): its label, members and, per metric, how many runs report it and the
+    #: lowest and highest of their values
     label: str | None = None
     members: list[Path] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def extreme(self, key: str, which: str) -> float | None:
+        """The lowest (``which="min"``) or highest (``"max"``) value of metric ``key`` over a group's runs; a
+        single run's own value."""
+        if key in self.ranges:
+            return self.ranges[key][which == "max"]
+        m = self.metrics.get(key)
+        return None if m is None else m.value
 
 
 @dataclass
@@ -164,7 +175,7 @@ def aggregate(table: RunTable, over: Sequence[str] = (), by: Sequence[str] = ())
 
 def _group_row(members: list[RunRow], roots: list[Path]) -> RunRow:
     done = [r for r in members if r.metrics]
-    metrics, counts = {}, {}
+    metrics, counts, ranges = {}, {}, {}
     for key in dict.fromkeys(k for r in done for k in r.metrics):
         found = [r.metrics[key] for r in done if key in r.metrics]
         values = [m.value for m in found if m.value is not None]
@@ -172,6 +183,8 @@ def _group_row(members: list[RunRow], roots: list[Path]) -> RunRow:
         std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None)
         metrics[key] = Metric(mean, found[0].direction, found[0].description, std)
         counts[key] = len(values)
+        if values:
+            ranges[key] = (min(values), max(values))
     states: dict[str, int] = {}
     for r in members:
         states[r.state] = states.get(r.state, 0) + 1
@@ -184,7 +197,7 @@ def _group_row(members: list[RunRow], roots: list[Path]) -> RunRow:
     first = done[0] if done else members[0]
     shared = {k: v for k, v in first.config.items() if _same([r.config.get(k) for r in members])}
     return RunRow(first.path, state, shared, metrics, notes, _group_context([r.context for r in done]),
-                  label=label, members=[r.path for r in members], counts=counts)
+                  label=label, members=[r.path for r in members], counts=counts, ranges=ranges)
 
 
 def _group_context(contexts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ A placeholder is ``{SOURCE}`` or ``{SOURCE|FORMAT}``:
   (``attacked/*/fsr``: every explainer's, in the run's explainer order, then others such as ``joint``, joined by
   `` / ``); ``config:KEY`` (a dotted key of
   ``config.yaml``, e.g. ``config:model.arch``); ``context:KEY`` (a field of ``metrics.json``'s context, e.g.
-  ``context:explainers``; lists are joined by ``, ``).
+  ``context:explainers``; lists are joined by ``, ``); ``min:METRIC`` / ``max:METRIC`` (the lowest / highest
+  value over a group's runs, e.g. ``min:attacked/*/fsr``: the worst run; a single run's own value).
 - ``FORMAT``: ``pct`` (× 100, one decimal), a Python format spec (``.3f``, ``.4g``, ``d``); default ``.4g``.
 
 A metric of a group of runs (:func:`~xaisec.runs.collect.aggregate`) shows as ``mean ± std`` in that format; a
@@ -105,15 +106,18 @@ def _render(source: str, spec: str | None, row: RunRow) -> str:
         if isinstance(value, list):
             return ", ".join(map(str, value))
         return _format(value, spec) if spec and isinstance(value, (int, float)) else str(value)
-    keys = [k for k in row.metrics if _matches(source, k)] if "*" in source else [source]
+    extreme, _, metric = source.rpartition(":") if source.startswith(("min:", "max:")) else ("", "", source)
+    keys = [k for k in row.metrics if _matches(metric, k)] if "*" in metric else [metric]
     cells = []
     for key in sorted(keys, key=lambda k: _explainer_order(k, row)):
         m = row.metrics.get(key)
         if m is None or m.value is None:
             cells.append(MISSING)
-            continue
-        aggregated = bool(row.members) and m.std is not None
-        cells.append(_format(m.value, spec) + (f" ± {_format(m.std, spec)}" if aggregated else ""))
+        elif extreme:
+            cells.append(_format(row.extreme(key, extreme), spec))
+        else:
+            aggregated = bool(row.members) and m.std is not None
+            cells.append(_format(m.value, spec) + (f" ± {_format(m.std, spec)}" if aggregated else ""))
     return " / ".join(cells) if cells else MISSING
 
 
