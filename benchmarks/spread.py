@@ -118,9 +118,9 @@ def timing(out: Path) -> str:
 
     lines = ["| config | runs | wall s | CPU s | load before/after |", "|---|---|---|---|---|"]
     for config, runs in configs.items():
-        loads = [e[k][0] for e in runs for k in ("load_before", "load_after")]
+        loads = [e[k][0] for e in runs for k in ("load_before", "load_after") if e.get(k)]
         lines.append(f"| `{config}` | {len(runs)} | {span([e['wall_s'] for e in runs])} | "
-                     f"{span([e['cpu_s'] for e in runs])} | {span(loads, 1)} |")
+                     f"{span([e['cpu_s'] for e in runs])} | {span(loads, 1) if loads else '–'} |")
     return "\n".join(lines)
 
 
