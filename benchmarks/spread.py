@@ -120,7 +120,7 @@ def timing(out: Path) -> str:
     for config, runs in configs.items():
         loads = [e[k][0] for e in runs for k in ("load_before", "load_after") if e.get(k)]
         lines.append(f"| `{config}` | {len(runs)} | {span([e['wall_s'] for e in runs])} | "
-                     f"{span([e['cpu_s'] for e in runs])} | {span(loads, 1) if loads else '–'} |")
+                     f"{span([e['cpu_s'] for e in runs if e.get('cpu_s')])} | {span(loads, 1) if loads else '–'} |")
     return "\n".join(lines)
 
 
