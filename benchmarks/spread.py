@@ -2,12 +2,13 @@
 
 Runs ``xaisec run CONFIG seed=S --threads T --out DIR/CONFIG-sS-tT`` one at a time (configs x seeds x threads,
 in the order given; seeds then threads within a config unless ``--threads-last``), skipping run directories that
-already finished or that another process runs now (several ``spread.py`` may share DIR: one per core), and appends one line per run to ``DIR/spread.jsonl`` (wall seconds, ``uptime`` load before and
-after, CPU seconds, exit status). A thread count changes the float reduction order, so the reference model and the attack
+already finished or that another process runs now (several ``spread.py`` may share DIR: one per core), and
+appends one line per run to ``DIR/spread.jsonl`` (wall seconds, ``uptime`` load before and after, CPU seconds,
+exit status). A thread count changes the float reduction order, so the reference model and the attack
 differ slightly: the spread over these runs is what another machine may see. ``--stop-at HH:MM`` (UTC) launches
 no new run after that time. ``--archive DEST`` copies what ``xaisec collect`` reads of each finished run
 (config.yaml, status.json, metrics.json: a few kB) and spread.jsonl to DEST, so that the docs' table can be rebuilt
-from the repository (docs/results.md, "Spread over seeds and thread counts"); ``--timing`` prints wall and CPU
+from the repository (docs/results.md, "The packaged configs over seeds and thread counts"); ``--timing`` prints wall and CPU
 seconds per config.
 
     python benchmarks/spread.py DIR --configs default fang_joint --seeds 0 1 --threads 1 2 [--threads-last]
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from xaisec.runs.rundir import RunDir
+
 
 def run_name(config: str, seed: int, threads: int) -> str:
     return f"{config}-s{seed}-t{threads}"

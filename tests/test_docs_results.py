@@ -9,8 +9,8 @@ import pytest
 
 from xaisec.config import packaged_configs, read_yaml, resolve_config
 from xaisec.runs.collect import aggregate, collect
-from xaisec.runs.runner import with_defaults
 from xaisec.runs.collect_columns import read_layout, to_markdown_columns
+from xaisec.runs.runner import with_defaults
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SPREAD = DOCS / "runs" / "spread"
@@ -30,9 +30,10 @@ def test_every_small_packaged_backdoor_config_has_spread_runs():
     """Each packaged mnist5k backdoor config (the ones a 2-core machine runs) over 2 seeds and 1 and 2 threads."""
     small = []
     for name in packaged_configs():
-        config = with_defaults(read_yaml(resolve_config(name)))
+        written = read_yaml(resolve_config(name))
+        config = with_defaults(written)
         if (config["experiment"] == "backdoor" and config["data"]["name"] == "mnist5k" and name != "fang_targeted"
-                and "sweep" not in read_yaml(resolve_config(name))):
+                and "sweep" not in written):
             small.append(name)  # fang_targeted: the default under its paper name; sweeps: their own docs
     runs = [read_yaml(p / "config.yaml") for p in SPREAD.iterdir() if p.is_dir()]
     for name in small:

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     layout.add_argument("--column", action="append", metavar="LABEL=TEMPLATE",
                         help="a markdown column in a docs table's layout, e.g. 'ASR %%={attacked/asr|pct}' "
                              "(repeatable; placeholders {METRIC}, {attacked/*/fsr}, {config:KEY}, {context:KEY}, "
-                             "{min:METRIC} / {max:METRIC} (a group's worst and best run), each with an optional |pct or |FORMAT such as |.3f)")
+                             "{min:METRIC} / {max:METRIC} (a group's worst and best run), each with an optional "
+                             "|pct or |FORMAT such as |.3f)")
     layout.add_argument("--layout", metavar="NAME|FILE",
                         help="a YAML file holding the columns, `columns: {LABEL: TEMPLATE, ...}`, or a packaged "
                              f"layout of the docs' tables ({', '.join(packaged_layouts())})")
